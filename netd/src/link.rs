@@ -1,0 +1,2 @@
+//! Links through rtnetlink: bridges, veth pairs, and configuration inside container network
+//! namespaces. (Being written.)

@@ -1,0 +1,314 @@
+//! The network model: networks, endpoints and published ports, plus the validation rules that
+//! keep names safe to use as interface names and file names. Pure: no I/O.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+
+/// Linux's IFNAMSIZ minus the terminating NUL.
+pub const MAX_IFNAME_LEN: usize = 15;
+/// Network names become parts of file names (the conflist) and of bridge names.
+pub const MAX_NETWORK_NAME_LEN: usize = 64;
+/// The CNI spec limits nothing, but container IDs become parts of names we log and store.
+pub const MAX_CONTAINER_ID_LEN: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Proto {
+    /// The IP protocol number (what `meta l4proto` loads).
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+            Proto::Sctp => 132,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Sctp => "sctp",
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Proto {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            "sctp" => Ok(Proto::Sctp),
+            other => Err(format!("unknown protocol {other:?} (expected tcp, udp or sctp)")),
+        }
+    }
+}
+
+/// How a network's traffic meets the outside world, per address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayMode {
+    /// Masquerade outbound; from outside only published ports (DNAT on host addresses).
+    #[default]
+    Nat,
+    /// No NAT: containers use their own addresses; from outside only published container ports.
+    Routed,
+    /// No traffic between the network and the outside in either direction.
+    Isolated,
+}
+
+impl GatewayMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GatewayMode::Nat => "nat",
+            GatewayMode::Routed => "routed",
+            GatewayMode::Isolated => "isolated",
+        }
+    }
+}
+
+impl fmt::Display for GatewayMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for GatewayMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "nat" => Ok(GatewayMode::Nat),
+            "routed" => Ok(GatewayMode::Routed),
+            "isolated" => Ok(GatewayMode::Isolated),
+            other => Err(format!(
+                "unknown gateway mode {other:?} (expected nat, routed or isolated)"
+            )),
+        }
+    }
+}
+
+/// A published port as the runtime asks for it (CNI `portMappings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortMapping {
+    pub host_port: u16,
+    pub container_port: u16,
+    pub protocol: Proto,
+    /// None: every host address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    pub name: String,
+    pub bridge: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet4: Option<Ipv4Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway4: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
+    pub internal: bool,
+    pub icc: bool,
+    pub gateway_mode4: GatewayMode,
+    pub gateway_mode6: GatewayMode,
+    pub mtu: u32,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+}
+
+impl Network {
+    /// The subnets with their gateway addresses as prefix (what the bridge carries).
+    pub fn gateway_nets(&self) -> Vec<ipnet::IpNet> {
+        let mut v = Vec::new();
+        if let (Some(s), Some(g)) = (self.subnet4, self.gateway4) {
+            v.push(ipnet::IpNet::V4(Ipv4Net::new(g, s.prefix_len()).expect("valid prefix")));
+        }
+        if let (Some(s), Some(g)) = (self.subnet6, self.gateway6) {
+            v.push(ipnet::IpNet::V6(Ipv6Net::new(g, s.prefix_len()).expect("valid prefix")));
+        }
+        v
+    }
+}
+
+/// One container interface attached to a network. Keyed by (network, container ID, ifname),
+/// never by address: addresses are reused after release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: String,
+    pub host_veth: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr4: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr6: Option<Ipv6Addr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMapping>,
+    pub created: u64,
+}
+
+impl Endpoint {
+    pub fn key(&self) -> EndpointKey {
+        EndpointKey {
+            network: self.network.clone(),
+            container_id: self.container_id.clone(),
+            ifname: self.ifname.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EndpointKey {
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl fmt::Display for EndpointKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.network, self.container_id, self.ifname)
+    }
+}
+
+/// The host-side veth name for a container interface: deterministic, so DEL and CHECK find it
+/// from the container ID and ifname alone, and within IFNAMSIZ.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    format!("vn{:013x}", fnv1a(&[container_id.as_bytes(), b"/", ifname.as_bytes()]) >> 12)
+}
+
+/// FNV-1a, 64 bit: stable across releases and platforms, unlike std's hasher.
+pub fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in *part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("{what} is empty")]
+    Empty { what: &'static str },
+    #[error("{what} {name:?} is {len} bytes long; the limit is {max}")]
+    TooLong {
+        what: &'static str,
+        name: String,
+        len: usize,
+        max: usize,
+    },
+    #[error("{what} {name:?} contains {bad:?}; allowed are letters, digits, '_', '.' and '-'")]
+    BadChar {
+        what: &'static str,
+        name: String,
+        bad: char,
+    },
+    #[error("{what} {name:?} must not start with '.' or '-'")]
+    BadStart { what: &'static str, name: String },
+}
+
+fn check_name(what: &'static str, name: &str, max: usize) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty { what });
+    }
+    if name.len() > max {
+        return Err(NameError::TooLong {
+            what,
+            name: name.to_string(),
+            len: name.len(),
+            max,
+        });
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(NameError::BadChar {
+            what,
+            name: name.to_string(),
+            bad,
+        });
+    }
+    if name.starts_with('.') || name.starts_with('-') {
+        return Err(NameError::BadStart {
+            what,
+            name: name.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Interface names: at most 15 bytes, no '/', ':', whitespace (the kernel's dev_valid_name
+/// rejects '/', ':' and whitespace; we are stricter so names are safe in files and logs).
+pub fn validate_ifname(name: &str) -> Result<(), NameError> {
+    check_name("interface name", name, MAX_IFNAME_LEN)
+}
+
+pub fn validate_network_name(name: &str) -> Result<(), NameError> {
+    check_name("network name", name, MAX_NETWORK_NAME_LEN)
+}
+
+pub fn validate_container_id(id: &str) -> Result<(), NameError> {
+    check_name("container ID", id, MAX_CONTAINER_ID_LEN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_names_fit_and_are_stable() {
+        let a = host_veth_name("abc", "eth0");
+        assert_eq!(a.len(), 15);
+        assert_eq!(a, host_veth_name("abc", "eth0"));
+        assert_ne!(a, host_veth_name("abc", "eth1"));
+        assert_ne!(a, host_veth_name("abd", "eth0"));
+        validate_ifname(&a).unwrap();
+    }
+
+    #[test]
+    fn names_are_validated() {
+        assert!(validate_ifname("eth0").is_ok());
+        assert!(matches!(validate_ifname("a-very-long-ifname"), Err(NameError::TooLong { .. })));
+        assert!(matches!(validate_ifname("et/h0"), Err(NameError::BadChar { bad: '/', .. })));
+        assert!(matches!(validate_ifname("et:0"), Err(NameError::BadChar { bad: ':', .. })));
+        assert!(matches!(validate_ifname("e th"), Err(NameError::BadChar { bad: ' ', .. })));
+        assert!(matches!(validate_ifname(""), Err(NameError::Empty { .. })));
+        assert!(matches!(validate_container_id("..x"), Err(NameError::BadStart { .. })));
+        assert!(matches!(validate_container_id("a/b"), Err(NameError::BadChar { .. })));
+        assert!(validate_container_id("ABC123_x.y-z").is_ok());
+    }
+
+    #[test]
+    fn enums_parse() {
+        assert_eq!("UDP".parse::<Proto>().unwrap(), Proto::Udp);
+        assert!("icmp".parse::<Proto>().is_err());
+        assert_eq!("routed".parse::<GatewayMode>().unwrap(), GatewayMode::Routed);
+        assert!("bogus".parse::<GatewayMode>().is_err());
+    }
+}

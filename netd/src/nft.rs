@@ -1,0 +1,1 @@
+//! nf_tables over netlink: message encoding, expressions, atomic batches. (Being written.)
