@@ -9,10 +9,12 @@
 
 pub mod api;
 pub mod conflist;
+pub mod daemon;
 pub mod ipam;
 pub mod link;
 pub mod model;
 pub mod nft;
 pub mod plan;
+pub mod ports;
 pub mod ruleset;
 pub mod store;

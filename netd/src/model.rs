@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 pub const MAX_IFNAME_LEN: usize = 15;
 /// Network names become parts of file names (the conflist) and of bridge names.
 pub const MAX_NETWORK_NAME_LEN: usize = 64;
-/// The CNI spec limits nothing, but container IDs become parts of names we log and store.
-pub const MAX_CONTAINER_ID_LEN: usize = 256;
+/// The CNI spec sets no limit; container IDs are part of state file names, which must stay
+/// under 255 bytes together with a network name (64) and an ifname (15). Runtimes use 64.
+pub const MAX_CONTAINER_ID_LEN: usize = 150;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -55,7 +56,9 @@ impl FromStr for Proto {
             "tcp" => Ok(Proto::Tcp),
             "udp" => Ok(Proto::Udp),
             "sctp" => Ok(Proto::Sctp),
-            other => Err(format!("unknown protocol {other:?} (expected tcp, udp or sctp)")),
+            other => Err(format!(
+                "unknown protocol {other:?} (expected tcp, udp or sctp)"
+            )),
         }
     }
 }
@@ -142,10 +145,14 @@ impl Network {
     pub fn gateway_nets(&self) -> Vec<ipnet::IpNet> {
         let mut v = Vec::new();
         if let (Some(s), Some(g)) = (self.subnet4, self.gateway4) {
-            v.push(ipnet::IpNet::V4(Ipv4Net::new(g, s.prefix_len()).expect("valid prefix")));
+            v.push(ipnet::IpNet::V4(
+                Ipv4Net::new(g, s.prefix_len()).expect("valid prefix"),
+            ));
         }
         if let (Some(s), Some(g)) = (self.subnet6, self.gateway6) {
-            v.push(ipnet::IpNet::V6(Ipv6Net::new(g, s.prefix_len()).expect("valid prefix")));
+            v.push(ipnet::IpNet::V6(
+                Ipv6Net::new(g, s.prefix_len()).expect("valid prefix"),
+            ));
         }
         v
     }
@@ -196,7 +203,10 @@ impl fmt::Display for EndpointKey {
 /// The host-side veth name for a container interface: deterministic, so DEL and CHECK find it
 /// from the container ID and ifname alone, and within IFNAMSIZ.
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    format!("vn{:013x}", fnv1a(&[container_id.as_bytes(), b"/", ifname.as_bytes()]) >> 12)
+    format!(
+        "vn{:013x}",
+        fnv1a(&[container_id.as_bytes(), b"/", ifname.as_bytes()]) >> 12
+    )
 }
 
 /// FNV-1a, 64 bit: stable across releases and platforms, unlike std's hasher.
@@ -294,13 +304,31 @@ mod tests {
     #[test]
     fn names_are_validated() {
         assert!(validate_ifname("eth0").is_ok());
-        assert!(matches!(validate_ifname("a-very-long-ifname"), Err(NameError::TooLong { .. })));
-        assert!(matches!(validate_ifname("et/h0"), Err(NameError::BadChar { bad: '/', .. })));
-        assert!(matches!(validate_ifname("et:0"), Err(NameError::BadChar { bad: ':', .. })));
-        assert!(matches!(validate_ifname("e th"), Err(NameError::BadChar { bad: ' ', .. })));
+        assert!(matches!(
+            validate_ifname("a-very-long-ifname"),
+            Err(NameError::TooLong { .. })
+        ));
+        assert!(matches!(
+            validate_ifname("et/h0"),
+            Err(NameError::BadChar { bad: '/', .. })
+        ));
+        assert!(matches!(
+            validate_ifname("et:0"),
+            Err(NameError::BadChar { bad: ':', .. })
+        ));
+        assert!(matches!(
+            validate_ifname("e th"),
+            Err(NameError::BadChar { bad: ' ', .. })
+        ));
         assert!(matches!(validate_ifname(""), Err(NameError::Empty { .. })));
-        assert!(matches!(validate_container_id("..x"), Err(NameError::BadStart { .. })));
-        assert!(matches!(validate_container_id("a/b"), Err(NameError::BadChar { .. })));
+        assert!(matches!(
+            validate_container_id("..x"),
+            Err(NameError::BadStart { .. })
+        ));
+        assert!(matches!(
+            validate_container_id("a/b"),
+            Err(NameError::BadChar { .. })
+        ));
         assert!(validate_container_id("ABC123_x.y-z").is_ok());
     }
 
@@ -308,7 +336,10 @@ mod tests {
     fn enums_parse() {
         assert_eq!("UDP".parse::<Proto>().unwrap(), Proto::Udp);
         assert!("icmp".parse::<Proto>().is_err());
-        assert_eq!("routed".parse::<GatewayMode>().unwrap(), GatewayMode::Routed);
+        assert_eq!(
+            "routed".parse::<GatewayMode>().unwrap(),
+            GatewayMode::Routed
+        );
         assert!("bogus".parse::<GatewayMode>().is_err());
     }
 }

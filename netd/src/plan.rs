@@ -8,11 +8,12 @@
 //! This module is pure: it takes the model and returns values.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use crate::model::Proto;
+use crate::model::{Endpoint, GatewayMode, Network, Proto};
+use crate::ports::{self, Family};
 
 /// The named sets and maps of netd's table. The names are the ones in `nft-templates/netd.nft`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -156,9 +157,17 @@ pub enum Elem {
         port: u16,
     },
     /// `open4`
-    Open4 { addr: Ipv4Addr, proto: Proto, port: u16 },
+    Open4 {
+        addr: Ipv4Addr,
+        proto: Proto,
+        port: u16,
+    },
     /// `open6`
-    Open6 { addr: Ipv6Addr, proto: Proto, port: u16 },
+    Open6 {
+        addr: Ipv6Addr,
+        proto: Proto,
+        port: u16,
+    },
 }
 
 /// The elements every set of netd's table should hold. A set absent from the map is empty.
@@ -187,5 +196,351 @@ pub struct Diff {
 impl Diff {
     pub fn is_empty(&self) -> bool {
         self.remove.values().all(Vec::is_empty) && self.add.values().all(Vec::is_empty)
+    }
+}
+
+impl Desired {
+    /// The element changes that turn `self` into `new`: removals of what `new` lacks, additions
+    /// of what `self` lacks. A map element whose data changed appears in both, so applying
+    /// removals before additions replaces it.
+    pub fn diff(&self, new: &Desired) -> Diff {
+        let mut diff = Diff::default();
+        let empty = BTreeSet::new();
+        for set in SetId::ALL {
+            let old_elems = self.sets.get(&set).unwrap_or(&empty);
+            let new_elems = new.sets.get(&set).unwrap_or(&empty);
+            let removed: Vec<Elem> = old_elems.difference(new_elems).cloned().collect();
+            let added: Vec<Elem> = new_elems.difference(old_elems).cloned().collect();
+            if !removed.is_empty() {
+                diff.remove.insert(set, removed);
+            }
+            if !added.is_empty() {
+                diff.add.insert(set, added);
+            }
+        }
+        diff
+    }
+
+    /// How many elements the table holds in all.
+    pub fn len(&self) -> usize {
+        self.sets.values().map(BTreeSet::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Computes the table's contents for a set of networks and endpoints.
+///
+/// Per network: its bridge classifies traffic in `in4/in6` (entering), `out4/out6` (leaving)
+/// and `same_net` (ICC). A family the network has no subnet for is dropped both ways, as is
+/// everything of an internal network, whose bridge is also `sealed` against other networks.
+/// Per endpoint: each published port becomes a DNAT element (nat mode) or an `open` element for
+/// the container port (routed mode).
+pub fn desired<'a>(
+    networks: impl IntoIterator<Item = &'a Network>,
+    endpoints: impl IntoIterator<Item = &'a Endpoint>,
+) -> Desired {
+    let mut d = Desired::default();
+    let mut by_name = BTreeMap::new();
+    for net in networks {
+        by_name.insert(net.name.as_str(), net);
+        let br = &net.bridge;
+        d.insert(SetId::Bridges, Elem::Iface(br.clone()));
+        let icc = if net.icc {
+            Verdict::Accept
+        } else {
+            Verdict::Goto(ChainId::IccOff)
+        };
+        d.insert(SetId::SameNet, Elem::SameIface(br.clone(), icc));
+        if net.internal {
+            d.insert(SetId::Sealed, Elem::Iface(br.clone()));
+        }
+        let families = [
+            (
+                net.subnet4.is_some(),
+                net.gateway_mode4,
+                SetId::In4,
+                SetId::Out4,
+            ),
+            (
+                net.subnet6.is_some(),
+                net.gateway_mode6,
+                SetId::In6,
+                SetId::Out6,
+            ),
+        ];
+        for (present, mode, in_set, out_set) in families {
+            let (inbound, outbound) = if !present || net.internal {
+                (Verdict::Drop, Verdict::Drop)
+            } else {
+                match mode {
+                    GatewayMode::Nat => (Verdict::Goto(ChainId::ToNat), Verdict::Accept),
+                    GatewayMode::Routed => (Verdict::Goto(ChainId::ToRouted), Verdict::Accept),
+                    GatewayMode::Isolated => (Verdict::Drop, Verdict::Drop),
+                }
+            };
+            d.insert(in_set, Elem::IfaceVerdict(br.clone(), inbound));
+            d.insert(out_set, Elem::IfaceVerdict(br.clone(), outbound));
+        }
+        if let Some(s) = net.subnet4 {
+            d.insert(SetId::Subnets4, Elem::Net4(s.trunc()));
+            if !net.internal && net.gateway_mode4 == GatewayMode::Nat {
+                d.insert(SetId::Masq4, Elem::Net4(s.trunc()));
+            }
+        }
+        if let Some(s) = net.subnet6 {
+            d.insert(SetId::Subnets6, Elem::Net6(s.trunc()));
+            if !net.internal && net.gateway_mode6 == GatewayMode::Nat {
+                d.insert(SetId::Masq6, Elem::Net6(s.trunc()));
+            }
+        }
+    }
+    for ep in endpoints {
+        let Some(net) = by_name.get(ep.network.as_str()) else {
+            continue;
+        };
+        if net.internal {
+            continue;
+        }
+        for pm in &ep.ports {
+            for b in ports::bindings(net, pm) {
+                match (b.family, b.addr) {
+                    (Family::V4, addr) => {
+                        let Some(ip) = ep.addr4 else { continue };
+                        let host_addr = match addr {
+                            Some(IpAddr::V4(a)) => Some(a),
+                            _ => None,
+                        };
+                        match net.gateway_mode4 {
+                            GatewayMode::Nat => d.insert(
+                                if host_addr.is_some() {
+                                    SetId::Dnat4Bound
+                                } else {
+                                    SetId::Dnat4Any
+                                },
+                                Elem::Dnat4 {
+                                    proto: pm.protocol,
+                                    host_addr,
+                                    host_port: pm.host_port,
+                                    addr: ip,
+                                    port: pm.container_port,
+                                },
+                            ),
+                            GatewayMode::Routed => d.insert(
+                                SetId::Open4,
+                                Elem::Open4 {
+                                    addr: ip,
+                                    proto: pm.protocol,
+                                    port: pm.container_port,
+                                },
+                            ),
+                            GatewayMode::Isolated => {}
+                        }
+                    }
+                    (Family::V6, addr) => {
+                        let Some(ip) = ep.addr6 else { continue };
+                        let host_addr = match addr {
+                            Some(IpAddr::V6(a)) => Some(a),
+                            _ => None,
+                        };
+                        match net.gateway_mode6 {
+                            GatewayMode::Nat => d.insert(
+                                if host_addr.is_some() {
+                                    SetId::Dnat6Bound
+                                } else {
+                                    SetId::Dnat6Any
+                                },
+                                Elem::Dnat6 {
+                                    proto: pm.protocol,
+                                    host_addr,
+                                    host_port: pm.host_port,
+                                    addr: ip,
+                                    port: pm.container_port,
+                                },
+                            ),
+                            GatewayMode::Routed => d.insert(
+                                SetId::Open6,
+                                Elem::Open6 {
+                                    addr: ip,
+                                    proto: pm.protocol,
+                                    port: pm.container_port,
+                                },
+                            ),
+                            GatewayMode::Isolated => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::PortMapping;
+
+    fn net(name: &str) -> Network {
+        Network {
+            name: name.into(),
+            bridge: format!("nd-{name}"),
+            subnet4: Some("10.1.0.0/24".parse().unwrap()),
+            gateway4: Some("10.1.0.1".parse().unwrap()),
+            subnet6: None,
+            gateway6: None,
+            internal: false,
+            icc: true,
+            gateway_mode4: GatewayMode::Nat,
+            gateway_mode6: GatewayMode::Nat,
+            mtu: 1500,
+            created: 0,
+        }
+    }
+
+    fn ep(net: &str, cid: &str, addr: &str, ports: Vec<PortMapping>) -> Endpoint {
+        Endpoint {
+            network: net.into(),
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+            netns: "/run/netns/x".into(),
+            host_veth: crate::model::host_veth_name(cid, "eth0"),
+            addr4: Some(addr.parse().unwrap()),
+            addr6: None,
+            ports,
+            created: 0,
+        }
+    }
+
+    fn tcp(host: u16, ctr: u16) -> PortMapping {
+        PortMapping {
+            host_port: host,
+            container_port: ctr,
+            protocol: Proto::Tcp,
+            host_ip: None,
+        }
+    }
+
+    fn has(d: &Desired, set: SetId, e: Elem) -> bool {
+        d.sets.get(&set).is_some_and(|s| s.contains(&e))
+    }
+
+    #[test]
+    fn nat_network_with_a_published_port() {
+        let n = net("a");
+        let e = ep("a", "c1", "10.1.0.2", vec![tcp(8080, 80)]);
+        let d = desired([&n], [&e]);
+        let br = || "nd-a".to_string();
+        assert!(has(&d, SetId::Bridges, Elem::Iface(br())));
+        assert!(has(
+            &d,
+            SetId::SameNet,
+            Elem::SameIface(br(), Verdict::Accept)
+        ));
+        assert!(has(
+            &d,
+            SetId::In4,
+            Elem::IfaceVerdict(br(), Verdict::Goto(ChainId::ToNat))
+        ));
+        assert!(has(
+            &d,
+            SetId::Out4,
+            Elem::IfaceVerdict(br(), Verdict::Accept)
+        ));
+        // No IPv6 subnet: IPv6 is dropped both ways.
+        assert!(has(&d, SetId::In6, Elem::IfaceVerdict(br(), Verdict::Drop)));
+        assert!(has(
+            &d,
+            SetId::Out6,
+            Elem::IfaceVerdict(br(), Verdict::Drop)
+        ));
+        assert!(has(
+            &d,
+            SetId::Masq4,
+            Elem::Net4("10.1.0.0/24".parse().unwrap())
+        ));
+        assert!(has(
+            &d,
+            SetId::Dnat4Any,
+            Elem::Dnat4 {
+                proto: Proto::Tcp,
+                host_addr: None,
+                host_port: 8080,
+                addr: "10.1.0.2".parse().unwrap(),
+                port: 80
+            }
+        ));
+        assert!(d.elems(SetId::Dnat6Any).next().is_none());
+        assert!(d.elems(SetId::Sealed).next().is_none());
+    }
+
+    #[test]
+    fn internal_icc_off_and_routed() {
+        let mut i = net("i");
+        i.internal = true;
+        i.icc = false;
+        let mut r = net("r");
+        r.subnet4 = Some("10.2.0.0/24".parse().unwrap());
+        r.gateway_mode4 = GatewayMode::Routed;
+        let er = ep("r", "c2", "10.2.0.2", vec![tcp(8080, 80)]);
+        let d = desired([&i, &r], [&er]);
+        assert!(has(&d, SetId::Sealed, Elem::Iface("nd-i".into())));
+        assert!(has(
+            &d,
+            SetId::SameNet,
+            Elem::SameIface("nd-i".into(), Verdict::Goto(ChainId::IccOff))
+        ));
+        assert!(has(
+            &d,
+            SetId::Out4,
+            Elem::IfaceVerdict("nd-i".into(), Verdict::Drop)
+        ));
+        assert!(!has(
+            &d,
+            SetId::Masq4,
+            Elem::Net4("10.1.0.0/24".parse().unwrap())
+        ));
+        assert!(!has(
+            &d,
+            SetId::Masq4,
+            Elem::Net4("10.2.0.0/24".parse().unwrap())
+        ));
+        assert!(has(
+            &d,
+            SetId::Subnets4,
+            Elem::Net4("10.2.0.0/24".parse().unwrap())
+        ));
+        assert!(has(
+            &d,
+            SetId::Open4,
+            Elem::Open4 {
+                addr: "10.2.0.2".parse().unwrap(),
+                proto: Proto::Tcp,
+                port: 80
+            }
+        ));
+        assert!(d.elems(SetId::Dnat4Any).next().is_none());
+    }
+
+    #[test]
+    fn diff_replaces_changed_map_data_and_is_empty_for_equal_states() {
+        let n = net("a");
+        let e1 = ep("a", "c1", "10.1.0.2", vec![tcp(8080, 80)]);
+        let e2 = ep("a", "c2", "10.1.0.3", vec![tcp(8080, 80)]);
+        let before = desired([&n], [&e1]);
+        let after = desired([&n], [&e2]);
+        assert!(before.diff(&before).is_empty());
+        let diff = before.diff(&after);
+        assert_eq!(diff.remove[&SetId::Dnat4Any].len(), 1);
+        assert_eq!(diff.add[&SetId::Dnat4Any].len(), 1);
+        assert_eq!(diff.remove.len(), 1);
+        let none = desired([], []);
+        assert!(none.is_empty());
+        assert_eq!(
+            none.diff(&before).add.values().map(Vec::len).sum::<usize>(),
+            before.len()
+        );
     }
 }

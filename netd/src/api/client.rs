@@ -65,15 +65,21 @@ impl Client {
     }
 
     /// One request; returns the status and the raw body.
-    pub fn raw(&self, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), ClientError> {
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(u16, Vec<u8>), ClientError> {
         let io = |source| ClientError::Io {
             path: self.path.clone(),
             source,
         };
-        let mut stream = UnixStream::connect(&self.path).map_err(|source| ClientError::Unreachable {
-            path: self.path.clone(),
-            source,
-        })?;
+        let mut stream =
+            UnixStream::connect(&self.path).map_err(|source| ClientError::Unreachable {
+                path: self.path.clone(),
+                source,
+            })?;
         stream.set_read_timeout(Some(self.timeout)).map_err(io)?;
         stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
         stream
@@ -81,8 +87,9 @@ impl Client {
             .map_err(io)?;
         let mut buf = Vec::new();
         stream.read_to_end(&mut buf).map_err(io)?;
-        let (head, off) = http::parse_head(&buf, usize::MAX)?
-            .ok_or_else(|| ClientError::Protocol("connection closed before a full answer".into()))?;
+        let (head, off) = http::parse_head(&buf, usize::MAX)?.ok_or_else(|| {
+            ClientError::Protocol("connection closed before a full answer".into())
+        })?;
         let status: u16 = head.first[1]
             .parse()
             .map_err(|_| ClientError::Protocol(format!("bad status {:?}", head.first[1])))?;

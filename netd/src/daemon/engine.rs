@@ -1,0 +1,931 @@
+//! The engine owns netd's state and keeps the kernel in step with it. Every change takes one
+//! path: validate against the state, compute the new desired table ([`crate::plan`]), apply the
+//! element diff as one nftables batch, persist the changed object, then commit in memory. If the
+//! kernel refuses, nothing was persisted; if persisting fails, the table change is reverted.
+//! Either way the state, the table and the disk agree when the call returns.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ipnet::{IpNet, Ipv4Net};
+use tracing::{info, warn};
+
+use crate::api::{ApiError, AttachRequest, Attachment, CreateNetwork, GcRequest, Status};
+use crate::conflist;
+use crate::ipam;
+use crate::model::{self, Endpoint, EndpointKey, GatewayMode, Network};
+use crate::plan::{self, Desired, Diff};
+use crate::ports;
+use crate::store::{self, Meta, Store};
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct KernelError(pub String);
+
+/// What the engine needs from the kernel. The real one is [`super::host::HostKernel`]; unit
+/// tests use an in-memory one.
+pub trait Kernel: Send {
+    /// Replaces netd's table (chains, rules, every element) with `desired` in one batch.
+    fn sync_full(&mut self, desired: &Desired) -> Result<(), KernelError>;
+    /// Applies element changes in one batch.
+    fn apply_diff(&mut self, diff: &Diff) -> Result<(), KernelError>;
+    /// Destinations of the host's routes (to keep automatic subnets clear of them).
+    fn routes(&mut self) -> Result<Vec<IpNet>, KernelError>;
+    fn link_exists(&mut self, name: &str) -> Result<bool, KernelError>;
+    /// Removes a network's bridge (the plugin creates bridges; netd removes them with the
+    /// network). A missing bridge is not an error.
+    fn delete_bridge(&mut self, name: &str) -> Result<(), KernelError>;
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub table: String,
+    /// The socket path written into conflists, so the plugin finds this daemon.
+    pub socket: PathBuf,
+    pub cni_conf_dir: PathBuf,
+    pub pool4: Ipv4Net,
+    pub pool4_prefix: u8,
+}
+
+pub struct Engine {
+    cfg: EngineConfig,
+    store: Store,
+    kernel: Box<dyn Kernel>,
+    meta: Meta,
+    networks: BTreeMap<String, Network>,
+    endpoints: BTreeMap<EndpointKey, Endpoint>,
+    /// What netd's table holds now.
+    applied: Desired,
+    /// The address handed out last per network, so released ones are not reused at once.
+    last4: BTreeMap<String, Ipv4Addr>,
+    last6: BTreeMap<String, Ipv6Addr>,
+    started: SystemTime,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn internal(context: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(format!("{context}: {e}"))
+}
+
+impl Engine {
+    /// Loads the state and applies the whole table in one batch. Endpoints whose network is
+    /// gone (a crash between the two removals) are dropped.
+    pub fn start(
+        cfg: EngineConfig,
+        store: Store,
+        mut kernel: Box<dyn Kernel>,
+    ) -> Result<Engine, ApiError> {
+        let loaded = store.load().map_err(|e| internal("loading state", e))?;
+        let networks: BTreeMap<_, _> = loaded
+            .networks
+            .into_iter()
+            .map(|n| (n.name.clone(), n))
+            .collect();
+        let mut endpoints = BTreeMap::new();
+        for ep in loaded.endpoints {
+            if networks.contains_key(&ep.network) {
+                endpoints.insert(ep.key(), ep);
+            } else {
+                warn!(endpoint = %ep.key(), "dropping endpoint of a network that no longer exists");
+                store
+                    .delete_endpoint(&ep.key())
+                    .map_err(|e| internal("removing orphan endpoint", e))?;
+            }
+        }
+        let desired = plan::desired(networks.values(), endpoints.values());
+        kernel
+            .sync_full(&desired)
+            .map_err(|e| internal(&format!("applying table {}", cfg.table), e))?;
+        info!(
+            table = %cfg.table,
+            networks = networks.len(),
+            endpoints = endpoints.len(),
+            elements = desired.len(),
+            "table applied from state"
+        );
+        let mut engine = Engine {
+            cfg,
+            store,
+            kernel,
+            meta: loaded.meta,
+            networks,
+            endpoints,
+            applied: desired,
+            last4: BTreeMap::new(),
+            last6: BTreeMap::new(),
+            started: SystemTime::now(),
+        };
+        engine.sync_conflists()?;
+        Ok(engine)
+    }
+
+    pub fn networks(&self) -> impl Iterator<Item = &Network> {
+        self.networks.values()
+    }
+
+    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints.values()
+    }
+
+    pub fn has_ipv6(&self) -> bool {
+        self.networks.values().any(|n| n.subnet6.is_some())
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_secs: self.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+            table: self.cfg.table.clone(),
+            networks: self.networks.len(),
+            endpoints: self.endpoints.len(),
+            published_ports: self.endpoints.values().map(|e| e.ports.len()).sum(),
+        }
+    }
+
+    pub fn network(&self, name: &str) -> Result<Network, ApiError> {
+        self.networks
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("network {name:?} does not exist")))
+    }
+
+    /// Makes the table match the state again (after someone else changed it).
+    pub fn resync(&mut self) -> Result<(), ApiError> {
+        let desired = plan::desired(self.networks.values(), self.endpoints.values());
+        self.kernel
+            .sync_full(&desired)
+            .map_err(|e| internal("re-applying the table", e))?;
+        self.applied = desired;
+        Ok(())
+    }
+
+    /// Applies the table for the state as it is in memory now; on failure the caller undoes
+    /// its in-memory change.
+    fn apply_current(&mut self) -> Result<Desired, ApiError> {
+        let desired = plan::desired(self.networks.values(), self.endpoints.values());
+        let diff = self.applied.diff(&desired);
+        if !diff.is_empty() {
+            self.kernel
+                .apply_diff(&diff)
+                .map_err(|e| internal("updating the nftables table", e))?;
+        }
+        Ok(desired)
+    }
+
+    /// Reverts the table to `self.applied` after a later step failed.
+    fn revert_table(&mut self, attempted: &Desired) {
+        let back = attempted.diff(&self.applied);
+        if let Err(e) = self.kernel.apply_diff(&back) {
+            warn!(error = %e, "could not revert the table; re-applying it whole");
+            if let Err(e) = self.kernel.sync_full(&self.applied) {
+                warn!(error = %e, "re-applying the table failed too");
+            }
+        }
+    }
+
+    // ---- networks ----
+
+    pub fn create_network(&mut self, req: CreateNetwork) -> Result<Network, ApiError> {
+        let net = self.plan_network(req)?;
+        self.networks.insert(net.name.clone(), net.clone());
+        let desired = match self.apply_current() {
+            Ok(d) => d,
+            Err(e) => {
+                self.networks.remove(&net.name);
+                return Err(e);
+            }
+        };
+        let persisted = self
+            .store
+            .put_network(&net)
+            .map_err(|e| internal("saving the network", e))
+            .and_then(|()| self.write_conflist(&net));
+        if let Err(e) = persisted {
+            self.revert_table(&desired);
+            self.networks.remove(&net.name);
+            let _ = self.store.delete_network(&net.name);
+            return Err(e);
+        }
+        self.applied = desired;
+        info!(network = %net.name, bridge = %net.bridge, subnet4 = ?net.subnet4, subnet6 = ?net.subnet6, "network created");
+        Ok(net)
+    }
+
+    /// Validates a create request and fills in what it leaves open.
+    fn plan_network(&mut self, req: CreateNetwork) -> Result<Network, ApiError> {
+        let inv = |e: &dyn std::fmt::Display| ApiError::invalid(e.to_string());
+        model::validate_network_name(&req.name).map_err(|e| inv(&e))?;
+        if self.networks.contains_key(&req.name) {
+            return Err(ApiError::conflict(format!(
+                "network {:?} already exists",
+                req.name
+            )));
+        }
+        let bridge = match &req.bridge {
+            Some(b) => {
+                model::validate_ifname(b).map_err(|e| inv(&e))?;
+                b.clone()
+            }
+            None => default_bridge_name(&req.name),
+        };
+        if let Some(other) = self.networks.values().find(|n| n.bridge == bridge) {
+            return Err(ApiError::conflict(format!(
+                "bridge {bridge} is already used by network {}",
+                other.name
+            )));
+        }
+        if self
+            .kernel
+            .link_exists(&bridge)
+            .map_err(|e| internal("looking up links", e))?
+        {
+            return Err(ApiError::conflict(format!(
+                "an interface named {bridge} already exists on the host and netd does not own it; choose another with --bridge"
+            )));
+        }
+
+        let mode4 = req.gateway_mode_ipv4.unwrap_or_default();
+        let mode6 = req.gateway_mode_ipv6.unwrap_or_default();
+        if req.internal && (mode4 == GatewayMode::Routed || mode6 == GatewayMode::Routed) {
+            return Err(ApiError::invalid(
+                "an internal network has no gateway to the outside, so it cannot use the routed gateway mode",
+            ));
+        }
+        let wants6 = req.ipv6 || req.subnet6.is_some() || req.gateway6.is_some();
+        if req.no_ipv4 && !wants6 {
+            return Err(ApiError::invalid(
+                "a network without IPv4 needs IPv6 (--ipv6)",
+            ));
+        }
+        if req.no_ipv4 && (req.subnet.is_some() || req.gateway.is_some()) {
+            return Err(ApiError::invalid(
+                "--subnet/--gateway contradict a network without IPv4",
+            ));
+        }
+        if !wants6 && req.gateway_mode_ipv6.is_some() {
+            return Err(ApiError::invalid(
+                "an IPv6 gateway mode needs an IPv6 network (--ipv6)",
+            ));
+        }
+        let mtu = req.mtu.unwrap_or(1500);
+        if !(68..=65535).contains(&mtu) {
+            return Err(ApiError::invalid(format!(
+                "MTU {mtu} is out of range (68-65535)"
+            )));
+        }
+        if wants6 && mtu < 1280 {
+            return Err(ApiError::invalid(format!(
+                "MTU {mtu} is below IPv6's minimum of 1280"
+            )));
+        }
+
+        let taken: Vec<(String, IpNet)> = self
+            .networks
+            .values()
+            .flat_map(|n| {
+                let name = format!("network {}", n.name);
+                n.subnet4
+                    .map(IpNet::V4)
+                    .into_iter()
+                    .chain(n.subnet6.map(IpNet::V6))
+                    .map(move |s| (name.clone(), s))
+            })
+            .collect();
+
+        let (subnet4, gateway4) = if req.no_ipv4 {
+            (None, None)
+        } else {
+            let subnet = match req.subnet {
+                Some(s) => {
+                    if s != s.trunc() {
+                        return Err(ApiError::invalid(format!(
+                            "subnet {s} has host bits set; did you mean {}?",
+                            s.trunc()
+                        )));
+                    }
+                    ipam::check_free(IpNet::V4(s), &taken)
+                        .map_err(|e| ApiError::conflict(e.to_string()))?;
+                    s
+                }
+                None => {
+                    let mut avoid: Vec<IpNet> = taken.iter().map(|(_, s)| *s).collect();
+                    avoid.extend(
+                        self.kernel
+                            .routes()
+                            .map_err(|e| internal("reading host routes", e))?,
+                    );
+                    ipam::choose_subnet4(self.cfg.pool4, self.cfg.pool4_prefix, &avoid)
+                        .map_err(|e| ApiError::conflict(e.to_string()))?
+                }
+            };
+            let gateway = match req.gateway {
+                Some(g) => {
+                    ipam::check_gateway4(subnet, g).map_err(|e| inv(&e))?;
+                    g
+                }
+                None => ipam::default_gateway4(subnet).map_err(|e| inv(&e))?,
+            };
+            (Some(subnet), Some(gateway))
+        };
+
+        let (subnet6, gateway6) = if wants6 {
+            super::sysctl::require_ipv6_forwarding().map_err(|e| inv(&e))?;
+            let subnet = match req.subnet6 {
+                Some(s) => {
+                    if s != s.trunc() {
+                        return Err(ApiError::invalid(format!(
+                            "subnet {s} has host bits set; did you mean {}?",
+                            s.trunc()
+                        )));
+                    }
+                    if s.prefix_len() > 126 {
+                        return Err(ApiError::invalid(format!("subnet {s} is too small")));
+                    }
+                    ipam::check_free(IpNet::V6(s), &taken)
+                        .map_err(|e| ApiError::conflict(e.to_string()))?;
+                    s
+                }
+                None => {
+                    let ula = ipam::ula_prefix(self.ula_global_id()?);
+                    let mut avoid: Vec<IpNet> = taken.iter().map(|(_, s)| *s).collect();
+                    avoid.extend(
+                        self.kernel
+                            .routes()
+                            .map_err(|e| internal("reading host routes", e))?,
+                    );
+                    ipam::choose_subnet6(ula, &avoid)
+                        .map_err(|e| ApiError::conflict(e.to_string()))?
+                }
+            };
+            let gateway = match req.gateway6 {
+                Some(g) => {
+                    ipam::check_gateway6(subnet, g).map_err(|e| inv(&e))?;
+                    g
+                }
+                None => ipam::default_gateway6(subnet),
+            };
+            (Some(subnet), Some(gateway))
+        } else {
+            (None, None)
+        };
+
+        Ok(Network {
+            name: req.name,
+            bridge,
+            subnet4,
+            gateway4,
+            subnet6,
+            gateway6,
+            internal: req.internal,
+            icc: req.icc.unwrap_or(true),
+            gateway_mode4: mode4,
+            gateway_mode6: mode6,
+            mtu,
+            created: now(),
+        })
+    }
+
+    /// The ULA global ID, generated from the kernel's random source on first use and
+    /// persisted so automatic IPv6 subnets stay the same across restarts.
+    fn ula_global_id(&mut self) -> Result<u64, ApiError> {
+        if let Some(id) = self.meta.ula_global_id {
+            return Ok(id);
+        }
+        let mut buf = [0u8; 8];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+            .map_err(|e| internal("reading /dev/urandom", e))?;
+        let id = u64::from_le_bytes(buf) & 0xff_ffff_ffff;
+        let meta = Meta {
+            ula_global_id: Some(id),
+        };
+        self.store
+            .put_meta(&meta)
+            .map_err(|e| internal("saving the ULA prefix", e))?;
+        self.meta = meta;
+        Ok(id)
+    }
+
+    pub fn remove_network(&mut self, name: &str) -> Result<(), ApiError> {
+        let net = self.network(name)?;
+        let attached: Vec<&Endpoint> = self
+            .endpoints
+            .values()
+            .filter(|e| e.network == name)
+            .collect();
+        if !attached.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "network {name} still has {} endpoint(s) attached (first: container {} {}); remove those containers (or detach them with CNI DEL) first",
+                attached.len(),
+                attached[0].container_id,
+                attached[0].ifname
+            )));
+        }
+        self.networks.remove(name);
+        let desired = match self.apply_current() {
+            Ok(d) => d,
+            Err(e) => {
+                self.networks.insert(name.to_string(), net);
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.store.delete_network(name) {
+            self.revert_table(&desired);
+            self.networks.insert(name.to_string(), net);
+            return Err(internal("removing the network from state", e));
+        }
+        self.applied = desired;
+        self.last4.remove(name);
+        self.last6.remove(name);
+        let path = self.cfg.cni_conf_dir.join(conflist::file_name(name));
+        if let Err(e) = std::fs::remove_file(&path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(path = %path.display(), error = %e, "could not remove conflist");
+            }
+        }
+        if let Err(e) = self.kernel.delete_bridge(&net.bridge) {
+            warn!(bridge = %net.bridge, error = %e, "could not remove the bridge");
+        }
+        info!(network = %name, "network removed");
+        Ok(())
+    }
+
+    fn write_conflist(&self, net: &Network) -> Result<(), ApiError> {
+        let dir = &self.cfg.cni_conf_dir;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| internal(&format!("creating {}", dir.display()), e))?;
+        let text = conflist::render(&net.name, &self.cfg.socket.to_string_lossy());
+        store::write_atomic(&dir.join(conflist::file_name(&net.name)), text.as_bytes())
+            .map_err(|e| internal("writing the conflist", e))
+    }
+
+    /// Rewrites conflists that are missing or stale (another socket path), and removes netd's
+    /// conflists for networks that no longer exist. Other files are never touched.
+    fn sync_conflists(&mut self) -> Result<(), ApiError> {
+        for net in self.networks.values() {
+            let path = self.cfg.cni_conf_dir.join(conflist::file_name(&net.name));
+            let want = conflist::render(&net.name, &self.cfg.socket.to_string_lossy());
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(want.as_str()) {
+                self.write_conflist(net)?;
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.cfg.cni_conf_dir) {
+            for entry in entries.flatten() {
+                let file = entry.file_name();
+                let file = file.to_string_lossy();
+                if let Some(name) = conflist::network_of(&file) {
+                    if !self.networks.contains_key(name) {
+                        info!(file = %file, "removing conflist of a network that no longer exists");
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- endpoints ----
+
+    pub fn attach(&mut self, req: AttachRequest) -> Result<Attachment, ApiError> {
+        let inv = |e: &dyn std::fmt::Display| ApiError::invalid(e.to_string());
+        model::validate_container_id(&req.container_id).map_err(|e| inv(&e))?;
+        model::validate_ifname(&req.ifname).map_err(|e| inv(&e))?;
+        if !req.netns.starts_with('/') {
+            return Err(ApiError::invalid(format!(
+                "netns {:?} is not an absolute path",
+                req.netns
+            )));
+        }
+        let net = self.networks.get(&req.network).cloned().ok_or_else(|| {
+            ApiError::not_found(format!(
+                "network {:?} is not known to netd (netctl network ls lists the networks)",
+                req.network
+            ))
+        })?;
+        let key = EndpointKey {
+            network: req.network.clone(),
+            container_id: req.container_id.clone(),
+            ifname: req.ifname.clone(),
+        };
+        if self.endpoints.contains_key(&key) {
+            return Err(ApiError::conflict(format!(
+                "container {} already has interface {} on network {}",
+                key.container_id, key.ifname, key.network
+            )));
+        }
+        let existing = self
+            .endpoints
+            .values()
+            .filter_map(|e| self.networks.get(&e.network).map(|n| (e, n)));
+        ports::check(&net, &req.port_mappings, existing)
+            .map_err(|e| ApiError::conflict(e.to_string()))?;
+
+        let addr4 = match (net.subnet4, net.gateway4) {
+            (Some(s), Some(g)) => {
+                let used: BTreeSet<Ipv4Addr> = self
+                    .endpoints
+                    .values()
+                    .filter(|e| e.network == net.name)
+                    .filter_map(|e| e.addr4)
+                    .collect();
+                Some(
+                    ipam::allocate4(s, g, &used, self.last4.get(&net.name).copied())
+                        .map_err(|e| ApiError::conflict(e.to_string()))?,
+                )
+            }
+            _ => None,
+        };
+        let addr6 = match (net.subnet6, net.gateway6) {
+            (Some(s), Some(g)) => {
+                let used: BTreeSet<Ipv6Addr> = self
+                    .endpoints
+                    .values()
+                    .filter(|e| e.network == net.name)
+                    .filter_map(|e| e.addr6)
+                    .collect();
+                Some(
+                    ipam::allocate6(s, g, &used, self.last6.get(&net.name).copied())
+                        .map_err(|e| ApiError::conflict(e.to_string()))?,
+                )
+            }
+            _ => None,
+        };
+        let mut port_mappings = req.port_mappings;
+        port_mappings.sort();
+        let ep = Endpoint {
+            network: req.network,
+            host_veth: model::host_veth_name(&req.container_id, &req.ifname),
+            container_id: req.container_id,
+            ifname: req.ifname,
+            netns: req.netns,
+            addr4,
+            addr6,
+            ports: port_mappings,
+            created: now(),
+        };
+        self.endpoints.insert(key.clone(), ep.clone());
+        let desired = match self.apply_current() {
+            Ok(d) => d,
+            Err(e) => {
+                self.endpoints.remove(&key);
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.store.put_endpoint(&ep) {
+            self.revert_table(&desired);
+            self.endpoints.remove(&key);
+            return Err(internal("saving the endpoint", e));
+        }
+        self.applied = desired;
+        if let Some(a) = addr4 {
+            self.last4.insert(net.name.clone(), a);
+        }
+        if let Some(a) = addr6 {
+            self.last6.insert(net.name.clone(), a);
+        }
+        info!(endpoint = %key, addr4 = ?addr4, addr6 = ?addr6, ports = ep.ports.len(), "endpoint attached");
+        Ok(Attachment {
+            network: net,
+            endpoint: ep,
+        })
+    }
+
+    pub fn endpoint(&self, key: &EndpointKey) -> Result<Attachment, ApiError> {
+        let ep = self
+            .endpoints
+            .get(key)
+            .ok_or_else(|| ApiError::not_found(format!("netd holds no endpoint {key}")))?;
+        Ok(Attachment {
+            network: self.network(&ep.network)?,
+            endpoint: ep.clone(),
+        })
+    }
+
+    /// Releases an endpoint with its addresses and ports. Returns false if there was none.
+    pub fn detach(&mut self, key: &EndpointKey) -> Result<bool, ApiError> {
+        let Some(ep) = self.endpoints.remove(key) else {
+            return Ok(false);
+        };
+        let desired = match self.apply_current() {
+            Ok(d) => d,
+            Err(e) => {
+                self.endpoints.insert(key.clone(), ep);
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.store.delete_endpoint(key) {
+            self.revert_table(&desired);
+            self.endpoints.insert(key.clone(), ep);
+            return Err(internal("removing the endpoint from state", e));
+        }
+        self.applied = desired;
+        info!(endpoint = %key, "endpoint detached");
+        Ok(true)
+    }
+
+    /// CNI GC: releases the network's endpoints the runtime no longer lists.
+    pub fn gc(&mut self, req: GcRequest) -> Result<Vec<Endpoint>, ApiError> {
+        self.network(&req.network)?;
+        let valid: BTreeSet<(String, String)> = req
+            .valid
+            .into_iter()
+            .map(|a| (a.container_id, a.ifname))
+            .collect();
+        let stale: Vec<EndpointKey> = self
+            .endpoints
+            .values()
+            .filter(|e| e.network == req.network)
+            .filter(|e| !valid.contains(&(e.container_id.clone(), e.ifname.clone())))
+            .map(Endpoint::key)
+            .collect();
+        let mut released = Vec::new();
+        for key in stale {
+            let ep = self.endpoints.get(&key).cloned();
+            if self.detach(&key)? {
+                released.extend(ep);
+            }
+        }
+        Ok(released)
+    }
+}
+
+/// `nd-NAME` when that fits an interface name, else `nd-` and a hash of the name.
+pub fn default_bridge_name(network: &str) -> String {
+    let plain = format!("nd-{network}");
+    if model::validate_ifname(&plain).is_ok() {
+        plain
+    } else {
+        format!("nd-{:012x}", model::fnv1a(&[network.as_bytes()]) >> 16)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::GcAttachment;
+    use crate::model::{PortMapping, Proto};
+    use std::sync::{Arc, Mutex};
+
+    /// An in-memory table: applies diffs to a Desired, and can be told to fail.
+    #[derive(Default)]
+    struct FakeTable {
+        table: Desired,
+        fail_next: bool,
+        batches: usize,
+    }
+
+    struct FakeKernel(Arc<Mutex<FakeTable>>);
+
+    impl Kernel for FakeKernel {
+        fn sync_full(&mut self, desired: &Desired) -> Result<(), KernelError> {
+            let mut t = self.0.lock().unwrap();
+            t.batches += 1;
+            t.table = desired.clone();
+            Ok(())
+        }
+        fn apply_diff(&mut self, diff: &Diff) -> Result<(), KernelError> {
+            let mut t = self.0.lock().unwrap();
+            if std::mem::take(&mut t.fail_next) {
+                return Err(KernelError("injected failure".into()));
+            }
+            t.batches += 1;
+            for (set, elems) in &diff.remove {
+                for e in elems {
+                    assert!(
+                        t.table.sets.get_mut(set).unwrap().remove(e),
+                        "removing absent {e:?}"
+                    );
+                }
+            }
+            for (set, elems) in &diff.add {
+                for e in elems {
+                    assert!(
+                        t.table.sets.entry(*set).or_default().insert(e.clone()),
+                        "adding present {e:?}"
+                    );
+                }
+            }
+            Ok(())
+        }
+        fn routes(&mut self) -> Result<Vec<IpNet>, KernelError> {
+            Ok(vec!["10.99.0.0/24".parse().unwrap()])
+        }
+        fn link_exists(&mut self, name: &str) -> Result<bool, KernelError> {
+            Ok(name == "eth0")
+        }
+        fn delete_bridge(&mut self, _: &str) -> Result<(), KernelError> {
+            Ok(())
+        }
+    }
+
+    struct Fixture {
+        dir: PathBuf,
+        table: Arc<Mutex<FakeTable>>,
+    }
+
+    impl Fixture {
+        fn new(tag: &str) -> Fixture {
+            let dir =
+                std::env::temp_dir().join(format!("netd-engine-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            Fixture {
+                dir,
+                table: Arc::default(),
+            }
+        }
+        fn engine(&self) -> Engine {
+            let cfg = EngineConfig {
+                table: "netd".into(),
+                socket: "/run/netd/netd.sock".into(),
+                cni_conf_dir: self.dir.join("cni"),
+                pool4: "10.99.0.0/16".parse().unwrap(),
+                pool4_prefix: 24,
+            };
+            let store = Store::open(&self.dir.join("state")).unwrap();
+            Engine::start(cfg, store, Box::new(FakeKernel(self.table.clone()))).unwrap()
+        }
+        fn table(&self) -> Desired {
+            self.table.lock().unwrap().table.clone()
+        }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn create(name: &str) -> CreateNetwork {
+        CreateNetwork {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    fn attach(net: &str, cid: &str, ports: Vec<PortMapping>) -> AttachRequest {
+        AttachRequest {
+            network: net.into(),
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+            netns: format!("/run/netns/{cid}"),
+            port_mappings: ports,
+        }
+    }
+
+    fn tcp(host: u16) -> PortMapping {
+        PortMapping {
+            host_port: host,
+            container_port: 80,
+            protocol: Proto::Tcp,
+            host_ip: None,
+        }
+    }
+
+    #[test]
+    fn networks_get_free_subnets_conflists_and_survive_restart() {
+        let fx = Fixture::new("nets");
+        let mut e = fx.engine();
+        let a = e.create_network(create("a")).unwrap();
+        // 10.99.0.0/24 is a host route in the fake kernel.
+        assert_eq!(a.subnet4.unwrap().to_string(), "10.99.1.0/24");
+        assert_eq!(a.gateway4.unwrap().to_string(), "10.99.1.1");
+        assert_eq!(a.bridge, "nd-a");
+        let b = e.create_network(create("b")).unwrap();
+        assert_eq!(b.subnet4.unwrap().to_string(), "10.99.2.0/24");
+        assert!(fx.dir.join("cni/netd-a.conflist").exists());
+
+        let err = e
+            .create_network(CreateNetwork {
+                subnet: Some("10.99.2.128/25".parse().unwrap()),
+                ..create("c")
+            })
+            .unwrap_err();
+        assert_eq!(err.kind, crate::api::ErrorKind::Conflict);
+        assert!(err.message.contains("network b"), "{}", err.message);
+        let err = e.create_network(create("a")).unwrap_err();
+        assert_eq!(err.kind, crate::api::ErrorKind::Conflict);
+        let err = e
+            .create_network(CreateNetwork {
+                bridge: Some("eth0".into()),
+                ..create("d")
+            })
+            .unwrap_err();
+        assert!(
+            err.message.contains("eth0 already exists"),
+            "{}",
+            err.message
+        );
+        let err = e
+            .create_network(CreateNetwork {
+                internal: true,
+                gateway_mode_ipv4: Some(GatewayMode::Routed),
+                ..create("e")
+            })
+            .unwrap_err();
+        assert_eq!(err.kind, crate::api::ErrorKind::Invalid);
+
+        let table = fx.table();
+        drop(e);
+        let e = fx.engine();
+        assert_eq!(e.networks().count(), 2);
+        assert_eq!(fx.table(), table);
+    }
+
+    #[test]
+    fn endpoints_allocate_unique_addresses_and_ports_conflict() {
+        let fx = Fixture::new("eps");
+        let mut e = fx.engine();
+        e.create_network(create("a")).unwrap();
+        let one = e.attach(attach("a", "c1", vec![tcp(8080)])).unwrap();
+        let two = e.attach(attach("a", "c2", vec![])).unwrap();
+        assert_ne!(one.endpoint.addr4, two.endpoint.addr4);
+        let err = e.attach(attach("a", "c3", vec![tcp(8080)])).unwrap_err();
+        assert_eq!(err.kind, crate::api::ErrorKind::Conflict);
+        assert!(err.message.contains("container c1"), "{}", err.message);
+        let err = e.attach(attach("a", "c1", vec![])).unwrap_err();
+        assert_eq!(err.kind, crate::api::ErrorKind::Conflict);
+        let err = e.attach(attach("nope", "c9", vec![])).unwrap_err();
+        assert_eq!(err.kind, crate::api::ErrorKind::NotFound);
+        let err = e.attach(attach("a", "bad/id", vec![])).unwrap_err();
+        assert_eq!(err.kind, crate::api::ErrorKind::Invalid);
+
+        let err = e.remove_network("a").unwrap_err();
+        assert_eq!(err.kind, crate::api::ErrorKind::Conflict);
+
+        // Keyed by (container, ifname): releasing c1 frees its port for c3.
+        assert!(e.detach(&one.endpoint.key()).unwrap());
+        assert!(!e.detach(&one.endpoint.key()).unwrap());
+        let three = e.attach(attach("a", "c3", vec![tcp(8080)])).unwrap();
+        // The released address is not reused at once.
+        assert_ne!(three.endpoint.addr4, one.endpoint.addr4);
+        let table = fx.table();
+        assert_eq!(table.elems(plan::SetId::Dnat4Any).count(), 1);
+    }
+
+    #[test]
+    fn a_kernel_failure_changes_nothing() {
+        let fx = Fixture::new("fail");
+        let mut e = fx.engine();
+        e.create_network(create("a")).unwrap();
+        let before = fx.table();
+        fx.table.lock().unwrap().fail_next = true;
+        let err = e.attach(attach("a", "c1", vec![tcp(80)])).unwrap_err();
+        assert_eq!(err.kind, crate::api::ErrorKind::Internal);
+        assert_eq!(fx.table(), before);
+        assert_eq!(e.endpoints().count(), 0);
+        drop(e);
+        assert_eq!(fx.engine().endpoints().count(), 0);
+    }
+
+    #[test]
+    fn gc_releases_what_the_runtime_no_longer_lists() {
+        let fx = Fixture::new("gc");
+        let mut e = fx.engine();
+        e.create_network(create("a")).unwrap();
+        e.attach(attach("a", "keep", vec![])).unwrap();
+        e.attach(attach("a", "stale", vec![tcp(9000)])).unwrap();
+        let released = e
+            .gc(GcRequest {
+                network: "a".into(),
+                valid: vec![GcAttachment {
+                    container_id: "keep".into(),
+                    ifname: "eth0".into(),
+                }],
+            })
+            .unwrap();
+        assert_eq!(released.len(), 1);
+        assert_eq!(released[0].container_id, "stale");
+        assert_eq!(e.endpoints().count(), 1);
+        assert_eq!(fx.table().elems(plan::SetId::Dnat4Any).count(), 0);
+    }
+
+    #[test]
+    fn network_removal_cleans_table_and_conflist() {
+        let fx = Fixture::new("rm");
+        let mut e = fx.engine();
+        e.create_network(create("a")).unwrap();
+        e.remove_network("a").unwrap();
+        assert!(fx.table().is_empty());
+        assert!(!fx.dir.join("cni/netd-a.conflist").exists());
+        assert_eq!(
+            e.remove_network("a").unwrap_err().kind,
+            crate::api::ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn long_names_get_hashed_bridges() {
+        assert_eq!(default_bridge_name("web"), "nd-web");
+        let long = default_bridge_name("a-rather-long-network-name");
+        assert_eq!(long.len(), 15);
+        assert!(long.starts_with("nd-"));
+    }
+}

@@ -1,0 +1,117 @@
+//! The real [`Kernel`]: netd's nftables table through [`crate::ruleset`], links through
+//! [`crate::link`], and the host's routes from procfs.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use super::engine::{Kernel, KernelError};
+use crate::plan::{Desired, Diff};
+use crate::ruleset::Applier;
+
+pub struct HostKernel {
+    applier: Applier,
+}
+
+impl HostKernel {
+    pub fn new(table: &str) -> Result<Self, KernelError> {
+        Ok(HostKernel {
+            applier: Applier::new(table).map_err(|e| KernelError(e.to_string()))?,
+        })
+    }
+}
+
+impl Kernel for HostKernel {
+    fn sync_full(&mut self, desired: &Desired) -> Result<(), KernelError> {
+        self.applier
+            .sync_full(desired)
+            .map_err(|e| KernelError(e.to_string()))
+    }
+
+    fn apply_diff(&mut self, diff: &Diff) -> Result<(), KernelError> {
+        self.applier
+            .apply_diff(diff)
+            .map_err(|e| KernelError(e.to_string()))
+    }
+
+    fn routes(&mut self) -> Result<Vec<IpNet>, KernelError> {
+        let mut out = Vec::new();
+        if let Ok(text) = std::fs::read_to_string("/proc/net/route") {
+            out.extend(parse_route4(&text).into_iter().map(IpNet::V4));
+        }
+        if let Ok(text) = std::fs::read_to_string("/proc/net/ipv6_route") {
+            out.extend(parse_route6(&text).into_iter().map(IpNet::V6));
+        }
+        Ok(out)
+    }
+
+    fn link_exists(&mut self, name: &str) -> Result<bool, KernelError> {
+        Ok(std::path::Path::new("/sys/class/net").join(name).exists())
+    }
+
+    fn delete_bridge(&mut self, name: &str) -> Result<(), KernelError> {
+        let links = crate::link::HostLinks::new().map_err(|e| KernelError(e.to_string()))?;
+        links
+            .delete_link(name)
+            .map(|_| ())
+            .map_err(|e| KernelError(e.to_string()))
+    }
+}
+
+/// Destinations of /proc/net/route (main table, IPv4): hex little-endian address and mask.
+pub fn parse_route4(text: &str) -> Vec<Ipv4Net> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let dst = u32::from_str_radix(f.get(1)?, 16).ok()?;
+            let mask = u32::from_str_radix(f.get(7)?, 16).ok()?;
+            let dst = Ipv4Addr::from(u32::from_be(dst));
+            let prefix = u32::from_be(mask).leading_ones() as u8;
+            Ipv4Net::new(dst, prefix).ok()
+        })
+        .collect()
+}
+
+/// Destinations of /proc/net/ipv6_route: 32 hex digits and a hex prefix length. Link-local
+/// and multicast routes say nothing about which ULA subnets are free, so they are skipped.
+pub fn parse_route6(text: &str) -> Vec<Ipv6Net> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let dst = u128::from_str_radix(f.first()?, 16).ok()?;
+            let prefix = u8::from_str_radix(f.get(1)?, 16).ok()?;
+            let addr = Ipv6Addr::from(dst);
+            if addr.segments()[0] & 0xffc0 == 0xfe80 || addr.segments()[0] & 0xff00 == 0xff00 {
+                return None;
+            }
+            Ipv6Net::new(addr, prefix).ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_procfs_routes() {
+        let v4 =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                  eth0\t00000000\t0102000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+                  eth0\t0000000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        assert_eq!(
+            parse_route4(v4),
+            vec![
+                "0.0.0.0/0".parse::<Ipv4Net>().unwrap(),
+                "10.0.0.0/24".parse().unwrap()
+            ]
+        );
+        let v6 = "fd001234000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0\n\
+                  fe800000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0\n";
+        assert_eq!(
+            parse_route6(v6),
+            vec!["fd00:1234::/64".parse::<Ipv6Net>().unwrap()]
+        );
+    }
+}

@@ -1,0 +1,9 @@
+//! The daemon: the engine that owns state and the table, the socket server in front of it,
+//! and the kernel-facing pieces it drives.
+
+pub mod engine;
+pub mod host;
+pub mod server;
+pub mod sysctl;
+
+pub use engine::{Engine, EngineConfig, Kernel};

@@ -1,0 +1,246 @@
+//! The Unix socket server: reads one bounded HTTP request per connection, hands it to the
+//! engine on a blocking thread (the engine does netlink and fsync), and writes the answer.
+//! A slow client only ever holds its own connection: the engine lock is taken after the whole
+//! request has arrived, and reading it is bounded in time and size.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use super::engine::Engine;
+use crate::api::http::{self, HttpError};
+use crate::api::{
+    ApiError, AttachRequest, CreateNetwork, ErrorBody, GcRequest, Released, MAX_BODY,
+};
+use crate::model::EndpointKey;
+
+/// How long a client may take to send its request.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("another netd is already listening on {0}")]
+    InUse(PathBuf),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Binds the socket with mode 0660, replacing a stale socket file left by a crash but never
+/// one that a running daemon still answers on.
+pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
+    let io = |op, source| ServeError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ServeError::InUse(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(|e| io("removing stale socket", e))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| io("binding", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| io("setting the mode of", e))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, engine: Arc<Mutex<Engine>>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed");
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            connection(stream, engine).await;
+            drop(permit);
+        });
+    }
+}
+
+struct Peer {
+    uid: u32,
+    gid: u32,
+    pid: Option<i32>,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "uid={} gid={}", self.uid, self.gid)?;
+        if let Some(pid) = self.pid {
+            write!(f, " pid={pid}")?;
+        }
+        Ok(())
+    }
+}
+
+async fn connection(mut stream: UnixStream, engine: Arc<Mutex<Engine>>) {
+    let peer = match stream.peer_cred() {
+        Ok(c) => Peer {
+            uid: c.uid(),
+            gid: c.gid(),
+            pid: c.pid(),
+        },
+        Err(e) => {
+            warn!(error = %e, "cannot read peer credentials; closing");
+            return;
+        }
+    };
+    let (status, body) = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
+        Err(_) => error(408, ApiError::invalid("request not received in time")),
+        Ok(Err(e)) => error(400, ApiError::invalid(e.to_string())),
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some((method, path, body)))) => {
+            let mutating = method != "GET";
+            let what = format!("{method} {path}");
+            let answer = tokio::task::spawn_blocking(move || {
+                let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
+                route(&mut engine, &method, &path, &body)
+            })
+            .await
+            .unwrap_or_else(|_| error(500, ApiError::internal("request handler panicked")));
+            if mutating {
+                info!(request = %what, status = answer.0, peer = %peer, "change requested");
+            } else {
+                debug!(request = %what, status = answer.0, peer = %peer, "query");
+            }
+            answer
+        }
+    };
+    let _ = tokio::time::timeout(
+        READ_TIMEOUT,
+        stream.write_all(&http::response(status, &body)),
+    )
+    .await;
+    let _ = stream.shutdown().await;
+}
+
+type Request = (String, String, Vec<u8>);
+
+async fn read_request(stream: &mut UnixStream) -> Result<Option<Request>, HttpError> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 16384];
+    loop {
+        if let Some((head, off)) = http::parse_head(&buf, MAX_BODY)? {
+            let want = off + head.content_length;
+            while buf.len() < want {
+                let n = stream
+                    .read(&mut chunk)
+                    .await
+                    .map_err(|_| HttpError::Malformed("connection error"))?;
+                if n == 0 {
+                    return Err(HttpError::Malformed("body shorter than Content-Length"));
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.len() > want {
+                    return Err(HttpError::Malformed("body longer than Content-Length"));
+                }
+            }
+            let [method, path, _] = head.first;
+            return Ok(Some((method, path, buf.split_off(off))));
+        }
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|_| HttpError::Malformed("connection error"))?;
+        if n == 0 {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            return Err(HttpError::Malformed("connection closed mid-request"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn ok<T: Serialize>(status: u16, v: &T) -> (u16, Vec<u8>) {
+    (status, serde_json::to_vec(v).expect("answers serialize"))
+}
+
+fn error(status: u16, e: ApiError) -> (u16, Vec<u8>) {
+    ok(status, &ErrorBody { error: e })
+}
+
+fn api_error(e: ApiError) -> (u16, Vec<u8>) {
+    error(e.kind.status(), e)
+}
+
+fn decode<T: for<'de> serde::Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("malformed request: {e}")))
+}
+
+/// Dispatches one request. Paths are `/v1/...`; a query string is ignored.
+pub fn route(engine: &mut Engine, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let path = path.split('?').next().unwrap_or("");
+    let Some(rest) = path.strip_prefix("/v1/") else {
+        return error(
+            404,
+            ApiError::not_found(format!("no such API path {path:?}; netd serves /v1/")),
+        );
+    };
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    let result = match (method, parts.as_slice()) {
+        ("GET", ["status"]) => Ok(ok(200, &engine.status())),
+        ("GET", ["networks"]) => Ok(ok(200, &engine.networks().collect::<Vec<_>>())),
+        ("POST", ["networks"]) => decode::<CreateNetwork>(body)
+            .and_then(|req| engine.create_network(req))
+            .map(|n| ok(201, &n)),
+        ("GET", ["networks", name]) => engine.network(name).map(|n| ok(200, &n)),
+        ("DELETE", ["networks", name]) => engine
+            .remove_network(name)
+            .map(|()| ok(200, &serde_json::json!({}))),
+        ("GET", ["endpoints"]) => Ok(ok(200, &engine.endpoints().collect::<Vec<_>>())),
+        ("POST", ["endpoints"]) => decode::<AttachRequest>(body)
+            .and_then(|req| engine.attach(req))
+            .map(|a| ok(201, &a)),
+        ("GET", ["endpoints", network, container, ifname]) => engine
+            .endpoint(&key(network, container, ifname))
+            .map(|a| ok(200, &a)),
+        ("DELETE", ["endpoints", network, container, ifname]) => engine
+            .detach(&key(network, container, ifname))
+            .map(|released| ok(200, &Released { released })),
+        ("POST", ["gc"]) => decode::<GcRequest>(body)
+            .and_then(|req| engine.gc(req))
+            .map(|released| ok(200, &crate::api::GcResult { released })),
+        (_, ["status" | "networks" | "endpoints" | "gc", ..]) => Err(ApiError::invalid(format!(
+            "{method} is not supported on {path}"
+        ))),
+        _ => Err(ApiError::not_found(format!("no such API path {path:?}"))),
+    };
+    result.unwrap_or_else(api_error)
+}
+
+fn key(network: &str, container: &str, ifname: &str) -> EndpointKey {
+    EndpointKey {
+        network: network.to_string(),
+        container_id: container.to_string(),
+        ifname: ifname.to_string(),
+    }
+}

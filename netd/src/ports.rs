@@ -1,0 +1,285 @@
+//! Published ports: which host bindings a mapping claims, and conflicts between endpoints.
+//! Pure.
+
+use std::net::IpAddr;
+
+use crate::model::{Endpoint, Network, PortMapping, Proto};
+
+/// Address family of a binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+/// One (family, protocol, host address, host port) claim. `addr` None means every host
+/// address of that family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Binding {
+    pub family: Family,
+    pub proto: Proto,
+    pub addr: Option<IpAddr>,
+    pub port: u16,
+}
+
+impl Binding {
+    fn clashes(&self, other: &Binding) -> bool {
+        self.family == other.family
+            && self.proto == other.proto
+            && self.port == other.port
+            && (self.addr.is_none() || other.addr.is_none() || self.addr == other.addr)
+    }
+}
+
+impl std::fmt::Display for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.addr, self.family) {
+            (Some(IpAddr::V6(a)), _) => write!(f, "{}/[{a}]:{}", self.proto, self.port),
+            (Some(a), _) => write!(f, "{}/{a}:{}", self.proto, self.port),
+            (None, Family::V4) => write!(f, "{}/0.0.0.0:{}", self.proto, self.port),
+            (None, Family::V6) => write!(f, "{}/[::]:{}", self.proto, self.port),
+        }
+    }
+}
+
+/// The bindings a mapping claims on a network: a mapping without a host address (or with the
+/// unspecified one) applies to every family the network has; one with an address only to that
+/// address's family.
+pub fn bindings(net: &Network, pm: &PortMapping) -> Vec<Binding> {
+    let fam = |family, addr| Binding {
+        family,
+        proto: pm.protocol,
+        addr,
+        port: pm.host_port,
+    };
+    match pm.host_ip {
+        None => {
+            let mut v = Vec::new();
+            if net.subnet4.is_some() {
+                v.push(fam(Family::V4, None));
+            }
+            if net.subnet6.is_some() {
+                v.push(fam(Family::V6, None));
+            }
+            v
+        }
+        Some(IpAddr::V4(a)) if a.is_unspecified() => vec![fam(Family::V4, None)],
+        Some(IpAddr::V6(a)) if a.is_unspecified() => vec![fam(Family::V6, None)],
+        Some(a @ IpAddr::V4(_)) => vec![fam(Family::V4, Some(a))],
+        Some(a @ IpAddr::V6(_)) => vec![fam(Family::V6, Some(a))],
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    #[error("port mapping {0}: port 0 is not a valid host or container port")]
+    Zero(String),
+    #[error("port mapping {mapping}: network {network} has no {family} subnet")]
+    NoFamily {
+        mapping: String,
+        network: String,
+        family: &'static str,
+    },
+    #[error("network {0} is internal; it cannot publish ports")]
+    Internal(String),
+    #[error("host port {binding} is already published by container {container} ({ifname}) on network {network}")]
+    Taken {
+        binding: String,
+        container: String,
+        ifname: String,
+        network: String,
+    },
+    #[error("host port {0} is requested twice by this endpoint")]
+    Duplicate(String),
+}
+
+fn describe(pm: &PortMapping) -> String {
+    match pm.host_ip {
+        Some(ip) => format!(
+            "{ip}:{}->{}/{}",
+            pm.host_port, pm.container_port, pm.protocol
+        ),
+        None => format!("{}->{}/{}", pm.host_port, pm.container_port, pm.protocol),
+    }
+}
+
+/// Checks a new endpoint's mappings against themselves and against every existing endpoint.
+/// `existing` yields each endpoint with its network.
+pub fn check<'a>(
+    net: &Network,
+    mappings: &[PortMapping],
+    existing: impl Iterator<Item = (&'a Endpoint, &'a Network)>,
+) -> Result<(), PortError> {
+    if mappings.is_empty() {
+        return Ok(());
+    }
+    if net.internal {
+        return Err(PortError::Internal(net.name.clone()));
+    }
+    let mut mine: Vec<Binding> = Vec::new();
+    for pm in mappings {
+        if pm.host_port == 0 || pm.container_port == 0 {
+            return Err(PortError::Zero(describe(pm)));
+        }
+        let (wants4, wants6) = match pm.host_ip {
+            Some(IpAddr::V4(_)) => (true, false),
+            Some(IpAddr::V6(_)) => (false, true),
+            None => (false, false),
+        };
+        if wants4 && net.subnet4.is_none() || wants6 && net.subnet6.is_none() {
+            return Err(PortError::NoFamily {
+                mapping: describe(pm),
+                network: net.name.clone(),
+                family: if wants4 { "IPv4" } else { "IPv6" },
+            });
+        }
+        for b in bindings(net, pm) {
+            if mine.iter().any(|m| m.clashes(&b)) {
+                return Err(PortError::Duplicate(b.to_string()));
+            }
+            mine.push(b);
+        }
+    }
+    for (ep, ep_net) in existing {
+        for pm in &ep.ports {
+            for theirs in bindings(ep_net, pm) {
+                if let Some(b) = mine.iter().find(|m| m.clashes(&theirs)) {
+                    return Err(PortError::Taken {
+                        binding: b.to_string(),
+                        container: ep.container_id.clone(),
+                        ifname: ep.ifname.clone(),
+                        network: ep.network.clone(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::GatewayMode;
+
+    fn net(name: &str, v6: bool) -> Network {
+        Network {
+            name: name.into(),
+            bridge: format!("nd-{name}"),
+            subnet4: Some("10.1.0.0/24".parse().unwrap()),
+            gateway4: Some("10.1.0.1".parse().unwrap()),
+            subnet6: v6.then(|| "fd00:1::/64".parse().unwrap()),
+            gateway6: v6.then(|| "fd00:1::1".parse().unwrap()),
+            internal: false,
+            icc: true,
+            gateway_mode4: GatewayMode::Nat,
+            gateway_mode6: GatewayMode::Nat,
+            mtu: 1500,
+            created: 0,
+        }
+    }
+
+    fn pm(host: u16, proto: Proto, ip: Option<&str>) -> PortMapping {
+        PortMapping {
+            host_port: host,
+            container_port: 80,
+            protocol: proto,
+            host_ip: ip.map(|s| s.parse().unwrap()),
+        }
+    }
+
+    fn ep(cid: &str, ports: Vec<PortMapping>) -> Endpoint {
+        Endpoint {
+            network: "a".into(),
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+            netns: "/run/netns/x".into(),
+            host_veth: "vnx".into(),
+            addr4: None,
+            addr6: None,
+            ports,
+            created: 0,
+        }
+    }
+
+    #[test]
+    fn conflicts_name_the_holder() {
+        let n = net("a", true);
+        let holder = ep("c1", vec![pm(8080, Proto::Tcp, None)]);
+        let existing = [(&holder, &n)];
+        let err = check(
+            &n,
+            &[pm(8080, Proto::Tcp, Some("192.0.2.1"))],
+            existing.into_iter(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "host port tcp/192.0.2.1:8080 is already published by container c1 (eth0) on network a"
+        );
+        // Other protocol, other port: fine.
+        assert!(check(&n, &[pm(8080, Proto::Udp, None)], existing.into_iter()).is_ok());
+        assert!(check(&n, &[pm(8081, Proto::Tcp, None)], existing.into_iter()).is_ok());
+    }
+
+    #[test]
+    fn bound_addresses_only_clash_with_the_same_address_or_any() {
+        let n = net("a", false);
+        let holder = ep("c1", vec![pm(53, Proto::Udp, Some("192.0.2.1"))]);
+        let existing = [(&holder, &n)];
+        assert!(check(
+            &n,
+            &[pm(53, Proto::Udp, Some("192.0.2.2"))],
+            existing.into_iter()
+        )
+        .is_ok());
+        assert!(check(
+            &n,
+            &[pm(53, Proto::Udp, Some("192.0.2.1"))],
+            existing.into_iter()
+        )
+        .is_err());
+        assert!(check(&n, &[pm(53, Proto::Udp, None)], existing.into_iter()).is_err());
+    }
+
+    #[test]
+    fn families_are_independent() {
+        let n = net("a", true);
+        let holder = ep("c1", vec![pm(80, Proto::Tcp, Some("0.0.0.0"))]);
+        let existing = [(&holder, &n)];
+        assert!(check(&n, &[pm(80, Proto::Tcp, Some("::"))], existing.into_iter()).is_ok());
+        assert!(check(&n, &[pm(80, Proto::Tcp, None)], existing.into_iter()).is_err());
+    }
+
+    #[test]
+    fn bad_requests() {
+        let n = net("a", false);
+        let none = std::iter::empty();
+        assert!(matches!(
+            check(&n, &[pm(0, Proto::Tcp, None)], none),
+            Err(PortError::Zero(_))
+        ));
+        assert!(matches!(
+            check(
+                &n,
+                &[pm(80, Proto::Tcp, Some("2001:db8::1"))],
+                std::iter::empty()
+            ),
+            Err(PortError::NoFamily { .. })
+        ));
+        assert!(matches!(
+            check(
+                &n,
+                &[pm(80, Proto::Tcp, None), pm(80, Proto::Tcp, None)],
+                std::iter::empty()
+            ),
+            Err(PortError::Duplicate(_))
+        ));
+        let mut internal = net("i", false);
+        internal.internal = true;
+        assert!(matches!(
+            check(&internal, &[pm(80, Proto::Tcp, None)], std::iter::empty()),
+            Err(PortError::Internal(_))
+        ));
+    }
+}
