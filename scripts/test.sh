@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test command (README.md): unit tests, and integration tests that run netd, netctl and
+# netd-cni against the real kernel inside private network namespaces. Needs root; never
+# changes the machine's root network namespace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" -ne 0 ]; then
+  echo "scripts/test.sh: the integration tests create network namespaces; run as root (sudo)" >&2
+  exit 1
+fi
+# The netns tests run the binaries as a runtime would, so build them first.
+cargo build --workspace --bins
+cargo test --workspace -- --test-threads="${NETD_TEST_THREADS:-4}"
