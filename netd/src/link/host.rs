@@ -1,0 +1,311 @@
+//! The host side: bridges and the host ends of veth pairs.
+
+use std::future::Future;
+
+use ipnet::IpNet;
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth};
+
+use super::netns::NetnsFile;
+use super::{bridge_mac, check_ifname, format_mac, nl, LinkError, LinkState, Result};
+
+/// A netlink connection to the network namespace of the thread that called [`HostLinks::new`].
+///
+/// Methods block; call them from a plain thread or `spawn_blocking`, never from inside an
+/// async task (they drive their own current-thread runtime).
+pub struct HostLinks {
+    rt: tokio::runtime::Runtime,
+    handle: Handle,
+}
+
+impl HostLinks {
+    pub fn new() -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|e| LinkError::os("starting a tokio runtime", e))?;
+        let (conn, handle, _) = {
+            // The socket registers with the reactor of the runtime that is current.
+            let _enter = rt.enter();
+            rtnetlink::new_connection().map_err(|e| LinkError::os("opening a netlink socket", e))?
+        };
+        rt.spawn(conn);
+        Ok(HostLinks { rt, handle })
+    }
+
+    fn run<F: Future>(&self, fut: F) -> F::Output {
+        self.rt.block_on(fut)
+    }
+
+    /// Creates bridge `name` unless it exists, gives it its stable MAC (see [`bridge_mac`]),
+    /// the MTU (0 leaves it) and the gateway addresses `addrs`, and sets it up. Safe to race:
+    /// parallel plugin processes may all ensure the same bridge. Returns its ifindex.
+    pub fn ensure_bridge(&self, name: &str, addrs: &[IpNet], mtu: u32) -> Result<u32> {
+        check_ifname("bridge", name)?;
+        let h = &self.handle;
+        let mac = bridge_mac(name);
+        self.run(async {
+            let lookup = |e| LinkError::from_rtnl(format!("looking up bridge {name}"), e);
+            let link = match nl::get_link(h, name).await.map_err(lookup)? {
+                Some(link) => link,
+                None => {
+                    let mut b = LinkBridge::new(name).address(mac.to_vec());
+                    if mtu > 0 {
+                        b = b.mtu(mtu);
+                    }
+                    match h.link().add(b.build()).execute().await {
+                        Ok(()) => {}
+                        // Another process created it between our lookup and our add.
+                        Err(e) if nl::is_errno(&e, libc::EEXIST) => {}
+                        Err(e) => {
+                            return Err(LinkError::from_rtnl(format!("creating bridge {name}"), e))
+                        }
+                    }
+                    nl::get_link(h, name)
+                        .await
+                        .map_err(lookup)?
+                        .ok_or_else(|| {
+                            LinkError::os(
+                                format!("looking up bridge {name} after creating it"),
+                                std::io::Error::from_raw_os_error(libc::ENODEV),
+                            )
+                        })?
+                }
+            };
+            let st = nl::link_state(&link);
+            if st.kind.as_deref() != Some("bridge") {
+                return Err(LinkError::invalid(
+                    format!("using {name} as a bridge"),
+                    format!(
+                        "a link of kind {} has that name",
+                        st.kind.as_deref().unwrap_or("(none)")
+                    ),
+                ));
+            }
+            let index = st.index;
+
+            let mut change = LinkUnspec::new_with_index(index);
+            let mut what = Vec::new();
+            if st.mac.as_deref() != Some(format_mac(&mac).as_str()) {
+                change = change.address(mac.to_vec());
+                what.push(format!("address {}", format_mac(&mac)));
+            }
+            if mtu > 0 && st.mtu != mtu {
+                change = change.mtu(mtu);
+                what.push(format!("mtu {mtu}"));
+            }
+            if !what.is_empty() {
+                h.link()
+                    .change(change.build())
+                    .execute()
+                    .await
+                    .map_err(|e| {
+                        LinkError::from_rtnl(
+                            format!("setting {} on bridge {name}", what.join(", ")),
+                            e,
+                        )
+                    })?;
+            }
+
+            let have = nl::addresses(h, index).await.map_err(|e| {
+                LinkError::from_rtnl(format!("listing addresses of bridge {name}"), e)
+            })?;
+            for net in addrs {
+                if have.iter().any(|(a, _)| a == net) {
+                    continue;
+                }
+                nl::ensure_address(h, index, *net).await.map_err(|e| {
+                    LinkError::from_rtnl(format!("adding address {net} to bridge {name}"), e)
+                })?;
+            }
+
+            if !st.up {
+                nl::set_up(h, index)
+                    .await
+                    .map_err(|e| LinkError::from_rtnl(format!("bringing up bridge {name}"), e))?;
+            }
+            Ok(index)
+        })
+    }
+
+    /// Deletes bridge `name`; false when there is none. Refuses to delete a link of another
+    /// kind that happens to have the name.
+    pub fn delete_bridge(&self, name: &str) -> Result<bool> {
+        check_ifname("bridge", name)?;
+        let h = &self.handle;
+        self.run(async {
+            let Some(link) = nl::get_link(h, name)
+                .await
+                .map_err(|e| LinkError::from_rtnl(format!("looking up bridge {name}"), e))?
+            else {
+                return Ok(false);
+            };
+            let st = nl::link_state(&link);
+            if st.kind.as_deref() != Some("bridge") {
+                return Err(LinkError::invalid(
+                    format!("deleting bridge {name}"),
+                    format!(
+                        "it is a link of kind {}",
+                        st.kind.as_deref().unwrap_or("(none)")
+                    ),
+                ));
+            }
+            nl::delete_index(h, st.index)
+                .await
+                .map_err(|e| LinkError::from_rtnl(format!("deleting bridge {name}"), e))
+        })
+    }
+
+    /// Creates the veth pair `host_name`/`peer_name` with the peer born inside the namespace
+    /// at `netns_path` (so a half-made pair never shows up in the host under a temporary name),
+    /// makes `host_name` a port of the bridge `bridge_index` with hairpin on (a container can
+    /// reach itself through a published port) and `isolated` as asked (ICC off: isolated ports
+    /// do not talk to each other, only to the bridge and non-isolated ports), and sets it up.
+    /// MTU 0 leaves the default. On failure nothing it created is left behind. Returns the
+    /// host end's ifindex.
+    pub fn create_veth(
+        &self,
+        host_name: &str,
+        peer_name: &str,
+        bridge_index: u32,
+        mtu: u32,
+        isolated: bool,
+        netns_path: &str,
+    ) -> Result<u32> {
+        check_ifname("host veth", host_name)?;
+        check_ifname("container veth", peer_name)?;
+        let ns = NetnsFile::open(netns_path)?;
+        let h = &self.handle;
+        self.run(async {
+            let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
+                .name(peer_name)
+                .setns_by_fd(ns.raw_fd());
+            let mut veth =
+                LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth).name(host_name);
+            if mtu > 0 {
+                peer = peer.mtu(mtu);
+                veth = veth.mtu(mtu);
+            }
+            let veth = veth.set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
+            h.link().add(veth.build()).execute().await.map_err(|e| {
+                LinkError::from_rtnl(
+                    format!(
+                        "creating veth {host_name} with peer {peer_name} in netns {netns_path}"
+                    ),
+                    e,
+                )
+            })?;
+
+            let res = self.attach_veth(host_name, bridge_index, isolated).await;
+            if res.is_err() {
+                // Deleting one end deletes the pair, the peer in the container included.
+                if let Err(e) = self.delete_by_name(host_name).await {
+                    tracing::warn!("cleaning up veth {host_name} after a failed create: {e}");
+                }
+            }
+            res
+        })
+    }
+
+    async fn attach_veth(&self, name: &str, bridge_index: u32, isolated: bool) -> Result<u32> {
+        let h = &self.handle;
+        let index = nl::get_link(h, name)
+            .await
+            .map_err(|e| LinkError::from_rtnl(format!("looking up veth {name}"), e))?
+            .ok_or_else(|| {
+                LinkError::os(
+                    format!("looking up veth {name} after creating it"),
+                    std::io::Error::from_raw_os_error(libc::ENODEV),
+                )
+            })?
+            .header
+            .index;
+        h.link()
+            .change(
+                LinkUnspec::new_with_index(index)
+                    .controller(bridge_index)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| {
+                LinkError::from_rtnl(
+                    format!("attaching veth {name} to bridge with index {bridge_index}"),
+                    e,
+                )
+            })?;
+        h.link()
+            .set_port(
+                LinkBridgePort::new(index)
+                    .isolated(isolated)
+                    .hairpin(true)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| {
+                LinkError::from_rtnl(
+                    format!(
+                        "setting bridge port flags of veth {name} (isolated {}, hairpin on)",
+                        if isolated { "on" } else { "off" }
+                    ),
+                    e,
+                )
+            })?;
+        nl::set_up(h, index)
+            .await
+            .map_err(|e| LinkError::from_rtnl(format!("bringing up veth {name}"), e))?;
+        Ok(index)
+    }
+
+    async fn delete_by_name(&self, name: &str) -> Result<bool> {
+        let h = &self.handle;
+        let Some(link) = nl::get_link(h, name)
+            .await
+            .map_err(|e| LinkError::from_rtnl(format!("looking up link {name}"), e))?
+        else {
+            return Ok(false);
+        };
+        nl::delete_index(h, link.header.index)
+            .await
+            .map_err(|e| LinkError::from_rtnl(format!("deleting link {name}"), e))
+    }
+
+    /// Deletes link `name` whatever its kind; false when there is none. Deleting a host veth
+    /// deletes its container end too.
+    pub fn delete_link(&self, name: &str) -> Result<bool> {
+        check_ifname("link", name)?;
+        self.run(self.delete_by_name(name))
+    }
+
+    pub fn link_state(&self, name: &str) -> Result<Option<LinkState>> {
+        check_ifname("link", name)?;
+        self.run(async {
+            let link = nl::get_link(&self.handle, name)
+                .await
+                .map_err(|e| LinkError::from_rtnl(format!("looking up link {name}"), e))?;
+            Ok(link.as_ref().map(nl::link_state))
+        })
+    }
+
+    pub fn link_exists(&self, name: &str) -> Result<bool> {
+        Ok(self.link_state(name)?.is_some())
+    }
+
+    /// Names of the links starting with `prefix` (e.g. the host veths, "vn"), sorted.
+    pub fn list_links_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        self.run(async {
+            let links = nl::list_links(&self.handle)
+                .await
+                .map_err(|e| LinkError::from_rtnl("listing links", e))?;
+            let mut names: Vec<String> = links
+                .iter()
+                .map(nl::link_state)
+                .map(|st| st.name)
+                .filter(|n| n.starts_with(prefix))
+                .collect();
+            names.sort();
+            Ok(names)
+        })
+    }
+}
