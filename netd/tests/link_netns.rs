@@ -1,0 +1,462 @@
+//! netd::link against the kernel. Needs root; skips otherwise.
+//!
+//! Every test makes its own network namespaces: one plays the host (the library runs inside
+//! it on a dedicated thread), others play containers. Nothing is ever created in the
+//! machine's own namespace, and a Drop guard deletes each namespace even when a test panics.
+//! The tests may use `ip`; the library may not.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use ipnet::IpNet;
+use netd::link::{
+    self, configure_container, delete_container_iface, inspect_container, is_netns, HostLinks,
+    LinkError, Route,
+};
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+/// `ip netns add` sets up the /run/netns mount on first use; serialise so two tests do not
+/// race that.
+static NETNS_ADD: Mutex<()> = Mutex::new(());
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipping: needs root");
+            return;
+        }
+    };
+}
+
+struct Netns {
+    name: String,
+    path: String,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        let name = format!(
+            "lnk-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        {
+            let _g = NETNS_ADD.lock().unwrap_or_else(|e| e.into_inner());
+            run_ok("ip", &["netns", "add", &name]);
+        }
+        Netns {
+            path: format!("/run/netns/{name}"),
+            name,
+        }
+    }
+
+    /// Runs `f` on a fresh thread inside this namespace, so the test's own thread never moves.
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let file = File::open(&self.path).expect("open netns");
+        std::thread::scope(|s| {
+            let t = s.spawn(|| {
+                // SAFETY: plain syscall on an open fd.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(
+                    rc,
+                    0,
+                    "setns {}: {}",
+                    self.path,
+                    std::io::Error::last_os_error()
+                );
+                f()
+            });
+            t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let mut a = vec!["-n", &self.name];
+        a.extend_from_slice(args);
+        run_ok("ip", &a)
+    }
+
+    fn ip_status(&self, args: &[&str]) -> bool {
+        let mut a = vec!["-n", &self.name];
+        a.extend_from_slice(args);
+        Command::new("ip")
+            .args(&a)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+
+    fn ping(&self, dst: &str, count: u32, wait: u32) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, "ping", "-n", "-q"])
+            .args([
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.2",
+                "-W",
+                &wait.to_string(),
+                dst,
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+
+    /// A fresh HostLinks inside this namespace, running `f` with it.
+    fn host<T: Send>(&self, f: impl FnOnce(&HostLinks) -> T + Send) -> T {
+        self.run(|| f(&HostLinks::new().expect("HostLinks::new")))
+    }
+
+    fn delete(&self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
+fn run_ok(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+fn gateways() -> Vec<IpNet> {
+    vec![net("10.201.0.1/24"), net("fd00:201::1/64")]
+}
+
+fn default_routes() -> Vec<Route> {
+    vec![
+        Route::default_via("10.201.0.1".parse().unwrap()),
+        Route::default_via("fd00:201::1".parse().unwrap()),
+    ]
+}
+
+/// Bridge "br-t" with the gateways, then a container on it with address .`n`.
+fn attach(host: &Netns, c: &Netns, n: u8, isolated: bool) -> link::ContainerIface {
+    let veth = format!("vn-t{n}");
+    let tmp = format!("tmp-t{n}");
+    host.host(|h| {
+        let br = h.ensure_bridge("br-t", &gateways(), 1400).unwrap();
+        h.create_veth(&veth, &tmp, br, 1400, isolated, &c.path)
+            .unwrap();
+        configure_container(
+            &c.path,
+            &tmp,
+            "eth0",
+            &[
+                net(&format!("10.201.0.{n}/24")),
+                net(&format!("fd00:201::{n}/64")),
+            ],
+            &default_routes(),
+            1400,
+        )
+        .unwrap()
+    })
+}
+
+#[test]
+fn bridge_gets_addresses_and_a_stable_mac() {
+    require_root!();
+    let host = Netns::new();
+    let c = Netns::new();
+    let mac = link::bridge_mac("br-t")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+
+    let (i1, i2, st) = host.host(|h| {
+        let i1 = h.ensure_bridge("br-t", &gateways(), 1400).unwrap();
+        let i2 = h.ensure_bridge("br-t", &gateways(), 1400).unwrap();
+        (i1, i2, h.link_state("br-t").unwrap().unwrap())
+    });
+    assert_eq!(i1, i2);
+    assert_eq!(st.index, i1);
+    assert_eq!(st.kind.as_deref(), Some("bridge"));
+    assert!(st.up);
+    assert_eq!(st.mtu, 1400);
+    assert_eq!(st.mac.as_deref(), Some(mac.as_str()));
+
+    let link = host.ip(&["link", "show", "br-t"]);
+    assert!(link.contains("mtu 1400"), "{link}");
+    assert!(link.contains(&format!("link/ether {mac}")), "{link}");
+    assert!(link.contains(",UP"), "{link}");
+    let addr = host.ip(&["addr", "show", "br-t"]);
+    assert_eq!(addr.matches("inet 10.201.0.1/24").count(), 1, "{addr}");
+    assert_eq!(addr.matches("inet6 fd00:201::1/64").count(), 1, "{addr}");
+    assert!(!addr.contains("tentative"), "{addr}");
+
+    // A port must not change the bridge's MAC (the kernel would otherwise take the port's).
+    attach(&host, &c, 2, false);
+    let link = host.ip(&["link", "show", "br-t"]);
+    assert!(link.contains(&format!("link/ether {mac}")), "{link}");
+
+    // The name taken by a link of another kind is an error, not a silent reuse.
+    let err = host.host(|h| h.ensure_bridge("vn-t2", &[], 0).unwrap_err());
+    assert!(matches!(err, LinkError::Invalid { .. }), "{err}");
+    assert!(err.to_string().contains("vn-t2"), "{err}");
+}
+
+#[test]
+fn ensure_bridge_in_parallel() {
+    require_root!();
+    let host = Netns::new();
+    let indexes: Vec<u32> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| host.host(|h| h.ensure_bridge("br-par", &gateways(), 0))))
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap().unwrap())
+            .collect()
+    });
+    assert!(indexes.iter().all(|i| *i == indexes[0]), "{indexes:?}");
+    let links = host.ip(&["-o", "link", "show", "type", "bridge"]);
+    assert_eq!(links.lines().count(), 1, "{links}");
+    let addr = host.ip(&["addr", "show", "br-par"]);
+    assert_eq!(addr.matches("inet 10.201.0.1/24").count(), 1, "{addr}");
+    assert_eq!(addr.matches("inet6 fd00:201::1/64").count(), 1, "{addr}");
+}
+
+#[test]
+fn container_is_configured_and_reaches_gateway_and_neighbour() {
+    require_root!();
+    let host = Netns::new();
+    let c1 = Netns::new();
+    let c2 = Netns::new();
+    let i1 = attach(&host, &c1, 2, false);
+    attach(&host, &c2, 3, false);
+
+    assert_eq!(i1.ifname, "eth0");
+    assert!(i1.up);
+    assert_eq!(i1.mtu, 1400);
+    assert_eq!(i1.mac.len(), 17);
+    assert!(i1.addrs.contains(&net("10.201.0.2/24")), "{:?}", i1.addrs);
+    assert!(i1.addrs.contains(&net("fd00:201::2/64")), "{:?}", i1.addrs);
+    for r in default_routes() {
+        assert!(i1.routes.contains(&r), "{:?}", i1.routes);
+    }
+
+    let link = c1.ip(&["link", "show", "eth0"]);
+    assert!(link.contains(&format!("link/ether {}", i1.mac)), "{link}");
+    assert!(link.contains("mtu 1400"), "{link}");
+    assert!(!c1.ip_status(&["link", "show", "tmp-t2"]));
+    let lo = c1.ip(&["link", "show", "lo"]);
+    assert!(lo.contains(",UP"), "{lo}");
+    let addr = c1.ip(&["addr", "show", "eth0"]);
+    assert!(addr.contains("inet 10.201.0.2/24"), "{addr}");
+    assert!(
+        addr.contains("inet6 fd00:201::2/64 scope global nodad"),
+        "{addr}"
+    );
+    let r4 = c1.ip(&["route"]);
+    assert!(r4.contains("default via 10.201.0.1 dev eth0"), "{r4}");
+    let r6 = c1.ip(&["-6", "route"]);
+    assert!(r6.contains("default via fd00:201::1 dev eth0"), "{r6}");
+
+    let (br, vn) = host.host(|h| {
+        (
+            h.link_state("br-t").unwrap().unwrap(),
+            h.link_state("vn-t2").unwrap().unwrap(),
+        )
+    });
+    assert_eq!(vn.master, Some(br.index));
+    assert!(vn.up);
+    assert_eq!(vn.mtu, 1400);
+    let d = host.ip(&["-d", "link", "show", "vn-t2"]);
+    assert!(d.contains("hairpin on"), "{d}");
+    assert!(d.contains("isolated off"), "{d}");
+
+    assert!(c1.ping("10.201.0.1", 2, 2), "c1 -> gateway v4");
+    assert!(c1.ping("fd00:201::1", 2, 2), "c1 -> gateway v6");
+    assert!(c1.ping("10.201.0.3", 2, 2), "c1 -> c2 v4");
+    assert!(c2.ping("fd00:201::2", 2, 2), "c2 -> c1 v6");
+}
+
+#[test]
+fn isolated_ports_reach_the_gateway_but_not_each_other() {
+    require_root!();
+    let host = Netns::new();
+    let c1 = Netns::new();
+    let c2 = Netns::new();
+    attach(&host, &c1, 2, true);
+    attach(&host, &c2, 3, true);
+    let d = host.ip(&["-d", "link", "show", "vn-t2"]);
+    assert!(d.contains("isolated on"), "{d}");
+    assert!(d.contains("hairpin on"), "{d}");
+
+    assert!(c1.ping("10.201.0.1", 2, 2), "c1 -> gateway");
+    assert!(c2.ping("10.201.0.1", 2, 2), "c2 -> gateway");
+    assert!(c1.ping("fd00:201::1", 2, 2), "c1 -> gateway v6");
+    assert!(!c1.ping("10.201.0.3", 1, 1), "c1 -> c2 must be blocked");
+    assert!(!c2.ping("10.201.0.2", 1, 1), "c2 -> c1 must be blocked");
+    assert!(!c2.ping("fd00:201::2", 1, 1), "c2 -> c1 v6 must be blocked");
+}
+
+#[test]
+fn failed_create_veth_leaves_nothing_behind() {
+    require_root!();
+    let host = Netns::new();
+    let c = Netns::new();
+    let not_ns = std::env::temp_dir().join(format!("lnk-notns-{}", std::process::id()));
+    std::fs::write(&not_ns, b"").unwrap();
+    let not_ns_path = not_ns.to_str().unwrap().to_string();
+
+    let (missing, plain, bad_bridge, left) = host.host(|h| {
+        let br = h.ensure_bridge("br-t", &gateways(), 0).unwrap();
+        let missing = h
+            .create_veth("vn-bad", "tmp-bad", br, 0, false, "/nonexistent/netns")
+            .unwrap_err();
+        let plain = h
+            .create_veth("vn-bad", "tmp-bad", br, 0, false, &not_ns_path)
+            .unwrap_err();
+        // The pair exists by the time attaching fails, so this exercises the rollback.
+        let bad_bridge = h
+            .create_veth("vn-bad", "tmp-bad", 999_999, 0, false, &c.path)
+            .unwrap_err();
+        (
+            missing,
+            plain,
+            bad_bridge,
+            h.list_links_with_prefix("vn").unwrap(),
+        )
+    });
+    std::fs::remove_file(&not_ns).unwrap();
+
+    assert_eq!(missing.errno(), Some(libc::ENOENT));
+    assert_eq!(
+        missing.to_string(),
+        "opening netns /nonexistent/netns: No such file or directory"
+    );
+    assert!(matches!(plain, LinkError::NotNetns { .. }), "{plain}");
+    assert!(
+        bad_bridge
+            .to_string()
+            .starts_with("attaching veth vn-bad to bridge"),
+        "{bad_bridge}"
+    );
+    assert!(left.is_empty(), "{left:?}");
+    assert!(!host.ip_status(&["link", "show", "vn-bad"]));
+    assert!(!c.ip_status(&["link", "show", "tmp-bad"]));
+}
+
+#[test]
+fn delete_container_iface_is_idempotent() {
+    require_root!();
+    let host = Netns::new();
+    let c = Netns::new();
+    let gone = Netns::new();
+    attach(&host, &c, 2, false);
+
+    let (first, second) = host.run(|| {
+        (
+            delete_container_iface(&c.path, "eth0").unwrap(),
+            delete_container_iface(&c.path, "eth0").unwrap(),
+        )
+    });
+    assert!(first);
+    assert!(!second);
+    // Deleting the container end took the host end with it.
+    assert!(!host.host(|h| h.link_exists("vn-t2").unwrap()));
+    assert!(!c.ip_status(&["link", "show", "eth0"]));
+
+    let gone_path = gone.path.clone();
+    gone.delete();
+    assert!(!delete_container_iface(&gone_path, "eth0").unwrap());
+    assert!(!delete_container_iface("/nonexistent/netns", "eth0").unwrap());
+    assert!(!delete_container_iface("/proc/self/status", "eth0").unwrap());
+}
+
+#[test]
+fn inspect_reports_the_interface() {
+    require_root!();
+    let host = Netns::new();
+    let c = Netns::new();
+    let configured = attach(&host, &c, 2, false);
+
+    let seen = inspect_container(&c.path, "eth0").unwrap().unwrap();
+    assert_eq!(seen, configured);
+    assert!(inspect_container(&c.path, "eth9").unwrap().is_none());
+    let err = inspect_container("/nonexistent/netns", "eth0").unwrap_err();
+    assert_eq!(err.errno(), Some(libc::ENOENT));
+}
+
+#[test]
+fn configure_errors_name_the_object() {
+    require_root!();
+    let c = Netns::new();
+    let err = configure_container(&c.path, "tmp-none", "eth0", &[], &[], 0).unwrap_err();
+    assert_eq!(err.errno(), Some(libc::ENODEV));
+    let msg = err.to_string();
+    assert!(msg.contains("tmp-none") && msg.contains(&c.path), "{msg}");
+
+    let bad = Route {
+        dst: net("0.0.0.0/0"),
+        gateway: Some("fd00::1".parse().unwrap()),
+    };
+    let err = configure_container(&c.path, "tmp-none", "eth0", &[], &[bad], 0).unwrap_err();
+    assert!(matches!(err, LinkError::Invalid { .. }), "{err}");
+}
+
+#[test]
+fn host_link_listing_and_deletion() {
+    require_root!();
+    let host = Netns::new();
+    let c1 = Netns::new();
+    let c2 = Netns::new();
+    attach(&host, &c1, 2, false);
+    attach(&host, &c2, 3, false);
+    host.host(|h| {
+        assert_eq!(h.list_links_with_prefix("vn-").unwrap(), ["vn-t2", "vn-t3"]);
+        // br-t exists only in this namespace, so this proves the thread's namespace is read.
+        assert_eq!(
+            link::read_sysctl("net.ipv6.conf.br-t.disable_ipv6").unwrap(),
+            "0"
+        );
+        assert!(h.delete_link("vn-t2").unwrap());
+        assert!(!h.delete_link("vn-t2").unwrap());
+        assert_eq!(h.list_links_with_prefix("vn-").unwrap(), ["vn-t3"]);
+        let err = h.delete_bridge("vn-t3").unwrap_err();
+        assert!(matches!(err, LinkError::Invalid { .. }), "{err}");
+        assert!(h.delete_bridge("br-t").unwrap());
+        assert!(!h.delete_bridge("br-t").unwrap());
+        assert!(!h.link_exists("br-t").unwrap());
+    });
+    assert!(!c1.ip_status(&["link", "show", "eth0"]));
+}
+
+#[test]
+fn netns_detection() {
+    require_root!();
+    let ns = Netns::new();
+    assert!(is_netns(&ns.path));
+    assert!(is_netns("/proc/self/ns/net"));
+    assert!(!is_netns("/proc/self/ns/mnt"));
+    assert!(!is_netns("/etc/hostname"));
+    assert!(!is_netns("/nonexistent/netns"));
+}
