@@ -241,6 +241,23 @@ fn ensure_bridge_in_parallel() {
     let addr = host.ip(&["addr", "show", "br-par"]);
     assert_eq!(addr.matches("inet 10.201.0.1/24").count(), 1, "{addr}");
     assert_eq!(addr.matches("inet6 fd00:201::1/64").count(), 1, "{addr}");
+
+    // One handle shared by threads (as the daemon may share it between spawn_blocking calls);
+    // the threads never enter the namespace, the handle's socket is bound to it.
+    let indexes: Vec<u32> = host.host(|h| {
+        std::thread::scope(|s| {
+            let threads: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| h.ensure_bridge("br-shared", &gateways(), 0)))
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap().unwrap())
+                .collect()
+        })
+    });
+    assert!(indexes.iter().all(|i| *i == indexes[0]), "{indexes:?}");
+    let links = host.ip(&["-o", "link", "show", "type", "bridge"]);
+    assert_eq!(links.lines().count(), 2, "{links}");
 }
 
 #[test]
@@ -459,4 +476,81 @@ fn netns_detection() {
     assert!(!is_netns("/proc/self/ns/mnt"));
     assert!(!is_netns("/etc/hostname"));
     assert!(!is_netns("/nonexistent/netns"));
+}
+
+#[test]
+fn configure_again_converges_but_a_foreign_default_route_is_an_error() {
+    require_root!();
+    let host = Netns::new();
+    let c1 = Netns::new();
+    let c2 = Netns::new();
+    let first = attach(&host, &c1, 2, false);
+    // A retry after the rename: the interface already has its name, addresses and routes.
+    let again = configure_container(
+        &c1.path,
+        "eth0",
+        "eth0",
+        &[net("10.201.0.2/24"), net("fd00:201::2/64")],
+        &default_routes(),
+        1400,
+    )
+    .unwrap();
+    assert_eq!(again, first);
+
+    // Another interface already holds the default route (a chained plugin, say).
+    c2.ip(&[
+        "link", "add", "other0", "type", "veth", "peer", "name", "other1",
+    ]);
+    c2.ip(&["link", "set", "other0", "up"]);
+    c2.ip(&["link", "set", "other1", "up"]);
+    c2.ip(&["addr", "add", "192.168.77.2/24", "dev", "other0"]);
+    c2.ip(&["route", "add", "default", "via", "192.168.77.1"]);
+    let err = host.host(|h| {
+        let br = h.ensure_bridge("br-t", &gateways(), 0).unwrap();
+        h.create_veth("vn-t3", "tmp-t3", br, 0, false, &c2.path)
+            .unwrap();
+        configure_container(
+            &c2.path,
+            "tmp-t3",
+            "eth0",
+            &[net("10.201.0.3/24")],
+            &default_routes()[..1],
+            0,
+        )
+        .unwrap_err()
+    });
+    assert_eq!(err.errno(), Some(libc::EEXIST), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("adding route 0.0.0.0/0 via 10.201.0.1 on eth0 in netns"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sysctls_are_per_namespace() {
+    require_root!();
+    let host = Netns::new();
+    let root_before = link::read_sysctl("net.ipv4.ip_forward").unwrap();
+    let flipped = if root_before == "1" { "0" } else { "1" };
+    let seen = host.run(|| {
+        link::write_sysctl("net.ipv4.ip_forward", flipped).unwrap();
+        link::read_sysctl("net.ipv4.ip_forward").unwrap()
+    });
+    assert_eq!(seen, flipped);
+    let via_ip = run_ok(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &host.name,
+            "cat",
+            "/proc/sys/net/ipv4/ip_forward",
+        ],
+    );
+    assert_eq!(via_ip.trim(), flipped);
+    assert_eq!(
+        link::read_sysctl("net.ipv4.ip_forward").unwrap(),
+        root_before
+    );
 }

@@ -80,9 +80,7 @@ pub fn configure_container(
             })?;
         }
         for r in routes {
-            let msg = nl::route_message(index, r)
-                .map_err(|msg| LinkError::invalid(format!("checking route {r}"), msg))?;
-            nl::ensure_route(&h, msg).await.map_err(|e| {
+            nl::ensure_route(&h, index, r).await.map_err(|e| {
                 LinkError::from_rtnl(format!("adding route {r} on {ifname} in netns {p}"), e)
             })?;
         }

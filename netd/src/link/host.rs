@@ -1,6 +1,7 @@
 //! The host side: bridges and the host ends of veth pairs.
 
 use std::future::Future;
+use std::sync::Mutex;
 
 use ipnet::IpNet;
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
@@ -16,6 +17,9 @@ use super::{bridge_mac, check_ifname, format_mac, nl, LinkError, LinkState, Resu
 pub struct HostLinks {
     rt: tokio::runtime::Runtime,
     handle: Handle,
+    /// The kernel runs one dump per netlink socket at a time and answers a second with EBUSY,
+    /// so threads sharing a handle take turns, one whole operation each.
+    turn: Mutex<()>,
 }
 
 impl HostLinks {
@@ -30,10 +34,15 @@ impl HostLinks {
             rtnetlink::new_connection().map_err(|e| LinkError::os("opening a netlink socket", e))?
         };
         rt.spawn(conn);
-        Ok(HostLinks { rt, handle })
+        Ok(HostLinks {
+            rt,
+            handle,
+            turn: Mutex::new(()),
+        })
     }
 
     fn run<F: Future>(&self, fut: F) -> F::Output {
+        let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
         self.rt.block_on(fut)
     }
 
@@ -292,20 +301,28 @@ impl HostLinks {
         Ok(self.link_state(name)?.is_some())
     }
 
-    /// Names of the links starting with `prefix` (e.g. the host veths, "vn"), sorted.
-    pub fn list_links_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+    /// Every link in the namespace, by index (for reconciliation: which veths are ports of
+    /// which bridge).
+    pub fn list_links(&self) -> Result<Vec<LinkState>> {
         self.run(async {
             let links = nl::list_links(&self.handle)
                 .await
                 .map_err(|e| LinkError::from_rtnl("listing links", e))?;
-            let mut names: Vec<String> = links
-                .iter()
-                .map(nl::link_state)
-                .map(|st| st.name)
-                .filter(|n| n.starts_with(prefix))
-                .collect();
-            names.sort();
-            Ok(names)
+            let mut states: Vec<LinkState> = links.iter().map(nl::link_state).collect();
+            states.sort_by_key(|st| st.index);
+            Ok(states)
         })
+    }
+
+    /// Names of the links starting with `prefix` (e.g. the host veths, "vn"), sorted.
+    pub fn list_links_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .list_links()?
+            .into_iter()
+            .map(|st| st.name)
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        names.sort();
+        Ok(names)
     }
 }

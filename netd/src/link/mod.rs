@@ -162,19 +162,31 @@ pub struct LinkState {
 /// Names containing '/' are taken as paths under /proc/sys, so interface names with dots
 /// ("net/ipv4/conf/eth0.5/forwarding") stay expressible.
 pub fn read_sysctl(name: &str) -> io::Result<String> {
+    let s = std::fs::read_to_string(sysctl_path(name)?)?;
+    Ok(s.trim_end_matches('\n').to_string())
+}
+
+/// Writes a sysctl of the calling thread's network namespace; names as for [`read_sysctl`].
+pub fn write_sysctl(name: &str, value: &str) -> io::Result<()> {
+    std::fs::write(sysctl_path(name)?, value)
+}
+
+fn sysctl_path(name: &str) -> io::Result<String> {
     let rel = if name.contains('/') {
         name.trim_start_matches('/').to_string()
     } else {
         name.replace('.', "/")
     };
-    if rel.split('/').any(|c| c.is_empty() || c == "..") {
+    if rel
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("invalid sysctl name {name:?}"),
         ));
     }
-    let s = std::fs::read_to_string(format!("/proc/sys/{rel}"))?;
-    Ok(s.trim_end_matches('\n').to_string())
+    Ok(format!("/proc/sys/{rel}"))
 }
 
 /// A locally administered unicast MAC derived from the bridge name. A bridge without an
@@ -241,6 +253,13 @@ mod tests {
         assert_eq!(r.to_string(), "0.0.0.0/0 via 10.0.0.1");
         let r = Route::default_via("fd00::1".parse().unwrap());
         assert_eq!(r.to_string(), "::/0 via fd00::1");
+    }
+
+    /// Lets the daemon share one handle between spawn_blocking calls.
+    #[test]
+    fn host_links_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<HostLinks>();
     }
 
     #[test]

@@ -149,9 +149,23 @@ pub(crate) fn route_message(index: u32, route: &Route) -> Result<RouteMessage, S
     Ok(b.build())
 }
 
-pub(crate) async fn ensure_route(h: &Handle, msg: RouteMessage) -> Result<(), Error> {
+/// Adds `route` through `index`. An equal route already there is fine (a retry); another
+/// route for the same destination (say a default route a chained plugin set through another
+/// interface) is not, and keeps its EEXIST.
+pub(crate) async fn ensure_route(h: &Handle, index: u32, route: &Route) -> Result<(), Error> {
+    let msg = route_message(index, route).map_err(Error::InvalidNla)?;
     match h.route().add(msg).execute().await {
-        Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+        Err(e) if is_errno(&e, libc::EEXIST) => {
+            let want = Route {
+                dst: route.dst.trunc(),
+                gateway: route.gateway,
+            };
+            if routes(h, index).await?.contains(&want) {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }
         r => r,
     }
 }
