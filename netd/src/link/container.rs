@@ -10,8 +10,10 @@ use super::{check_ifname, nl, ContainerIface, LinkError, Result, Route};
 /// [`HostLinks::create_veth`](super::HostLinks::create_veth) put there) to `ifname`, sets the
 /// MTU (0 leaves it), brings `lo` and `ifname` up, adds `addrs` (IPv6 without duplicate
 /// address detection, so they work as soon as this returns) and `routes`. Addresses and routes
-/// that already exist are fine, so a retry after a partial failure converges. The caller owns
-/// cleanup: on error, delete the host end.
+/// already on the interface are fine, so a retry after a partial failure converges (pass
+/// `tmp_name == ifname` once the rename happened); a route for the same destination through
+/// another interface is an EEXIST error, not silently kept. The caller owns cleanup: on error,
+/// delete the host end.
 pub fn configure_container(
     netns_path: &str,
     tmp_name: &str,

@@ -15,7 +15,8 @@ use super::{bridge_mac, check_ifname, format_mac, nl, LinkError, LinkState, Resu
 /// Methods block; call them from a plain thread or `spawn_blocking`, never from inside an
 /// async task (they drive their own current-thread runtime).
 pub struct HostLinks {
-    rt: tokio::runtime::Runtime,
+    /// Always Some until drop.
+    rt: Option<tokio::runtime::Runtime>,
     handle: Handle,
     /// The kernel runs one dump per netlink socket at a time and answers a second with EBUSY,
     /// so threads sharing a handle take turns, one whole operation each.
@@ -35,7 +36,7 @@ impl HostLinks {
         };
         rt.spawn(conn);
         Ok(HostLinks {
-            rt,
+            rt: Some(rt),
             handle,
             turn: Mutex::new(()),
         })
@@ -43,7 +44,10 @@ impl HostLinks {
 
     fn run<F: Future>(&self, fut: F) -> F::Output {
         let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
-        self.rt.block_on(fut)
+        self.rt
+            .as_ref()
+            .expect("runtime lives until drop")
+            .block_on(fut)
     }
 
     /// Creates bridge `name` unless it exists, gives it its stable MAC (see [`bridge_mac`]),
@@ -324,5 +328,15 @@ impl HostLinks {
             .collect();
         names.sort();
         Ok(names)
+    }
+}
+
+impl Drop for HostLinks {
+    /// A plain runtime drop blocks, and tokio panics when that happens inside an async task,
+    /// which is where the last `Arc<HostLinks>` of the daemon may well go away.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
     }
 }

@@ -255,6 +255,15 @@ mod tests {
         assert_eq!(r.to_string(), "::/0 via fd00::1");
     }
 
+    #[test]
+    fn host_links_can_be_dropped_in_async_context() {
+        let links = HostLinks::new().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async move { drop(links) });
+    }
+
     /// Lets the daemon share one handle between spawn_blocking calls.
     #[test]
     fn host_links_is_send_and_sync() {
