@@ -6,17 +6,22 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::engine::{Kernel, KernelError};
+use crate::link::HostLinks;
 use crate::plan::{Desired, Diff};
 use crate::ruleset::Applier;
 
 pub struct HostKernel {
     applier: Applier,
+    links: HostLinks,
 }
 
 impl HostKernel {
+    /// Opens netlink sockets in the calling thread's network namespace; call it from a plain
+    /// thread (the daemon's main thread), not from an async task.
     pub fn new(table: &str) -> Result<Self, KernelError> {
         Ok(HostKernel {
             applier: Applier::new(table).map_err(|e| KernelError(e.to_string()))?,
+            links: HostLinks::new().map_err(|e| KernelError(e.to_string()))?,
         })
     }
 }
@@ -46,13 +51,14 @@ impl Kernel for HostKernel {
     }
 
     fn link_exists(&mut self, name: &str) -> Result<bool, KernelError> {
-        Ok(std::path::Path::new("/sys/class/net").join(name).exists())
+        self.links
+            .link_exists(name)
+            .map_err(|e| KernelError(e.to_string()))
     }
 
     fn delete_bridge(&mut self, name: &str) -> Result<(), KernelError> {
-        let links = crate::link::HostLinks::new().map_err(|e| KernelError(e.to_string()))?;
-        links
-            .delete_link(name)
+        self.links
+            .delete_bridge(name)
             .map(|_| ())
             .map_err(|e| KernelError(e.to_string()))
     }
