@@ -72,10 +72,17 @@ fn run(args: Args) -> anyhow::Result<()> {
         pool4: args.default_pool,
         pool4_prefix: args.default_subnet_size,
     };
-    let engine = Engine::start(cfg, store, Box::new(kernel)).context("starting")?;
+    let mut engine = Engine::start(cfg, store, Box::new(kernel)).context("starting")?;
     if engine.has_ipv6() {
         sysctl::require_ipv6_forwarding()?;
     }
+    let report = engine.reconcile_links().context("reconciling links")?;
+    info!(
+        released = report.released.len(),
+        veths_removed = report.veths_removed.len(),
+        bridges_removed = report.bridges_removed.len(),
+        "links reconciled with state"
+    );
     let engine = Arc::new(Mutex::new(engine));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

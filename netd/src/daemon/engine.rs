@@ -34,9 +34,29 @@ pub trait Kernel: Send {
     /// Destinations of the host's routes (to keep automatic subnets clear of them).
     fn routes(&mut self) -> Result<Vec<IpNet>, KernelError>;
     fn link_exists(&mut self, name: &str) -> Result<bool, KernelError>;
-    /// Removes a network's bridge (the plugin creates bridges; netd removes them with the
-    /// network). A missing bridge is not an error.
-    fn delete_bridge(&mut self, name: &str) -> Result<(), KernelError>;
+    /// Names and kinds ("bridge", "veth", ...) of the host's links.
+    fn links(&mut self) -> Result<Vec<(String, Option<String>)>, KernelError>;
+    /// Removes a link (a network's bridge, a leaked host veth). A missing link is not an error.
+    fn delete_link(&mut self, name: &str) -> Result<(), KernelError>;
+    /// Whether `path` is (still) a network namespace.
+    fn is_netns(&mut self, path: &str) -> bool;
+}
+
+/// Host veths carry this prefix ([`model::host_veth_name`]) and bridges that netd names itself
+/// [`BRIDGE_PREFIX`]; reconciliation only ever removes links with these prefixes.
+pub const VETH_PREFIX: &str = "vn";
+pub const BRIDGE_PREFIX: &str = "nd-";
+
+/// An endpoint whose host veth is missing is released only once it is this old, so an ADD
+/// that is still building its links is not mistaken for a dead one.
+pub const ATTACH_GRACE_SECS: u64 = 60;
+
+/// What [`Engine::reconcile_links`] found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reconciled {
+    pub released: Vec<EndpointKey>,
+    pub veths_removed: Vec<String>,
+    pub bridges_removed: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -189,6 +209,65 @@ impl Engine {
                 warn!(error = %e, "re-applying the table failed too");
             }
         }
+    }
+
+    /// Brings links and state together after a restart (or on a timer): releases endpoints
+    /// whose container netns is gone, or whose host veth is gone after the grace period;
+    /// removes host veths no endpoint claims and netd-named bridges no network claims.
+    /// Links without netd's prefixes are never touched.
+    pub fn reconcile_links(&mut self) -> Result<Reconciled, ApiError> {
+        let mut report = Reconciled::default();
+        let links = self
+            .kernel
+            .links()
+            .map_err(|e| internal("listing links", e))?;
+        let names: BTreeSet<&str> = links.iter().map(|(n, _)| n.as_str()).collect();
+        let now = now();
+        let dead: Vec<EndpointKey> = self
+            .endpoints
+            .values()
+            .filter(|e| {
+                !self.kernel.is_netns(&e.netns)
+                    || (!names.contains(e.host_veth.as_str())
+                        && now.saturating_sub(e.created) >= ATTACH_GRACE_SECS)
+            })
+            .map(Endpoint::key)
+            .collect();
+        for key in dead {
+            if self.detach(&key)? {
+                warn!(endpoint = %key, "released: its container netns or host veth is gone");
+                report.released.push(key);
+            }
+        }
+        let claimed_veths: BTreeSet<&str> = self
+            .endpoints
+            .values()
+            .map(|e| e.host_veth.as_str())
+            .collect();
+        let claimed_bridges: BTreeSet<&str> =
+            self.networks.values().map(|n| n.bridge.as_str()).collect();
+        for (name, kind) in &links {
+            let orphan_veth = kind.as_deref() == Some("veth")
+                && name.starts_with(VETH_PREFIX)
+                && !claimed_veths.contains(name.as_str());
+            let orphan_bridge = kind.as_deref() == Some("bridge")
+                && name.starts_with(BRIDGE_PREFIX)
+                && !claimed_bridges.contains(name.as_str());
+            if orphan_veth || orphan_bridge {
+                match self.kernel.delete_link(name) {
+                    Ok(()) => {
+                        info!(link = %name, "removed a link netd made that nothing claims");
+                        if orphan_veth {
+                            report.veths_removed.push(name.clone());
+                        } else {
+                            report.bridges_removed.push(name.clone());
+                        }
+                    }
+                    Err(e) => warn!(link = %name, error = %e, "could not remove orphan link"),
+                }
+            }
+        }
+        Ok(report)
     }
 
     // ---- networks ----
@@ -451,7 +530,7 @@ impl Engine {
                 warn!(path = %path.display(), error = %e, "could not remove conflist");
             }
         }
-        if let Err(e) = self.kernel.delete_bridge(&net.bridge) {
+        if let Err(e) = self.kernel.delete_link(&net.bridge) {
             warn!(bridge = %net.bridge, error = %e, "could not remove the bridge");
         }
         info!(network = %name, "network removed");
@@ -680,6 +759,8 @@ mod tests {
         table: Desired,
         fail_next: bool,
         batches: usize,
+        links: Vec<(String, Option<String>)>,
+        gone_netns: Vec<String>,
     }
 
     struct FakeKernel(Arc<Mutex<FakeTable>>);
@@ -719,10 +800,17 @@ mod tests {
             Ok(vec!["10.99.0.0/24".parse().unwrap()])
         }
         fn link_exists(&mut self, name: &str) -> Result<bool, KernelError> {
-            Ok(name == "eth0")
+            Ok(name == "eth0" || self.0.lock().unwrap().links.iter().any(|(n, _)| n == name))
         }
-        fn delete_bridge(&mut self, _: &str) -> Result<(), KernelError> {
+        fn links(&mut self) -> Result<Vec<(String, Option<String>)>, KernelError> {
+            Ok(self.0.lock().unwrap().links.clone())
+        }
+        fn delete_link(&mut self, name: &str) -> Result<(), KernelError> {
+            self.0.lock().unwrap().links.retain(|(n, _)| n != name);
             Ok(())
+        }
+        fn is_netns(&mut self, path: &str) -> bool {
+            !self.0.lock().unwrap().gone_netns.iter().any(|p| p == path)
         }
     }
 
@@ -919,6 +1007,62 @@ mod tests {
             e.remove_network("a").unwrap_err().kind,
             crate::api::ErrorKind::NotFound
         );
+    }
+
+    #[test]
+    fn reconciliation_releases_dead_endpoints_and_orphan_links_only() {
+        let fx = Fixture::new("reconcile");
+        let mut e = fx.engine();
+        e.create_network(create("a")).unwrap();
+        let alive = e.attach(attach("a", "alive", vec![])).unwrap().endpoint;
+        let gone = e
+            .attach(attach("a", "gone", vec![tcp(8080)]))
+            .unwrap()
+            .endpoint;
+        let young = e.attach(attach("a", "young", vec![])).unwrap().endpoint;
+        {
+            let mut t = fx.table.lock().unwrap();
+            let veth = |n: &str| (n.to_string(), Some("veth".to_string()));
+            t.links = vec![
+                ("nd-a".into(), Some("bridge".into())),
+                ("nd-old".into(), Some("bridge".into())),
+                ("docker0".into(), Some("bridge".into())),
+                veth(&alive.host_veth),
+                veth(&gone.host_veth),
+                veth("vn0000000000000"),
+                veth("veth-foreign"),
+                ("eth1".into(), None),
+            ];
+            // "young" has no veth yet, as if its ADD were still building links.
+            t.gone_netns = vec![gone.netns.clone()];
+        }
+        let report = e.reconcile_links().unwrap();
+        assert_eq!(report.released, vec![gone.key()]);
+        assert_eq!(report.bridges_removed, vec!["nd-old".to_string()]);
+        let mut veths = report.veths_removed.clone();
+        veths.sort();
+        let mut want = vec![gone.host_veth.clone(), "vn0000000000000".to_string()];
+        want.sort();
+        assert_eq!(veths, want);
+        let left: Vec<String> = fx
+            .table
+            .lock()
+            .unwrap()
+            .links
+            .iter()
+            .map(|l| l.0.clone())
+            .collect();
+        for keep in [
+            "nd-a",
+            "docker0",
+            "veth-foreign",
+            "eth1",
+            alive.host_veth.as_str(),
+        ] {
+            assert!(left.iter().any(|l| l == keep), "{keep} was removed");
+        }
+        assert!(e.endpoint(&young.key()).is_ok());
+        assert_eq!(fx.table().elems(plan::SetId::Dnat4Any).count(), 0);
     }
 
     #[test]

@@ -56,11 +56,25 @@ impl Kernel for HostKernel {
             .map_err(|e| KernelError(e.to_string()))
     }
 
-    fn delete_bridge(&mut self, name: &str) -> Result<(), KernelError> {
+    fn links(&mut self) -> Result<Vec<(String, Option<String>)>, KernelError> {
+        Ok(self
+            .links
+            .list_links()
+            .map_err(|e| KernelError(e.to_string()))?
+            .into_iter()
+            .map(|l| (l.name, l.kind))
+            .collect())
+    }
+
+    fn delete_link(&mut self, name: &str) -> Result<(), KernelError> {
         self.links
-            .delete_bridge(name)
+            .delete_link(name)
             .map(|_| ())
             .map_err(|e| KernelError(e.to_string()))
+    }
+
+    fn is_netns(&mut self, path: &str) -> bool {
+        crate::link::is_netns(path)
     }
 }
 
