@@ -1,0 +1,224 @@
+//! Self-tests of the harness: they need only `ip`, `nft`, `ping`, `sysctl`
+//! (no product binaries) and must pass on their own.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use netd_netns_tests::*;
+
+fn ns_exists(name: &str) -> bool {
+    run_ok(&["ip", "netns", "list"])
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(name))
+}
+
+/// Two netns linked by a veth: a (10.250.0.1, fd00:250::1), b (.2, ::2).
+fn pair() -> (Netns, Netns) {
+    let a = Netns::new("a", "a");
+    let b = Netns::new("b", "b");
+    a.ip(&[
+        "link",
+        "add",
+        "va",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vb",
+        "netns",
+        b.name(),
+    ]);
+    a.ip(&["addr", "add", "10.250.0.1/24", "dev", "va"]);
+    a.ip(&["addr", "add", "fd00:250::1/64", "dev", "va", "nodad"]);
+    b.ip(&["addr", "add", "10.250.0.2/24", "dev", "vb"]);
+    b.ip(&["addr", "add", "fd00:250::2/64", "dev", "vb", "nodad"]);
+    a.ip(&["link", "set", "va", "up"]);
+    b.ip(&["link", "set", "vb", "up"]);
+    (a, b)
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn unique_names_are_short_and_distinct() {
+    let a = unique_name("h");
+    let b = unique_name("h");
+    assert_ne!(a, b);
+    assert!(a.len() <= 15, "{a} too long for an interface name");
+}
+
+#[test]
+fn tcp_and_udp_probes_see_real_source() {
+    let (a, b) = pair();
+    let tcp = TcpServer::start(&b);
+    let udp = UdpServer::start(&b);
+    let seen = assert_tcp_ok(&a, tcp.addr(ip("10.250.0.2")));
+    assert_eq!(seen.ip(), ip("10.250.0.1"));
+    let seen = assert_udp_ok(&a, udp.addr(ip("10.250.0.2")));
+    assert_eq!(seen.ip(), ip("10.250.0.1"));
+    let seen = assert_tcp_ok(&a, tcp.addr(ip("fd00:250::2")));
+    assert_eq!(seen.ip(), ip("fd00:250::1"));
+    let seen = assert_udp_ok(&a, udp.addr(ip("fd00:250::2")));
+    assert_eq!(seen.ip(), ip("fd00:250::1"));
+    // And the other way round, server in a.
+    let tcp_a = TcpServer::start(&a);
+    let seen = assert_tcp_ok(&b, tcp_a.addr(ip("10.250.0.1")));
+    assert_eq!(seen.ip(), ip("10.250.0.2"));
+}
+
+#[test]
+fn closed_port_and_filtered_address_fail_fast() {
+    let (a, b) = pair();
+    let tcp = TcpServer::start(&b);
+    let udp = UdpServer::start(&b);
+    // Closed port: refused at once.
+    let closed: SocketAddr = SocketAddr::new(ip("10.250.0.2"), 1);
+    let t = Instant::now();
+    assert_tcp_blocked(&a, closed);
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_udp_blocked(&a, closed);
+    // Unrouted address: no route, fails immediately.
+    assert_tcp_blocked(&a, SocketAddr::new(ip("198.51.100.7"), tcp.port()));
+    // Silently dropped by nft in b: fails by the probe timeout, not by luck.
+    b.nft_apply(
+        "table inet t {
+            chain in {
+                type filter hook input priority 0; policy accept;
+                ip saddr 10.250.0.1 tcp dport 1-65535 drop
+                ip saddr 10.250.0.1 udp dport 1-65535 drop
+            }
+        }",
+    );
+    let t = Instant::now();
+    assert_tcp_blocked(&a, tcp.addr(ip("10.250.0.2")));
+    assert!(t.elapsed() >= PROBE_TIMEOUT - Duration::from_millis(100));
+    assert_udp_blocked(&a, udp.addr(ip("10.250.0.2")));
+    // IPv6 is not filtered: the servers are still up.
+    assert_tcp_ok(&a, tcp.addr(ip("fd00:250::2")));
+    assert_udp_ok(&a, udp.addr(ip("fd00:250::2")));
+}
+
+#[test]
+fn ping_ok_and_fail() {
+    let (a, b) = pair();
+    assert_ping_ok(&a, ip("10.250.0.2"));
+    assert_ping_ok(&a, ip("fd00:250::2"));
+    assert_ping_ok(&b, ip("10.250.0.1"));
+    assert_ping_fails(&a, ip("10.250.0.3"));
+    assert_ping_fails(&a, ip("198.51.100.7"));
+    b.nft_apply(
+        "table inet t {
+            chain in {
+                type filter hook input priority 0;
+                icmp type echo-request drop
+            }
+        }",
+    );
+    assert_ping_fails(&a, ip("10.250.0.2"));
+    assert_ping_ok(&a, ip("fd00:250::2"));
+}
+
+#[test]
+fn netns_are_removed_on_drop_and_on_panic() {
+    let (a, b) = pair();
+    let (na, nb) = (a.name().to_string(), b.name().to_string());
+    assert!(ns_exists(&na) && ns_exists(&nb));
+    drop((a, b));
+    assert!(!ns_exists(&na) && !ns_exists(&nb));
+
+    let names = std::sync::Mutex::new(Vec::new());
+    let r = std::panic::catch_unwind(|| {
+        let w = World::new();
+        let c = w.container("c1");
+        let srv = TcpServer::start(&w.external);
+        names.lock().unwrap().extend([
+            w.host.name().to_string(),
+            w.external.name().to_string(),
+            c.name().to_string(),
+        ]);
+        let _ = srv;
+        panic!("deliberate");
+    });
+    assert!(r.is_err());
+    for n in names.lock().unwrap().iter() {
+        assert!(!ns_exists(n), "netns {n} left behind");
+    }
+}
+
+#[test]
+fn run_in_sockets_stay_in_their_netns() {
+    let (a, _b) = pair();
+    let names: Vec<String> = a.run_in(|| {
+        // Read the links of the netns this thread is in via /sys-independent
+        // means: the socket-level view (bind to a's address must work).
+        let s = std::net::UdpSocket::bind("10.250.0.1:0");
+        vec![format!("{}", s.is_ok())]
+    });
+    assert_eq!(names, vec!["true"]);
+    // The test thread itself is still in the root netns: 10.250.0.1 is not there
+    // (unless the machine happens to have it, which the root netns must not).
+    assert!(std::net::UdpSocket::bind("10.250.0.1:0").is_err());
+}
+
+#[test]
+fn world_layout() {
+    let w = World::new();
+    assert_eq!(w.host.sysctl_get("net.ipv4.ip_forward"), "1");
+    assert_eq!(w.host.sysctl_get("net.ipv6.conf.all.forwarding"), "1");
+    assert!(w.host.has_link("uplink0"));
+    assert!(w.external.has_link("eth0"));
+    assert_ping_ok(&w.host, ip("192.0.2.2"));
+    assert_ping_ok(&w.host, ip("2001:db8:1::2"));
+    assert_ping_ok(&w.external, ip("192.0.2.1"));
+    let srv = TcpServer::start(&w.external);
+    assert_eq!(
+        assert_tcp_ok(&w.host, srv.addr(ip("192.0.2.2"))).ip(),
+        ip("192.0.2.1")
+    );
+    // External has no route to container subnets until told so.
+    assert_ping_fails(&w.external, ip("10.89.0.1"));
+    w.external_route_via_host("10.89.0.0/24");
+    let routes = w.external.ip(&["route"]);
+    assert!(routes.contains("10.89.0.0/24 via 192.0.2.1"), "{routes}");
+    assert!(w.socket().starts_with(w.dir()));
+    assert!(w.state_dir().is_dir() && w.cni_conf_dir().is_dir());
+
+    let w0 = World::with(WorldOptions {
+        ip_forward: false,
+        ..Default::default()
+    });
+    assert_eq!(w0.host.sysctl_get("net.ipv4.ip_forward"), "0");
+    assert_ne!(w0.host.name(), w.host.name());
+}
+
+#[test]
+fn snapshot_detects_changes() {
+    let ns = Netns::new("s", "s");
+    let s1 = ns.snapshot();
+    let s2 = ns.snapshot();
+    s1.assert_same(&s2, "unchanged");
+    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+    ns.nft_apply("table inet x {\n set s {\n type ipv4_addr\n elements = { 10.0.0.1 }\n }\n}\n");
+    let s3 = ns.snapshot();
+    assert_ne!(s1.links, s3.links);
+    assert_ne!(s1.nft, s3.nft);
+    assert!(ns.nft_table("inet", "x").unwrap().contains("10.0.0.1"));
+    assert!(ns.nft_table("inet", "nope").is_none());
+    assert!(ns.link_names().contains(&"d0".to_string()));
+}
+
+#[test]
+fn missing_binaries_are_reported() {
+    let r = std::panic::catch_unwind(|| netd_netns_tests::util::bin("no-such-binary"));
+    let msg = r
+        .err()
+        .and_then(|e| e.downcast::<String>().ok())
+        .expect("panics with a message");
+    assert!(msg.contains("cargo build --workspace --bins"), "{msg}");
+}
