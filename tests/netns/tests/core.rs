@@ -1,0 +1,544 @@
+//! End-to-end tests of the core path: netd + netctl + netd-cni in private
+//! network namespaces. They need the product binaries
+//! (`cargo build --workspace --bins`).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use netd_netns_tests::world::{EXT_V4, HOST_EXT_V4};
+use netd_netns_tests::*;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn ext_v4() -> IpAddr {
+    ip(EXT_V4)
+}
+
+/// The IPv4 gateway of `network`, from `netctl network inspect`.
+fn gateway4(w: &World, network: &str) -> IpAddr {
+    let v = w.inspect_network(network);
+    v["gateway4"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no gateway4 in inspect {network}: {v}"))
+        .parse()
+        .expect("gateway4 is an IP")
+}
+
+/// Sorts arrays (recursively) so that listings compare independently of order.
+fn canonical(v: &Value) -> Value {
+    match v {
+        Value::Array(a) => {
+            let mut items: Vec<Value> = a.iter().map(canonical).collect();
+            items.sort_by_key(|x| x.to_string());
+            Value::Array(items)
+        }
+        Value::Object(o) => {
+            Value::Object(o.iter().map(|(k, v)| (k.clone(), canonical(v))).collect())
+        }
+        x => x.clone(),
+    }
+}
+
+/// Asserts `c`'s interface `eth0` got the address of the CNI result.
+fn assert_container_addr(c: &Netns, r: &CniOutput) {
+    let want = r.ip();
+    let have = c.addrs_of("eth0");
+    assert!(
+        have.contains(&want),
+        "container {} eth0 has {have:?}, CNI result says {want}: {r}",
+        c.label()
+    );
+}
+
+fn check_cni_result_shape(r: &CniOutput, subnet_prefix: &str) {
+    let j = r.json.as_ref().expect("JSON result");
+    assert_eq!(j["cniVersion"], "1.1.0", "result cniVersion: {j}");
+    let addr = j["ips"][0]["address"].as_str().expect("ips[0].address");
+    assert!(
+        addr.starts_with(subnet_prefix) && addr.ends_with("/24"),
+        "ips[0].address {addr} not in {subnet_prefix}x/24"
+    );
+    assert!(j["ips"][0]["gateway"].is_string(), "no gateway: {j}");
+}
+
+// ---------------------------------------------------------------------------
+// 1. Connectivity on one network, masquerade to the outside, isolation of two
+//    networks.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn same_network_reachable_masquerade_out_networks_isolated() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network("a", &["--subnet", "10.89.1.0/24"]);
+    w.create_network("b", &["--subnet", "10.89.2.0/24"]);
+
+    let inspect = w.inspect_network("a");
+    for f in [
+        "name",
+        "bridge",
+        "subnet4",
+        "gateway4",
+        "internal",
+        "icc",
+        "gateway_mode4",
+        "mtu",
+    ] {
+        assert!(inspect.get(f).is_some(), "inspect a lacks {f}: {inspect}");
+    }
+    assert_eq!(inspect["name"], "a");
+    assert_eq!(inspect["subnet4"], "10.89.1.0/24");
+    assert_eq!(inspect["internal"], false);
+    assert_eq!(inspect["icc"], true);
+    let ls = w.netctl_json(&["network", "ls"]);
+    let names: Vec<&str> = ls
+        .as_array()
+        .expect("network ls is an array")
+        .iter()
+        .filter_map(|n| n["name"].as_str())
+        .collect();
+    assert!(names.contains(&"a") && names.contains(&"b"), "{ls}");
+    // The table form works too.
+    assert!(w.netctl_ok(&["network", "ls"]).contains("10.89.1.0/24"));
+
+    let c1 = w.container("c1");
+    let c2 = w.container("c2");
+    let c3 = w.container("c3");
+    let r1 = w.cni_add(&c1, "a");
+    let r2 = w.cni_add(&c2, "a");
+    let r3 = w.cni_add(&c3, "b");
+    check_cni_result_shape(&r1, "10.89.1.");
+    check_cni_result_shape(&r2, "10.89.1.");
+    check_cni_result_shape(&r3, "10.89.2.");
+    for (c, r) in [(&c1, &r1), (&c2, &r2), (&c3, &r3)] {
+        assert_container_addr(c, r);
+    }
+    let (a1, a2, a3) = (r1.ip(), r2.ip(), r3.ip());
+    assert_ne!(a1, a2);
+    let gw_a = gateway4(&w, "a");
+    let gw_b = gateway4(&w, "b");
+    assert_eq!(r1.gateway(), Some(gw_a));
+    assert_eq!(r3.gateway(), Some(gw_b));
+
+    // Same network: ping and TCP both ways, and the gateway.
+    assert_ping_ok(&c1, a2);
+    assert_ping_ok(&c2, a1);
+    assert_ping_ok(&c1, gw_a);
+    assert_ping_ok(&c2, gw_a);
+    let s1 = TcpServer::start(&c1);
+    let s2 = TcpServer::start(&c2);
+    let s3 = TcpServer::start(&c3);
+    assert_eq!(
+        assert_tcp_ok(&c1, s2.addr(a2)).ip(),
+        a1,
+        "no NAT inside a network"
+    );
+    assert_eq!(
+        assert_tcp_ok(&c2, s1.addr(a1)).ip(),
+        a2,
+        "no NAT inside a network"
+    );
+    let u2 = UdpServer::start(&c2);
+    assert_eq!(assert_udp_ok(&c1, u2.addr(a2)).ip(), a1);
+
+    // Out to the external netns: masqueraded behind the host's uplink address.
+    let ext = TcpServer::start(&w.external);
+    let uext = UdpServer::start(&w.external);
+    assert_ping_ok(&c1, ext_v4());
+    assert_eq!(assert_tcp_ok(&c1, ext.addr(ext_v4())).ip(), ip(HOST_EXT_V4));
+    assert_eq!(assert_tcp_ok(&c3, ext.addr(ext_v4())).ip(), ip(HOST_EXT_V4));
+    assert_eq!(
+        assert_udp_ok(&c2, uext.addr(ext_v4())).ip(),
+        ip(HOST_EXT_V4)
+    );
+
+    // Two networks: isolated both ways (the servers are up, see above / below).
+    assert_tcp_blocked(&c1, s3.addr(a3));
+    assert_tcp_blocked(&c3, s1.addr(a1));
+    assert_ping_fails(&c1, a3);
+    assert_ping_fails(&c3, a1);
+    // Positive controls after the negative ones: both servers still answer.
+    assert_tcp_ok(&c2, s1.addr(a1));
+    assert_ping_ok(&c3, gw_b);
+
+    // The external netns does not reach containers without a route.
+    assert_tcp_blocked(&w.external, s1.addr(a1));
+
+    // Endpoints are listed; network rm is refused while attached.
+    let eps = w.netctl_json(&["endpoint", "ls"]);
+    assert_eq!(eps.as_array().map(Vec::len), Some(3), "endpoint ls: {eps}");
+    let rm = w.netctl(&["network", "rm", "a"]);
+    assert!(
+        !rm.success(),
+        "network rm a with endpoints should fail: {rm}"
+    );
+    w.inspect_network("a");
+
+    for (c, n) in [(&c1, "a"), (&c2, "a"), (&c3, "b")] {
+        w.cni_del(c, n);
+    }
+    assert!(!c1.has_link("eth0"), "DEL left eth0 in the container");
+    w.netctl_ok(&["network", "rm", "a"]);
+    w.netctl_ok(&["network", "rm", "b"]);
+    let ls = w.netctl_json(&["network", "ls"]);
+    assert_eq!(ls.as_array().map(Vec::len), Some(0), "{ls}");
+    assert!(!w.conflist_path("a").exists(), "conflist of a left behind");
+    w.stop_netd_gracefully();
+}
+
+// ---------------------------------------------------------------------------
+// 2. netd refuses to start without IPv4 forwarding in its netns.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn netd_refuses_to_start_without_ip_forward() {
+    let mut w = World::with(WorldOptions {
+        ip_forward: false,
+        ..Default::default()
+    });
+    let (status, log) = w.run_netd_expect_exit(Duration::from_secs(10));
+    let status = status.unwrap_or_else(|| panic!("netd kept running with ip_forward=0:\n{log}"));
+    assert!(!status.success(), "netd exited 0 with ip_forward=0:\n{log}");
+    assert!(
+        log.contains("net.ipv4.ip_forward"),
+        "netd's message does not name net.ipv4.ip_forward:\n{log}"
+    );
+    // It must not have "fixed" the sysctl or left a table behind.
+    assert_eq!(w.host.sysctl_get("net.ipv4.ip_forward"), "0");
+    assert!(w.host.nft_table("inet", "netd").is_none());
+    assert!(!w.socket().exists() || std::os::unix::net::UnixStream::connect(w.socket()).is_err());
+}
+
+// ---------------------------------------------------------------------------
+// 3. Foreign tables are left byte-identical by a full lifecycle.
+// ---------------------------------------------------------------------------
+
+fn foreign_tables(policy: &str) -> String {
+    format!(
+        "table ip filter {{
+    chain FORWARD {{
+        type filter hook forward priority filter; policy {policy};
+        iifname \"nosuch0\" counter drop
+        ip saddr 203.0.113.0/24 drop
+    }}
+    chain INPUT {{
+        type filter hook input priority filter; policy accept;
+    }}
+}}
+table inet other {{
+    set blocked {{
+        type ipv4_addr
+        flags interval
+        elements = {{ 198.51.100.0/24 }}
+    }}
+    chain fwd {{
+        type filter hook forward priority 10; policy accept;
+        ip daddr @blocked drop
+        tcp dport 6666 reject
+    }}
+}}
+"
+    )
+}
+
+fn foreign_tables_survive(policy: &str) {
+    let mut w = World::new();
+    w.host.nft_apply(&foreign_tables(policy));
+    let before_filter = w.host.nft_table("ip", "filter").expect("ip filter");
+    let before_other = w.host.nft_table("inet", "other").expect("inet other");
+
+    w.start_netd();
+    w.create_network("a", &["--subnet", "10.89.1.0/24"]);
+    w.create_network("b", &["--subnet", "10.89.2.0/24", "--icc=false"]);
+    let c1 = w.container("c1");
+    let c2 = w.container("c2");
+    let c3 = w.container("c3");
+    let r1 = w.cni_add(&c1, "a");
+    let r2 = w.cni_add(&c2, "a");
+    let _r3 = w.cni_add(&c3, "b");
+
+    if policy == "accept" {
+        // The foreign table lets forwarded traffic through: netd's rules work.
+        let s2 = TcpServer::start(&c2);
+        let ext = TcpServer::start(&w.external);
+        assert_eq!(assert_tcp_ok(&c1, s2.addr(r2.ip())).ip(), r1.ip());
+        assert_eq!(assert_tcp_ok(&c1, ext.addr(ext_v4())).ip(), ip(HOST_EXT_V4));
+    }
+    // With policy drop the foreign table drops forwarded traffic (nft verdicts
+    // of all tables must accept): only the tables are compared.
+
+    assert_eq!(
+        w.host.nft_table("ip", "filter").as_deref(),
+        Some(&*before_filter)
+    );
+    assert_eq!(
+        w.host.nft_table("inet", "other").as_deref(),
+        Some(&*before_other)
+    );
+
+    w.cni_del(&c1, "a");
+    w.cni_del(&c2, "a");
+    w.cni_del(&c3, "b");
+    w.netctl_ok(&["network", "rm", "a"]);
+    w.netctl_ok(&["network", "rm", "b"]);
+    w.stop_netd_gracefully();
+
+    let after_filter = w.host.nft_table("ip", "filter").expect("ip filter gone");
+    let after_other = w.host.nft_table("inet", "other").expect("inet other gone");
+    assert_eq!(before_filter, after_filter, "table ip filter changed");
+    assert_eq!(before_other, after_other, "table inet other changed");
+}
+
+#[test]
+fn foreign_tables_untouched_forward_policy_drop() {
+    foreign_tables_survive("drop");
+}
+
+#[test]
+fn foreign_tables_untouched_forward_policy_accept() {
+    foreign_tables_survive("accept");
+}
+
+// ---------------------------------------------------------------------------
+// 4. Bad ADDs leave nothing behind; DEL is idempotent; CHECK sees a lost veth.
+// ---------------------------------------------------------------------------
+
+/// Host-netns state that a failed ADD must not change.
+struct HostState {
+    links: String,
+    addrs: String,
+    table: Option<String>,
+    container_links: Vec<String>,
+}
+
+fn host_state(w: &World, c: &Netns) -> HostState {
+    HostState {
+        links: w.host.ip(&["-d", "link", "show"]),
+        addrs: w.host.ip(&["addr", "show"]),
+        table: w.host.nft_table("inet", "netd"),
+        container_links: c.link_names(),
+    }
+}
+
+fn assert_unchanged(before: &HostState, after: &HostState, case: &str) {
+    assert!(
+        before.links == after.links,
+        "{case}: host links changed\n--- before ---\n{}\n--- after ---\n{}",
+        before.links,
+        after.links
+    );
+    assert!(
+        before.addrs == after.addrs,
+        "{case}: host addresses changed\n--- before ---\n{}\n--- after ---\n{}",
+        before.addrs,
+        after.addrs
+    );
+    assert!(
+        before.table == after.table,
+        "{case}: table inet netd changed\n--- before ---\n{:?}\n--- after ---\n{:?}",
+        before.table,
+        after.table
+    );
+    assert_eq!(
+        before.container_links, after.container_links,
+        "{case}: container links changed"
+    );
+}
+
+/// (case, environment, stdin, expected CNI error code)
+type BadAdd = (&'static str, Vec<(String, String)>, Vec<u8>, u64);
+
+fn env_pairs(v: &[(String, String)]) -> Vec<(&str, &str)> {
+    v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+#[test]
+fn bad_adds_leave_nothing_del_idempotent_check_detects_lost_veth() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network("a", &["--subnet", "10.89.1.0/24"]);
+    // One good endpoint so the state is not trivially empty.
+    let c0 = w.container("c0");
+    w.cni_add(&c0, "a");
+
+    let c = w.container("bad");
+    let env = w.cni_env("ADD", &c, "eth0");
+    let good_conf = w.cni_conf("a");
+
+    let cases: Vec<BadAdd> = vec![
+        (
+            "malformed JSON",
+            env.clone(),
+            b"{\"cniVersion\": \"1.1.0\", \"name\": ".to_vec(),
+            6,
+        ),
+        (
+            "unknown network",
+            env.clone(),
+            {
+                let mut conf = good_conf.clone();
+                conf["network"] = json!("nosuch");
+                conf.to_string().into_bytes()
+            },
+            7,
+        ),
+        (
+            "unsupported cniVersion",
+            env.clone(),
+            {
+                let mut conf = good_conf.clone();
+                conf["cniVersion"] = json!("99.0.0");
+                conf.to_string().into_bytes()
+            },
+            1,
+        ),
+        (
+            "missing CNI_NETNS",
+            env.iter()
+                .filter(|(k, _)| k != "CNI_NETNS")
+                .cloned()
+                .collect(),
+            good_conf.to_string().into_bytes(),
+            4,
+        ),
+    ];
+    for (case, env, stdin, code) in cases {
+        let before = host_state(&w, &c);
+        let r = w.cni_raw(&env_pairs(&env), &stdin);
+        assert!(!r.success(), "{case}: ADD should fail: {r}");
+        assert_eq!(
+            r.error_code(),
+            Some(code),
+            "{case}: wrong CNI error code: {r}"
+        );
+        assert!(
+            r.json.as_ref().is_some_and(|j| j["msg"].is_string()),
+            "{case}: error has no msg: {r}"
+        );
+        let after = host_state(&w, &c);
+        assert_unchanged(&before, &after, case);
+        assert!(!c.has_link("eth0"), "{case}: eth0 created in the container");
+    }
+    // None of the bad ADDs registered an endpoint.
+    let eps = w.netctl_json(&["endpoint", "ls"]);
+    assert_eq!(eps.as_array().map(Vec::len), Some(1), "endpoint ls: {eps}");
+
+    // DEL twice succeeds.
+    w.cni_del(&c0, "a");
+    w.cni_del(&c0, "a");
+    let eps = w.netctl_json(&["endpoint", "ls"]);
+    assert_eq!(eps.as_array().map(Vec::len), Some(0), "endpoint ls: {eps}");
+
+    // CHECK: fine right after ADD, fails once the host-side veth is gone.
+    let c1 = w.container("c1");
+    let r1 = w.cni_add(&c1, "a");
+    let prev = r1.json.clone();
+    let ok = w.cni_with_prev("CHECK", &c1, "eth0", "a", None, prev.clone());
+    assert!(ok.success(), "CHECK right after ADD failed: {ok}");
+    let peer = c1.ip_json(&["link", "show", "dev", "eth0"])[0]["link_index"]
+        .as_u64()
+        .expect("eth0 is a veth with a peer index");
+    let host_links = w.host.ip_json(&["link", "show"]);
+    let host_veth = host_links
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["ifindex"].as_u64() == Some(peer))
+        .and_then(|l| l["ifname"].as_str())
+        .unwrap_or_else(|| panic!("host-side veth (ifindex {peer}) not found: {host_links}"))
+        .to_string();
+    w.host.ip(&["link", "del", &host_veth]);
+    let bad = w.cni_with_prev("CHECK", &c1, "eth0", "a", None, prev);
+    assert!(
+        !bad.success(),
+        "CHECK after deleting {host_veth} succeeded: {bad}"
+    );
+    // DEL still cleans up.
+    w.cni_del(&c1, "a");
+    w.cni_del(&c1, "a");
+    w.netctl_ok(&["network", "rm", "a"]);
+}
+
+// ---------------------------------------------------------------------------
+// 5. Restart (SIGTERM, kill -9) keeps networks, endpoints and traffic.
+// ---------------------------------------------------------------------------
+
+fn restart_keeps_state(signal: i32) {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network("a", &["--subnet", "10.89.1.0/24"]);
+    w.create_network("b", &["--subnet", "10.89.2.0/24"]);
+    let c1 = w.container("c1");
+    let c2 = w.container("c2");
+    let c3 = w.container("c3");
+    let r1 = w.cni_add(&c1, "a");
+    let r2 = w.cni_add(&c2, "a");
+    let r3 = w.cni_add(&c3, "b");
+
+    let nets = canonical(&w.netctl_json(&["network", "ls"]));
+    let eps = canonical(&w.netctl_json(&["endpoint", "ls"]));
+    let insp = w.inspect_network("a");
+
+    let s2 = TcpServer::start(&c2);
+    let s3 = TcpServer::start(&c3);
+    assert_eq!(assert_tcp_ok(&c1, s2.addr(r2.ip())).ip(), r1.ip());
+
+    w.stop_netd(signal);
+    // Dataplane keeps working while netd is down.
+    assert_eq!(assert_tcp_ok(&c1, s2.addr(r2.ip())).ip(), r1.ip());
+    w.start_netd();
+
+    assert_eq!(
+        canonical(&w.netctl_json(&["network", "ls"])),
+        nets,
+        "networks after restart"
+    );
+    assert_eq!(
+        canonical(&w.netctl_json(&["endpoint", "ls"])),
+        eps,
+        "endpoints after restart"
+    );
+    assert_eq!(w.inspect_network("a"), insp, "inspect a after restart");
+
+    // Traffic still flows, isolation and masquerade still hold.
+    assert_eq!(assert_tcp_ok(&c1, s2.addr(r2.ip())).ip(), r1.ip());
+    assert_ping_ok(&c2, r1.ip());
+    let ext = TcpServer::start(&w.external);
+    assert_eq!(assert_tcp_ok(&c1, ext.addr(ext_v4())).ip(), ip(HOST_EXT_V4));
+    assert_tcp_blocked(&c1, s3.addr(r3.ip()));
+
+    // A new ADD gets a fresh address.
+    let c4 = w.container("c4");
+    let r4 = w.cni_add(&c4, "a");
+    assert!(
+        r4.ip() != r1.ip() && r4.ip() != r2.ip(),
+        "new endpoint got {} which is already used by {} / {}",
+        r4.ip(),
+        r1.ip(),
+        r2.ip()
+    );
+    assert_container_addr(&c4, &r4);
+    assert_eq!(assert_tcp_ok(&c4, s2.addr(r2.ip())).ip(), r4.ip());
+
+    // And the restarted netd can still tear everything down.
+    for (c, n) in [(&c1, "a"), (&c2, "a"), (&c3, "b"), (&c4, "a")] {
+        w.cni_del(c, n);
+    }
+    w.netctl_ok(&["network", "rm", "a"]);
+    w.netctl_ok(&["network", "rm", "b"]);
+    w.stop_netd_gracefully();
+}
+
+#[test]
+fn restart_after_sigterm_keeps_state() {
+    restart_keeps_state(libc::SIGTERM);
+}
+
+#[test]
+fn restart_after_kill_9_keeps_state() {
+    restart_keeps_state(libc::SIGKILL);
+}
