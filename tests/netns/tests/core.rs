@@ -235,7 +235,7 @@ table inet other {{
         flags interval
         elements = {{ 198.51.100.0/24 }}
     }}
-    chain fwd {{
+    chain forward_other {{
         type filter hook forward priority 10; policy accept;
         ip daddr @blocked drop
         tcp dport 6666 reject
