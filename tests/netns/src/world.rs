@@ -245,8 +245,8 @@ impl World {
         let log2 = log.try_clone().expect("dup log");
         let mut cmd = self.netd_command();
         cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "debug");
+        if std::env::var_os("NETD_LOG").is_none() {
+            cmd.env("NETD_LOG", "debug");
         }
         cmd.spawn().expect("spawn netd")
     }
@@ -564,7 +564,7 @@ impl Drop for World {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        if std::thread::panicking() {
+        if std::thread::panicking() && !self.netd_log().is_empty() {
             eprintln!(
                 "--- netd log ({}) ---\n{}\n--- end of netd log ---",
                 self.log_path.display(),

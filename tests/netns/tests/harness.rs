@@ -222,3 +222,92 @@ fn missing_binaries_are_reported() {
         .expect("panics with a message");
     assert!(msg.contains("cargo build --workspace --bins"), "{msg}");
 }
+
+/// What netd + netd-cni are expected to build, done by hand with `ip`/`nft`
+/// inside the World's host netns: proves that the World topology supports
+/// the core tests' assertions (masquerade seen as 192.0.2.1, fast refusal
+/// between networks, finding the host-side veth of a container).
+#[test]
+fn world_supports_core_scenario_by_hand() {
+    let w = World::new();
+    let attach = |c: &Netns, br: &str, hv: &str, addr: &str, gw: &str| {
+        w.host.ip(&[
+            "link",
+            "add",
+            hv,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            c.name(),
+        ]);
+        w.host.ip(&["link", "set", hv, "master", br, "up"]);
+        c.ip(&["addr", "add", addr, "dev", "eth0"]);
+        c.ip(&["link", "set", "eth0", "up"]);
+        c.ip(&["route", "add", "default", "via", gw]);
+    };
+    for (br, gw) in [("br-a", "10.89.1.1/24"), ("br-b", "10.89.2.1/24")] {
+        w.host.ip(&["link", "add", br, "type", "bridge"]);
+        w.host.ip(&["addr", "add", gw, "dev", br]);
+        w.host.ip(&["link", "set", br, "up"]);
+    }
+    let c1 = w.container("c1");
+    let c2 = w.container("c2");
+    let c3 = w.container("c3");
+    attach(&c1, "br-a", "vh1", "10.89.1.2/24", "10.89.1.1");
+    attach(&c2, "br-a", "vh2", "10.89.1.3/24", "10.89.1.1");
+    attach(&c3, "br-b", "vh3", "10.89.2.2/24", "10.89.2.1");
+    w.host.nft_apply(
+        "table inet t {
+            chain forward_t {
+                type filter hook forward priority 0; policy accept;
+                iifname \"br-a\" oifname \"br-b\" drop
+                iifname \"br-b\" oifname \"br-a\" drop
+            }
+            chain postrouting_t {
+                type nat hook postrouting priority srcnat; policy accept;
+                ip saddr 10.89.0.0/16 oifname != \"br-*\" masquerade
+            }
+        }",
+    );
+    let s2 = TcpServer::start(&c2);
+    let s3 = TcpServer::start(&c3);
+    let ext = TcpServer::start(&w.external);
+    assert_ping_ok(&c1, ip("10.89.1.3"));
+    assert_ping_ok(&c1, ip("10.89.1.1"));
+    assert_eq!(
+        assert_tcp_ok(&c1, s2.addr(ip("10.89.1.3"))).ip(),
+        ip("10.89.1.2")
+    );
+    assert_eq!(
+        assert_tcp_ok(&c1, ext.addr(ip("192.0.2.2"))).ip(),
+        ip("192.0.2.1")
+    );
+    assert_eq!(
+        assert_tcp_ok(&c3, ext.addr(ip("192.0.2.2"))).ip(),
+        ip("192.0.2.1")
+    );
+    assert_tcp_blocked(&c1, s3.addr(ip("10.89.2.2")));
+    assert_ping_fails(&c1, ip("10.89.2.2"));
+    // External has no route to the containers until a router learns it.
+    assert_tcp_blocked(&w.external, s2.addr(ip("10.89.1.3")));
+    w.external_route_via_host("10.89.1.0/24");
+    assert_eq!(
+        assert_tcp_ok(&w.external, s2.addr(ip("10.89.1.3"))).ip(),
+        ip("192.0.2.2")
+    );
+    // Host-side veth of c1 from eth0's peer index.
+    let peer = c1.ip_json(&["link", "show", "dev", "eth0"])[0]["link_index"]
+        .as_u64()
+        .expect("link_index");
+    let links = w.host.ip_json(&["link", "show"]);
+    let name = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["ifindex"].as_u64() == Some(peer))
+        .and_then(|l| l["ifname"].as_str());
+    assert_eq!(name, Some("vh1"));
+}
