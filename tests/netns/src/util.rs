@@ -142,7 +142,12 @@ pub fn bin_dir() -> PathBuf {
 
 /// Absolute path of a product binary; panics with a hint when missing.
 pub fn bin(name: &str) -> PathBuf {
-    let p = bin_dir().join(name);
+    bin_in(&bin_dir(), name)
+}
+
+/// Absolute path of binary `name` in `dir`; panics with a hint when missing.
+pub fn bin_in(dir: &std::path::Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
     assert!(
         p.is_file(),
         "{} not found: run `cargo build --workspace --bins` first",

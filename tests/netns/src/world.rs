@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::net::IpAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::netns::Netns;
-use crate::util::{bin, run_cmd, CmdOutput, TempDir, CMD_TIMEOUT};
+use crate::util::{bin_in, run_cmd, CmdOutput, TempDir, CMD_TIMEOUT};
 
 /// Host side of the uplink veth (in the host netns).
 pub const HOST_UPLINK: &str = "uplink0";
@@ -32,6 +33,8 @@ pub struct WorldOptions {
     pub ip_forward: bool,
     /// net.ipv6.conf.all.forwarding inside the host netns.
     pub ipv6_forward: bool,
+    /// Where netd, netctl and netd-cni are (default: [`crate::util::bin_dir`]).
+    pub bin_dir: Option<PathBuf>,
 }
 
 impl Default for WorldOptions {
@@ -39,6 +42,7 @@ impl Default for WorldOptions {
         WorldOptions {
             ip_forward: true,
             ipv6_forward: true,
+            bin_dir: None,
         }
     }
 }
@@ -111,6 +115,7 @@ pub struct World {
     pub external: Netns,
     dir: TempDir,
     log_path: PathBuf,
+    bin_dir: PathBuf,
 }
 
 impl World {
@@ -183,7 +188,13 @@ impl World {
             external,
             dir,
             log_path,
+            bin_dir: opts.bin_dir.unwrap_or_else(crate::util::bin_dir),
         }
+    }
+
+    /// Absolute path of product binary `name`; panics with a hint if missing.
+    pub fn bin(&self, name: &str) -> PathBuf {
+        bin_in(&self.bin_dir, name)
     }
 
     /// The temp dir holding the socket, state dir, CNI conf dir and log.
@@ -224,7 +235,7 @@ impl World {
     fn netd_command(&self) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", self.host.name()])
-            .arg(bin("netd"))
+            .arg(self.bin("netd"))
             .arg("--socket")
             .arg(self.socket())
             .arg("--state-dir")
@@ -245,6 +256,18 @@ impl World {
         let log2 = log.try_clone().expect("dup log");
         let mut cmd = self.netd_command();
         cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
+        // Safety net for a test process killed outright (no Drop runs): the
+        // kernel SIGKILLs netd when the spawning thread dies. Survives the
+        // exec of `ip netns exec` into netd.
+        // SAFETY: prctl is async-signal-safe; nothing else runs in pre_exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         if std::env::var_os("NETD_LOG").is_none() {
             cmd.env("NETD_LOG", "debug");
         }
@@ -369,7 +392,7 @@ impl World {
     pub fn netctl(&self, args: &[&str]) -> CmdOutput {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", self.host.name()])
-            .arg(bin("netctl"))
+            .arg(self.bin("netctl"))
             .arg("--socket")
             .arg(self.socket())
             .args(args);
@@ -467,10 +490,7 @@ impl World {
             ("CNI_CONTAINERID".into(), container.label().into()),
             ("CNI_NETNS".into(), container.path().display().to_string()),
             ("CNI_IFNAME".into(), ifname.into()),
-            (
-                "CNI_PATH".into(),
-                crate::util::bin_dir().display().to_string(),
-            ),
+            ("CNI_PATH".into(), self.bin_dir.display().to_string()),
         ]
     }
 
@@ -502,7 +522,7 @@ impl World {
     pub fn cni_raw(&self, env: &[(&str, &str)], stdin: &[u8]) -> CniOutput {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", self.host.name()])
-            .arg(bin("netd-cni"))
+            .arg(self.bin("netd-cni"))
             .env_clear()
             .env(
                 "PATH",

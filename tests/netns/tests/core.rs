@@ -54,9 +54,11 @@ fn assert_container_addr(c: &Netns, r: &CniOutput) {
     );
 }
 
-fn check_cni_result_shape(r: &CniOutput, subnet_prefix: &str) {
+fn check_cni_result_shape(w: &World, network: &str, r: &CniOutput, subnet_prefix: &str) {
     let j = r.json.as_ref().expect("JSON result");
-    assert_eq!(j["cniVersion"], "1.1.0", "result cniVersion: {j}");
+    let conf_version = w.cni_conf(network)["cniVersion"].clone();
+    assert_eq!(conf_version, "1.1.0", "conflist cniVersion");
+    assert_eq!(j["cniVersion"], conf_version, "result cniVersion: {j}");
     let addr = j["ips"][0]["address"].as_str().expect("ips[0].address");
     assert!(
         addr.starts_with(subnet_prefix) && addr.ends_with("/24"),
@@ -111,9 +113,9 @@ fn same_network_reachable_masquerade_out_networks_isolated() {
     let r1 = w.cni_add(&c1, "a");
     let r2 = w.cni_add(&c2, "a");
     let r3 = w.cni_add(&c3, "b");
-    check_cni_result_shape(&r1, "10.89.1.");
-    check_cni_result_shape(&r2, "10.89.1.");
-    check_cni_result_shape(&r3, "10.89.2.");
+    check_cni_result_shape(&w, "a", &r1, "10.89.1.");
+    check_cni_result_shape(&w, "a", &r2, "10.89.1.");
+    check_cni_result_shape(&w, "b", &r3, "10.89.2.");
     for (c, r) in [(&c1, &r1), (&c2, &r2), (&c3, &r3)] {
         assert_container_addr(c, r);
     }

@@ -311,3 +311,177 @@ fn world_supports_core_scenario_by_hand() {
         .and_then(|l| l["ifname"].as_str());
     assert_eq!(name, Some("vh1"));
 }
+
+const FAKE_NETD: &str = r#"#!/usr/bin/env python3
+# Stand-in for netd: checks forwarding, writes a conflist, listens, exits 0 on SIGTERM.
+import json, os, signal, socket, sys
+a = sys.argv[1:]
+opt = lambda n: a[a.index(n) + 1]
+sock, state, cni = opt("--socket"), opt("--state-dir"), opt("--cni-conf-dir")
+assert opt("--table") == "netd"
+if open("/proc/sys/net/ipv4/ip_forward").read().strip() != "1":
+    print("fake netd: net.ipv4.ip_forward is 0 in this netns", file=sys.stderr)
+    sys.exit(1)
+with open(os.path.join(state, "starts"), "a") as f:
+    f.write("%d\n" % os.getpid())
+conf = {"cniVersion": "1.1.0", "name": "fake", "plugins": [{"type": "netd-cni",
+        "network": "fake", "socket": sock, "capabilities": {"portMappings": True}}]}
+with open(os.path.join(cni, "netd-fake.conflist"), "w") as f:
+    json.dump(conf, f)
+def term(*_):
+    os.unlink(sock)
+    print("fake netd: SIGTERM", file=sys.stderr, flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, term)
+if os.path.exists(sock):
+    os.unlink(sock)
+s = socket.socket(socket.AF_UNIX)
+s.bind(sock)
+s.listen(16)
+print("fake netd: ready", file=sys.stderr, flush=True)
+while True:
+    c, _ = s.accept()
+    c.close()
+"#;
+
+const FAKE_CNI: &str = r#"#!/usr/bin/env python3
+# Stand-in for netd-cni: echoes what it was given, and the netns it runs in.
+import json, os, sys
+out = {"env": {k: v for k, v in os.environ.items() if k.startswith("CNI_")},
+       "stdin": sys.stdin.read(),
+       "netns_ino": os.stat("/proc/self/ns/net").st_ino}
+print(json.dumps(out))
+sys.exit(0 if os.environ.get("CNI_COMMAND") in ("ADD", "DEL", "CHECK") else 3)
+"#;
+
+const FAKE_NETCTL: &str = "#!/bin/sh\nprintf '{\"args\": \"%s\"}\\n' \"$*\"\n";
+
+fn fake_bins() -> Option<netd_netns_tests::util::TempDir> {
+    if !run(&["python3", "-c", "pass"]).success() {
+        eprintln!("python3 not found: skipping the fake-binaries test");
+        return None;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let d = netd_netns_tests::util::TempDir::new("b");
+    for (name, text) in [
+        ("netd", FAKE_NETD),
+        ("netd-cni", FAKE_CNI),
+        ("netctl", FAKE_NETCTL),
+    ] {
+        let p = d.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    Some(d)
+}
+
+/// The World's netd / netctl / CNI drivers, against stand-in binaries.
+#[test]
+fn world_drives_binaries_like_a_runtime() {
+    let Some(bins) = fake_bins() else { return };
+    let opts = WorldOptions {
+        bin_dir: Some(bins.path().to_path_buf()),
+        ..Default::default()
+    };
+    let mut w = World::with(opts.clone());
+    w.start_netd();
+    assert!(w.netd_running());
+    let starts_file = w.state_dir().join("starts");
+    let starts = || {
+        std::fs::read_to_string(&starts_file)
+            .unwrap()
+            .lines()
+            .count()
+    };
+    assert_eq!(starts(), 1);
+
+    // CNI: env and stdin as libcni gives them, run in the host netns.
+    let c = w.container("ctr1");
+    let r = w.cni(
+        "ADD",
+        &c,
+        "eth0",
+        "fake",
+        Some(World::port_mappings(&[(8080, 80, "tcp")])),
+    );
+    assert!(r.success(), "{r}");
+    let j = r.json.clone().expect("JSON");
+    let env = &j["env"];
+    assert_eq!(env["CNI_COMMAND"], "ADD");
+    assert_eq!(env["CNI_CONTAINERID"], "ctr1");
+    assert_eq!(env["CNI_NETNS"], c.path().display().to_string());
+    assert_eq!(env["CNI_IFNAME"], "eth0");
+    assert_eq!(env["CNI_PATH"], bins.path().display().to_string());
+    let conf: serde_json::Value = serde_json::from_str(j["stdin"].as_str().unwrap()).unwrap();
+    assert_eq!(conf["name"], "fake");
+    assert_eq!(conf["cniVersion"], "1.1.0");
+    assert_eq!(conf["type"], "netd-cni");
+    assert_eq!(conf["network"], "fake");
+    assert_eq!(conf["socket"], w.socket().display().to_string());
+    assert_eq!(conf["runtimeConfig"]["portMappings"][0]["hostPort"], 8080);
+    assert_eq!(conf["runtimeConfig"]["portMappings"][0]["protocol"], "tcp");
+    use std::os::unix::fs::MetadataExt;
+    let host_ino = std::fs::metadata(w.host.path()).unwrap().ino();
+    assert_eq!(
+        j["netns_ino"].as_u64(),
+        Some(host_ino),
+        "plugin not run in the host netns"
+    );
+    // CHECK carries prevResult.
+    let r = w.cni_with_prev(
+        "CHECK",
+        &c,
+        "eth0",
+        "fake",
+        None,
+        Some(serde_json::json!({"ips": []})),
+    );
+    let conf: serde_json::Value =
+        serde_json::from_str(r.json.as_ref().unwrap()["stdin"].as_str().unwrap()).unwrap();
+    assert_eq!(conf["prevResult"]["ips"], serde_json::json!([]));
+    // Raw variant: exactly the given env and stdin.
+    let r = w.cni_raw(&[("CNI_COMMAND", "VERSION")], b"not json");
+    assert_eq!(r.code, Some(3));
+    let j = r.json.unwrap();
+    assert_eq!(j["stdin"], "not json");
+    assert_eq!(j["env"], serde_json::json!({"CNI_COMMAND": "VERSION"}));
+
+    // netctl gets --socket first, then the arguments.
+    let v = w.netctl_json(&["network", "ls"]);
+    let args = v["args"].as_str().unwrap();
+    assert_eq!(
+        args,
+        format!("--socket {} --format json network ls", w.socket().display())
+    );
+
+    // Stop / restart / kill -9.
+    let st = w.stop_netd(libc::SIGTERM);
+    assert!(st.success(), "{st}");
+    assert!(w.netd_log().contains("fake netd: SIGTERM"));
+    w.start_netd();
+    assert_eq!(starts(), 2);
+    let pid = w.netd_pid().unwrap();
+    w.restart_netd(libc::SIGKILL);
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    assert_eq!(starts(), 3);
+    let pid = w.netd_pid().unwrap();
+    drop(w);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "netd survived the World"
+    );
+
+    // Start failures are reported with the log.
+    let mut w0 = World::with(WorldOptions {
+        ip_forward: false,
+        ..opts
+    });
+    let (st, log) = w0.run_netd_expect_exit(Duration::from_secs(10));
+    assert_eq!(st.and_then(|s| s.code()), Some(1));
+    assert!(log.contains("net.ipv4.ip_forward"), "{log}");
+    let e = w0.try_start_netd().unwrap_err();
+    assert!(
+        e.contains("exited during startup") && e.contains("net.ipv4.ip_forward"),
+        "{e}"
+    );
+}
