@@ -119,10 +119,17 @@ impl Netns {
         out.success().then_some(out.stdout)
     }
 
+    /// `ip -d link show`, with the values of running bridge timers
+    /// (`gc_timer 12.34`...) masked so that snapshots taken at different
+    /// times compare equal when nothing changed.
+    pub fn links_detail(&self) -> String {
+        mask_timers(&self.ip(&["-d", "link", "show"]))
+    }
+
     /// Snapshot of links, addresses and the whole nft ruleset.
     pub fn snapshot(&self) -> NetSnapshot {
         NetSnapshot {
-            links: self.ip(&["-d", "link", "show"]),
+            links: self.links_detail(),
             addrs: self.ip(&["addr", "show"]),
             routes: self.ip(&["route", "show", "table", "all"]),
             nft: self.nft_list(),
@@ -197,6 +204,32 @@ impl Drop for Netns {
             eprintln!("warning: ip netns del {} failed: {out}", self.name);
         }
     }
+}
+
+/// Replaces the value following every `*_timer` token by `*`.
+pub fn mask_timers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start().len();
+        out.push_str(&line[..indent]);
+        let mut mask_next = false;
+        let mut first = true;
+        for tok in line.split_whitespace() {
+            if !first {
+                out.push(' ');
+            }
+            first = false;
+            if mask_next {
+                out.push('*');
+                mask_next = false;
+            } else {
+                out.push_str(tok);
+                mask_next = tok.ends_with("_timer");
+            }
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Links, addresses, routes and nft ruleset of a netns at one moment.

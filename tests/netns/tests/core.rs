@@ -173,6 +173,29 @@ fn same_network_reachable_masquerade_out_networks_isolated() {
     // Endpoints are listed; network rm is refused while attached.
     let eps = w.netctl_json(&["endpoint", "ls"]);
     assert_eq!(eps.as_array().map(Vec::len), Some(3), "endpoint ls: {eps}");
+    let mut listed: Vec<String> = eps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e["container_id"].as_str().unwrap_or("?"),
+                e["network"].as_str().unwrap_or("?"),
+                e["addr4"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        vec![
+            format!("c1 a {a1}"),
+            format!("c2 a {a2}"),
+            format!("c3 b {a3}")
+        ],
+        "endpoint ls disagrees with the CNI results: {eps}"
+    );
     let rm = w.netctl(&["network", "rm", "a"]);
     assert!(
         !rm.success(),
@@ -319,7 +342,7 @@ struct HostState {
 
 fn host_state(w: &World, c: &Netns) -> HostState {
     HostState {
-        links: w.host.ip(&["-d", "link", "show"]),
+        links: w.host.links_detail(),
         addrs: w.host.ip(&["addr", "show"]),
         table: w.host.nft_table("inet", "netd"),
         container_links: c.link_names(),

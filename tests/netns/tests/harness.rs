@@ -211,6 +211,19 @@ fn snapshot_detects_changes() {
     assert!(ns.nft_table("inet", "x").unwrap().contains("10.0.0.1"));
     assert!(ns.nft_table("inet", "nope").is_none());
     assert!(ns.link_names().contains(&"d0".to_string()));
+    // Bridge timers tick, but are masked.
+    ns.ip(&["link", "add", "br0", "type", "bridge"]);
+    ns.ip(&["link", "set", "d0", "master", "br0"]);
+    ns.ip(&["link", "set", "br0", "up"]);
+    ns.ip(&["link", "set", "d0", "up"]);
+    let l1 = ns.links_detail();
+    assert!(l1.contains("gc_timer *"), "{l1}");
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(l1, ns.links_detail());
+    assert_eq!(
+        netd_netns_tests::netns::mask_timers("  a gc_timer   1.00 b hello_timer 2 c\n"),
+        "  a gc_timer * b hello_timer * c\n"
+    );
 }
 
 #[test]
