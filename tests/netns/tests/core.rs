@@ -567,3 +567,55 @@ fn restart_after_sigterm_keeps_state() {
 fn restart_after_kill_9_keeps_state() {
     restart_keeps_state(libc::SIGKILL);
 }
+
+// ---------------------------------------------------------------------------
+// 1b. The same core path over IPv6 (dual-stack network).
+// ---------------------------------------------------------------------------
+
+#[test]
+fn dual_stack_network_ipv6_reachable_and_masqueraded() {
+    use netd_netns_tests::world::{EXT_V6, HOST_EXT_V6};
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network(
+        "d",
+        &[
+            "--subnet",
+            "10.89.3.0/24",
+            "--ipv6",
+            "--subnet6",
+            "fd00:89:3::/64",
+        ],
+    );
+    let insp = w.inspect_network("d");
+    assert_eq!(insp["subnet6"], "fd00:89:3::/64", "{insp}");
+    let c1 = w.container("c1");
+    let c2 = w.container("c2");
+    let r1 = w.cni_add(&c1, "d");
+    let r2 = w.cni_add(&c2, "d");
+    let v6 = |r: &CniOutput| {
+        r.ips()
+            .into_iter()
+            .find(IpAddr::is_ipv6)
+            .unwrap_or_else(|| panic!("no IPv6 address in the CNI result: {r}"))
+    };
+    let (a1, a2) = (v6(&r1), v6(&r2));
+    assert!(c1.addrs_of("eth0").contains(&a1));
+    assert_ping_ok(&c1, a2);
+    let s2 = TcpServer::start(&c2);
+    assert_eq!(
+        assert_tcp_ok(&c1, s2.addr(a2)).ip(),
+        a1,
+        "no NAT inside a network"
+    );
+    let ext = TcpServer::start(&w.external);
+    assert_eq!(
+        assert_tcp_ok(&c1, ext.addr(ip(EXT_V6))).ip(),
+        ip(HOST_EXT_V6),
+        "IPv6 leaves a NAT network masqueraded"
+    );
+    assert_ping_ok(&c2, ip(EXT_V6));
+    w.cni_del(&c1, "d");
+    w.cni_del(&c2, "d");
+    w.netctl_ok(&["network", "rm", "d"]);
+}
