@@ -498,3 +498,42 @@ fn world_drives_binaries_like_a_runtime() {
         "{e}"
     );
 }
+
+/// A panicking test leaves no netd process and no netns behind.
+#[test]
+fn panic_with_netd_running_cleans_up() {
+    let Some(bins) = fake_bins() else { return };
+    let state = std::sync::Mutex::new((0u32, Vec::new()));
+    let r = std::panic::catch_unwind(|| {
+        let mut w = World::with(WorldOptions {
+            bin_dir: Some(bins.path().to_path_buf()),
+            ..Default::default()
+        });
+        w.start_netd();
+        let c = w.container("c1");
+        let _srv = UdpServer::start(&c);
+        let mut s = state.lock().unwrap();
+        s.0 = w.netd_pid().unwrap();
+        s.1 = vec![
+            w.host.name().to_string(),
+            w.external.name().to_string(),
+            c.name().to_string(),
+        ];
+        s.1.push(w.dir().display().to_string());
+        drop(s);
+        panic!("deliberate");
+    });
+    assert!(r.is_err());
+    let s = state.lock().unwrap();
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", s.0)).exists(),
+        "netd left running"
+    );
+    for n in &s.1[..3] {
+        assert!(!ns_exists(n), "netns {n} left behind");
+    }
+    assert!(
+        !std::path::Path::new(&s.1[3]).exists(),
+        "temp dir left behind"
+    );
+}
