@@ -9,7 +9,28 @@
 //!
 //! All namespaces, temporary directories and child processes are owned by
 //! guards ([`Netns`], [`World`], [`TcpServer`], [`UdpServer`]) whose `Drop`
-//! removes them, also when a test panics.
+//! removes them, also when a test panics. netd is also spawned with
+//! `PR_SET_PDEATHSIG=SIGKILL`, so it dies with a test process killed outright
+//! (only the netns of such a process can be left behind).
+//!
+//! ```no_run
+//! use netd_netns_tests::*;
+//! let mut w = World::new();              // host netns + external netns
+//! w.start_netd();                        // waits until the socket answers
+//! w.create_network("a", &["--subnet", "10.89.1.0/24"]);
+//! let c1 = w.container("c1");            // CNI_CONTAINERID = "c1"
+//! let r = w.cni_add(&c1, "a");           // netd-cni ADD, as libcni runs it
+//! let ext = TcpServer::start(&w.external);
+//! let seen = assert_tcp_ok(&c1, ext.addr("192.0.2.2".parse().unwrap()));
+//! assert_eq!(seen.ip().to_string(), "192.0.2.1"); // masqueraded
+//! # let _ = r;
+//! ```
+//!
+//! Environment: `NETD_BIN_DIR` overrides where netd, netctl and netd-cni are
+//! looked up (default: the cargo profile dir of the test executable, so run
+//! `cargo build --workspace --bins` first); `NETD_TEST_KEEP=1` keeps the temp
+//! dirs (netd log, state, conflists); `NETD_LOG` is passed to netd (default
+//! `debug` here). netd's log is printed when a test panics.
 
 pub mod netns;
 pub mod probe;
