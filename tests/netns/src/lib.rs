@@ -32,6 +32,7 @@
 //! dirs (netd log, state, conflists); `NETD_LOG` is passed to netd (default
 //! `debug` here). netd's log is printed when a test panics.
 
+pub mod matrix;
 pub mod netns;
 pub mod probe;
 pub mod util;

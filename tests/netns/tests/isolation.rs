@@ -1,0 +1,187 @@
+//! The isolation matrix (`src/matrix.rs`, `docs/isolation.md`) probed cell by cell with real
+//! TCP, UDP and ICMP packets over IPv4 and IPv6: every allowed path must carry traffic and
+//! every refused one must fail within the probe timeout.
+
+use std::net::{IpAddr, SocketAddr};
+
+use netd_netns_tests::matrix::{self, expected, Kind, Path};
+use netd_netns_tests::world::{EXT_V4, EXT_V6, HOST_EXT_V4, HOST_EXT_V6};
+use netd_netns_tests::*;
+
+#[test]
+fn document_matches_the_matrix() {
+    let doc_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/isolation.md");
+    let doc = std::fs::read_to_string(&doc_path).expect("docs/isolation.md exists");
+    let (before, rest) = doc.split_once(matrix::BEGIN).expect("begin marker");
+    let (_, after) = rest.split_once(matrix::END).expect("end marker");
+    let fresh = format!(
+        "{before}{}\n{}{}{after}",
+        matrix::BEGIN,
+        matrix::render_markdown(),
+        matrix::END
+    );
+    if std::env::var_os("NETD_BLESS").is_some() {
+        std::fs::write(&doc_path, &fresh).unwrap();
+    }
+    assert_eq!(
+        doc, fresh,
+        "docs/isolation.md is out of date; regenerate it with NETD_BLESS=1 cargo test -p netd-netns-tests --test isolation document"
+    );
+}
+
+struct Family {
+    v6: bool,
+}
+
+impl Family {
+    fn ext(&self) -> IpAddr {
+        (if self.v6 { EXT_V6 } else { EXT_V4 }).parse().unwrap()
+    }
+    fn host_uplink(&self) -> IpAddr {
+        (if self.v6 { HOST_EXT_V6 } else { HOST_EXT_V4 })
+            .parse()
+            .unwrap()
+    }
+    fn pick(&self, addrs: &[IpAddr]) -> IpAddr {
+        *addrs
+            .iter()
+            .find(|a| a.is_ipv6() == self.v6)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {} address in {addrs:?}",
+                    if self.v6 { "IPv6" } else { "IPv4" }
+                )
+            })
+    }
+}
+
+fn check(
+    from: &Netns,
+    to: IpAddr,
+    tcp: &TcpServer,
+    udp: &UdpServer,
+    want: matrix::Outcome,
+    what: &str,
+) -> Option<SocketAddr> {
+    eprintln!("probe {what}: {} → {to} expecting {want:?}", from.label());
+    let mut seen = None;
+    if want.tcp {
+        seen = Some(assert_tcp_ok(from, tcp.addr(to)));
+    } else {
+        assert_tcp_blocked(from, tcp.addr(to));
+    }
+    if want.udp {
+        assert_udp_ok(from, udp.addr(to));
+    } else {
+        assert_udp_blocked(from, udp.addr(to));
+    }
+    if want.icmp {
+        assert_ping_ok(from, to);
+    } else {
+        assert_ping_fails(from, to);
+    }
+    seen
+}
+
+/// One network of `kind` with containers c1, c2, a default network "peer" with p1, every
+/// subnet routed from the external host via the host; then every path of the matrix.
+fn run_kind(kind: Kind, n: u8) {
+    let mut w = World::new();
+    w.start_netd();
+    let subnet4 = format!("10.77.{n}.0/24");
+    let subnet6 = format!("fd77:{n}::/64");
+    let peer4 = format!("10.78.{n}.0/24");
+    let peer6 = format!("fd78:{n}::/64");
+    let mut args = vec!["--subnet", &subnet4, "--ipv6", "--subnet6", &subnet6];
+    args.extend_from_slice(kind.create_args());
+    w.create_network("k", &args);
+    w.create_network("peer", &["--subnet", &peer4, "--ipv6", "--subnet6", &peer6]);
+    for s in [&subnet4, &subnet6, &peer4, &peer6] {
+        w.external_route_via_host(s);
+    }
+    let c1 = w.container("c1");
+    let c2 = w.container("c2");
+    let p1 = w.container("p1");
+    let r1 = w.cni_add(&c1, "k");
+    let r2 = w.cni_add(&c2, "k");
+    let rp = w.cni_add(&p1, "peer");
+    let inspect = w.inspect_network("k");
+    let gw: Vec<IpAddr> = ["gateway4", "gateway6"]
+        .iter()
+        .map(|k| inspect[k].as_str().unwrap().parse().unwrap())
+        .collect();
+
+    let servers = |ns: &Netns| (TcpServer::start(ns), UdpServer::start(ns));
+    let (t_c1, u_c1) = servers(&c1);
+    let (t_c2, u_c2) = servers(&c2);
+    let (t_p1, u_p1) = servers(&p1);
+    let (t_host, u_host) = servers(&w.host);
+    let (t_ext, u_ext) = servers(&w.external);
+
+    for fam in [Family { v6: false }, Family { v6: true }] {
+        let a1 = fam.pick(&r1.ips());
+        let a2 = fam.pick(&r2.ips());
+        let ap = fam.pick(&rp.ips());
+        for path in Path::ALL {
+            let want = expected(kind, path);
+            let what = format!("{kind:?} {path:?} v6={}", fam.v6);
+            match path {
+                Path::SameNetwork => {
+                    check(&c1, a2, &t_c2, &u_c2, want, &what);
+                }
+                Path::Gateway => {
+                    check(&c1, fam.pick(&gw), &t_host, &u_host, want, &what);
+                }
+                Path::OtherNetwork => {
+                    check(&c1, ap, &t_p1, &u_p1, want, &what);
+                }
+                Path::External => {
+                    let seen = check(&c1, fam.ext(), &t_ext, &u_ext, want, &what);
+                    if let Some(seen) = seen {
+                        let expect = if kind == Kind::Routed {
+                            a1
+                        } else {
+                            fam.host_uplink()
+                        };
+                        assert_eq!(
+                            seen.ip(),
+                            expect,
+                            "{what}: source seen by the external host"
+                        );
+                    }
+                }
+                Path::ExternalToContainer => {
+                    check(&w.external, a1, &t_c1, &u_c1, want, &what);
+                }
+                Path::HostToContainer => {
+                    check(&w.host, a1, &t_c1, &u_c1, want, &what);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matrix_default() {
+    run_kind(Kind::Default, 1);
+}
+
+#[test]
+fn matrix_icc_off() {
+    run_kind(Kind::IccOff, 2);
+}
+
+#[test]
+fn matrix_internal() {
+    run_kind(Kind::Internal, 3);
+}
+
+#[test]
+fn matrix_routed() {
+    run_kind(Kind::Routed, 4);
+}
+
+#[test]
+fn matrix_isolated() {
+    run_kind(Kind::Isolated, 5);
+}
