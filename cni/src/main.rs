@@ -1,1 +1,77 @@
-fn main() {}
+//! netd-cni: the CNI plugin that attaches containers to netd networks.
+//!
+//! Reads CNI_* and the configuration on stdin, runs the command, and prints the result or a
+//! CNI error object on stdout (where libcni looks first); stderr carries only notes for logs.
+
+mod commands;
+mod env;
+mod error;
+mod links;
+mod result;
+mod types;
+
+use std::io::{IsTerminal, Read};
+use std::path::Path;
+use std::process::ExitCode;
+
+use error::PluginError;
+
+/// Configurations are a few KiB; the bound keeps a runaway writer from exhausting memory.
+const MAX_INPUT: u64 = 8 << 20;
+
+fn read_input(command: Option<env::Command>) -> Result<Vec<u8>, PluginError> {
+    let stdin = std::io::stdin();
+    // VERSION needs no input; someone typing the command by hand should not hang.
+    if command == Some(env::Command::Version) && stdin.is_terminal() {
+        return Ok(Vec::new());
+    }
+    let mut buf = Vec::new();
+    stdin
+        .lock()
+        .take(MAX_INPUT + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| PluginError::Io {
+            msg: "cannot read the network configuration from stdin".into(),
+            details: e.to_string(),
+        })?;
+    if buf.len() as u64 > MAX_INPUT {
+        return Err(PluginError::decode(
+            format!("the network configuration is larger than {MAX_INPUT} bytes"),
+            String::new(),
+        ));
+    }
+    Ok(buf)
+}
+
+fn main() -> ExitCode {
+    let env = env::Env::from_process();
+    let input = read_input(env.as_ref().ok().map(|e| e.command));
+    let version = input
+        .as_deref()
+        .ok()
+        .and_then(types::requested_version)
+        .unwrap_or_else(|| types::CniVersion::LATEST.as_str().to_string());
+    let outcome = env.and_then(|env| {
+        let input = input?;
+        let connect =
+            |path: &Path| -> Box<dyn commands::Netd> { Box::new(netd::api::Client::new(path)) };
+        commands::run(&env, &input, &connect, &links::SystemLinks::default())
+    });
+    match outcome {
+        Ok(out) => {
+            if let Some(out) = out {
+                println!("{out}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let reply = types::ErrorReply::new(&version, &e);
+            println!(
+                "{}",
+                serde_json::to_string(&reply).expect("errors serialise")
+            );
+            eprintln!("netd-cni: {e} (code {})", e.code());
+            ExitCode::FAILURE
+        }
+    }
+}

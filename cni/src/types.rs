@@ -1,0 +1,713 @@
+//! The CNI wire types (SPEC.md 1.1.0 and the 0.3/0.4 result shapes), written with serde rather
+//! than taken from the `cni-plugin` crate, which drops `hostIP`, lacks GC/STATUS and claims
+//! versions it does not implement.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::PluginError;
+use netd::model::{self, PortMapping, Proto};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CniVersion {
+    V0_3_0,
+    V0_3_1,
+    V0_4_0,
+    V1_0_0,
+    V1_1_0,
+}
+
+impl CniVersion {
+    pub const ALL: [CniVersion; 5] = [
+        CniVersion::V0_3_0,
+        CniVersion::V0_3_1,
+        CniVersion::V0_4_0,
+        CniVersion::V1_0_0,
+        CniVersion::V1_1_0,
+    ];
+    pub const LATEST: CniVersion = CniVersion::V1_1_0;
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CniVersion::V0_3_0 => "0.3.0",
+            CniVersion::V0_3_1 => "0.3.1",
+            CniVersion::V0_4_0 => "0.4.0",
+            CniVersion::V1_0_0 => "1.0.0",
+            CniVersion::V1_1_0 => "1.1.0",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CniVersion> {
+        CniVersion::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// 1.0.0 removed `ips[].version`; older results must carry it.
+    pub fn ips_carry_version(self) -> bool {
+        self < CniVersion::V1_0_0
+    }
+
+    pub fn supports_check(self) -> bool {
+        self >= CniVersion::V0_4_0
+    }
+
+    pub fn supports_gc_and_status(self) -> bool {
+        self >= CniVersion::V1_1_0
+    }
+
+    /// Interface `mtu` arrived with 1.1.0.
+    pub fn has_interface_mtu(self) -> bool {
+        self >= CniVersion::V1_1_0
+    }
+
+    pub fn supported_list() -> Vec<&'static str> {
+        CniVersion::ALL.iter().map(|v| v.as_str()).collect()
+    }
+}
+
+impl fmt::Display for CniVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Top-level keys a plugin configuration may carry: the spec's plugin keys, the ones a runtime
+/// injects, the well-known optional ones, and ours. Anything under `cni.dev/` is reserved for
+/// the runtime and accepted too.
+const KNOWN_KEYS: &[&str] = &[
+    "cniVersion",
+    "cniVersions",
+    "name",
+    "type",
+    "capabilities",
+    "runtimeConfig",
+    "args",
+    "prevResult",
+    "ipMasq",
+    "ipam",
+    "dns",
+    "network",
+    "socket",
+];
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dns {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub search: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+}
+
+impl Dns {
+    pub fn is_empty(&self) -> bool {
+        *self == Dns::default()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConf {
+    name: Option<String>,
+    #[serde(rename = "type")]
+    plugin_type: Option<String>,
+    network: Option<String>,
+    socket: Option<PathBuf>,
+    #[serde(default)]
+    runtime_config: Option<RawRuntimeConfig>,
+    prev_result: Option<Value>,
+    ipam: Option<Map<String, Value>>,
+    dns: Option<Dns>,
+    // Checked for type only: accepted so conflists written for other plugins' conventions load.
+    #[allow(dead_code)]
+    ip_masq: Option<bool>,
+    #[allow(dead_code)]
+    capabilities: Option<Map<String, Value>>,
+    #[allow(dead_code)]
+    args: Option<Map<String, Value>>,
+    #[allow(dead_code)]
+    cni_versions: Option<Vec<String>>,
+    #[serde(rename = "cni.dev/valid-attachments")]
+    valid_attachments: Option<Vec<GcAttachment>>,
+    // libcni sends the old key too because the spec once named it so (cni#1101).
+    #[serde(rename = "cni.dev/attachments")]
+    attachments: Option<Vec<GcAttachment>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawRuntimeConfig {
+    #[serde(default)]
+    port_mappings: Option<Vec<RawPortMapping>>,
+    // Runtimes pass only capabilities the conflist declares; one we do not implement is the
+    // conflist author's business, so other keys are tolerated (and reported on stderr).
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+/// `i64` ports so that 0, negative and >65535 get a message naming the port rather than a
+/// serde type error.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawPortMapping {
+    host_port: Option<i64>,
+    container_port: Option<i64>,
+    protocol: Option<String>,
+    #[serde(rename = "hostIP")]
+    host_ip: Option<String>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, Value>,
+}
+
+/// One entry of `cni.dev/valid-attachments`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcAttachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// A validated plugin configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetConf {
+    pub version: CniVersion,
+    pub name: String,
+    /// The netd network to attach to.
+    pub network: String,
+    pub socket: PathBuf,
+    pub port_mappings: Vec<PortMapping>,
+    pub prev_result: Option<CniResult>,
+    pub dns: Option<Dns>,
+    /// Only on GC: the union of both keys; None when neither was sent.
+    pub valid_attachments: Option<Vec<GcAttachment>>,
+    /// runtimeConfig keys we ignore, for a note on stderr.
+    pub ignored_runtime_config: Vec<String>,
+}
+
+/// The `cniVersion` the caller asked for, if the input says; errors echo it.
+pub fn requested_version(input: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(input).ok()?;
+    v.get("cniVersion")?.as_str().map(str::to_string)
+}
+
+/// Parses the version only: VERSION must not insist on a whole configuration.
+pub fn parse_version(s: &str) -> Result<CniVersion, PluginError> {
+    CniVersion::parse(s).ok_or_else(|| PluginError::IncompatibleVersion {
+        msg: format!(
+            "incompatible CNI version {s:?}: netd-cni supports {}",
+            CniVersion::supported_list().join(", ")
+        ),
+    })
+}
+
+fn decode_value(input: &[u8]) -> Result<Map<String, Value>, PluginError> {
+    let value: Value = serde_json::from_slice(input).map_err(|e| {
+        PluginError::decode("cannot decode the network configuration", e.to_string())
+    })?;
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(PluginError::decode(
+            "the network configuration is not a JSON object",
+            String::new(),
+        )),
+    }
+}
+
+impl NetConf {
+    pub fn parse(input: &[u8]) -> Result<NetConf, PluginError> {
+        let map = decode_value(input)?;
+        let version = match map.get("cniVersion") {
+            Some(Value::String(s)) => parse_version(s)?,
+            Some(other) => {
+                return Err(PluginError::decode(
+                    format!("cniVersion must be a string, not {other}"),
+                    String::new(),
+                ))
+            }
+            None => {
+                return Err(PluginError::IncompatibleVersion {
+                    msg: "the network configuration has no cniVersion".into(),
+                })
+            }
+        };
+        if let Some(key) = map
+            .keys()
+            .find(|k| !KNOWN_KEYS.contains(&k.as_str()) && !k.starts_with("cni.dev/"))
+        {
+            return Err(PluginError::UnsupportedField {
+                field: key.clone(),
+                reason: format!(
+                    "netd-cni does not know the configuration key {key:?} (value {})",
+                    map[key]
+                ),
+            });
+        }
+        let raw: RawConf = serde_json::from_value(Value::Object(map))
+            .map_err(|e| PluginError::decode("invalid network configuration", e.to_string()))?;
+
+        let name = raw
+            .name
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| PluginError::invalid_config("the configuration has no network name"))?;
+        validate_cni_name(&name)?;
+        if raw.plugin_type.as_deref().unwrap_or("").is_empty() {
+            return Err(PluginError::invalid_config(
+                "the configuration has no plugin type",
+            ));
+        }
+        let network = raw.network.unwrap_or_else(|| name.clone());
+        model::validate_network_name(&network).map_err(|e| PluginError::InvalidConfig {
+            msg: format!("invalid netd network: {e}"),
+            details: String::new(),
+        })?;
+        if let Some(ipam) = &raw.ipam {
+            if ipam.contains_key("type") {
+                return Err(PluginError::invalid_config(
+                    "netd-cni takes addresses from netd and does not delegate to an IPAM plugin: remove \"ipam\"",
+                ));
+            }
+        }
+        let socket = raw
+            .socket
+            .unwrap_or_else(|| PathBuf::from(netd::api::DEFAULT_SOCKET));
+        if socket.as_os_str().is_empty() {
+            return Err(PluginError::invalid_config("\"socket\" is empty"));
+        }
+
+        let rc = raw.runtime_config.unwrap_or_default();
+        let port_mappings = rc
+            .port_mappings
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, pm)| port_mapping(i, pm))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let prev_result = match raw.prev_result {
+            None => None,
+            Some(v) => Some(
+                serde_json::from_value::<CniResult>(v)
+                    .map_err(|e| PluginError::decode("cannot decode prevResult", e.to_string()))?,
+            ),
+        };
+
+        let valid_attachments = match (raw.valid_attachments, raw.attachments) {
+            (None, None) => None,
+            (a, b) => {
+                let mut all = a.unwrap_or_default();
+                for x in b.unwrap_or_default() {
+                    if !all.contains(&x) {
+                        all.push(x);
+                    }
+                }
+                Some(all)
+            }
+        };
+
+        Ok(NetConf {
+            version,
+            name,
+            network,
+            socket,
+            port_mappings,
+            prev_result,
+            dns: raw.dns,
+            valid_attachments,
+            ignored_runtime_config: rc.other.into_keys().collect(),
+        })
+    }
+}
+
+/// libcni's rule for network names (`pkg/utils`): they end up in file paths.
+fn validate_cni_name(name: &str) -> Result<(), PluginError> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if first_ok && rest_ok {
+        Ok(())
+    } else {
+        Err(PluginError::invalid_config(format!(
+            "invalid network name {name:?}: it must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
+        )))
+    }
+}
+
+fn port_mapping(i: usize, pm: RawPortMapping) -> Result<PortMapping, PluginError> {
+    let at = format!("runtimeConfig.portMappings[{i}]");
+    if let Some((key, value)) = pm.unknown.iter().next() {
+        return Err(PluginError::UnsupportedField {
+            field: format!("{at}.{key}"),
+            reason: format!("port mappings take hostPort, containerPort, protocol and hostIP, not {key:?} (value {value})"),
+        });
+    }
+    let port = |what: &str, v: Option<i64>| -> Result<u16, PluginError> {
+        let v = v.ok_or_else(|| PluginError::invalid_config(format!("{at} has no {what}")))?;
+        u16::try_from(v).ok().filter(|p| *p != 0).ok_or_else(|| {
+            PluginError::invalid_config(format!("{at}.{what} {v} is not a port (1..=65535)"))
+        })
+    };
+    let host_port = port("hostPort", pm.host_port)?;
+    let container_port = port("containerPort", pm.container_port)?;
+    let protocol = match pm.protocol.as_deref() {
+        None | Some("") => Proto::Tcp,
+        Some(p) => p
+            .parse::<Proto>()
+            .map_err(|e| PluginError::invalid_config(format!("{at}.protocol: {e}")))?,
+    };
+    // Runtimes that serialise an unset host IP as "" mean "every address", like an absent key.
+    let host_ip = match pm.host_ip.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(s.parse::<IpAddr>().map_err(|_| {
+            PluginError::invalid_config(format!("{at}.hostIP {s:?} is not an IP address"))
+        })?),
+    };
+    Ok(PortMapping {
+        host_port,
+        container_port,
+        protocol,
+        host_ip,
+    })
+}
+
+/// A CNI result. Unknown keys, here and in the parts, are carried through untouched because
+/// the spec makes a chained plugin pass prevResult on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CniResult {
+    #[serde(default)]
+    pub cni_version: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<Interface>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<IpConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub dns: Dns,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Interface {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IpConfig {
+    /// "4" or "6"; only in 0.3.x/0.4.0 results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    pub address: IpNet,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<IpAddr>,
+    /// Index into the result's `interfaces`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<usize>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Route {
+    pub dst: IpNet,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gw: Option<IpAddr>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl CniResult {
+    /// Puts the result in the shape of `version`: the field that came and went between
+    /// versions is `ips[].version`.
+    pub fn shape_for(&mut self, version: CniVersion) {
+        self.cni_version = version.as_str().to_string();
+        for ip in &mut self.ips {
+            ip.version = version.ips_carry_version().then(|| {
+                match ip.address {
+                    IpNet::V4(_) => "4",
+                    IpNet::V6(_) => "6",
+                }
+                .to_string()
+            });
+        }
+        if !version.has_interface_mtu() {
+            for iface in &mut self.interfaces {
+                iface.mtu = None;
+            }
+        }
+    }
+}
+
+/// The error object printed on stdout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorReply {
+    pub cni_version: String,
+    pub code: u32,
+    pub msg: String,
+    pub details: String,
+}
+
+impl ErrorReply {
+    pub fn new(version: &str, e: &PluginError) -> Self {
+        ErrorReply {
+            cni_version: version.to_string(),
+            code: e.code(),
+            msg: e.to_string(),
+            details: e.details(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionReply {
+    pub cni_version: String,
+    pub supported_versions: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<NetConf, PluginError> {
+        NetConf::parse(v.to_string().as_bytes())
+    }
+
+    fn base(version: &str) -> Value {
+        json!({"cniVersion": version, "name": "web", "type": "netd-cni"})
+    }
+
+    #[test]
+    fn every_supported_version_parses() {
+        for v in CniVersion::ALL {
+            let conf = parse(base(v.as_str())).unwrap();
+            assert_eq!(conf.version, v);
+            assert_eq!(conf.network, "web");
+            assert_eq!(conf.socket, PathBuf::from(netd::api::DEFAULT_SOCKET));
+            assert!(conf.port_mappings.is_empty());
+            assert!(conf.prev_result.is_none());
+        }
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let conf = parse(json!({
+            "cniVersion": "1.1.0",
+            "name": "web",
+            "type": "netd-cni",
+            "network": "backend",
+            "socket": "/tmp/netd.sock",
+            "capabilities": {"portMappings": true},
+            "ipMasq": true,
+            "ipam": {},
+            "dns": {"nameservers": ["10.0.0.53"], "search": ["example.org"]},
+            "args": {"cni": {"labels": []}},
+            "runtimeConfig": {"portMappings": [
+                {"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"},
+                {"hostPort": 5353, "containerPort": 53, "protocol": "UDP"},
+                {"hostPort": 9000, "containerPort": 9000, "hostIP": ""},
+                {"hostPort": 443, "containerPort": 8443, "hostIP": "2001:db8::1"}
+            ]},
+            "cni.dev/some-future-key": 1
+        }))
+        .unwrap();
+        assert_eq!(conf.network, "backend");
+        assert_eq!(conf.socket, PathBuf::from("/tmp/netd.sock"));
+        assert_eq!(
+            conf.port_mappings,
+            vec![
+                PortMapping {
+                    host_port: 8080,
+                    container_port: 80,
+                    protocol: Proto::Tcp,
+                    host_ip: Some("127.0.0.1".parse().unwrap()),
+                },
+                PortMapping {
+                    host_port: 5353,
+                    container_port: 53,
+                    protocol: Proto::Udp,
+                    host_ip: None,
+                },
+                PortMapping {
+                    host_port: 9000,
+                    container_port: 9000,
+                    protocol: Proto::Tcp,
+                    host_ip: None,
+                },
+                PortMapping {
+                    host_port: 443,
+                    container_port: 8443,
+                    protocol: Proto::Tcp,
+                    host_ip: Some("2001:db8::1".parse().unwrap()),
+                },
+            ]
+        );
+        assert_eq!(conf.dns.unwrap().nameservers, vec!["10.0.0.53"]);
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_code_2() {
+        let mut v = base("1.0.0");
+        v["bridge"] = json!("cni0");
+        let e = parse(v).unwrap_err();
+        assert_eq!(e.code(), 2);
+        assert!(e.to_string().contains("bridge"), "{e}");
+    }
+
+    #[test]
+    fn unknown_port_mapping_key_is_code_2() {
+        let mut v = base("1.0.0");
+        v["runtimeConfig"] = json!({"portMappings": [
+            {"hostPort": 1, "containerPort": 1, "hostIp": "1.2.3.4"}
+        ]});
+        let e = parse(v).unwrap_err();
+        assert_eq!(e.code(), 2);
+        assert!(
+            e.to_string()
+                .contains("runtimeConfig.portMappings[0].hostIp"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn other_runtime_config_keys_are_tolerated() {
+        let mut v = base("1.0.0");
+        v["runtimeConfig"] = json!({"bandwidth": {"ingressRate": 1}});
+        let conf = parse(v).unwrap();
+        assert_eq!(conf.ignored_runtime_config, vec!["bandwidth"]);
+    }
+
+    #[test]
+    fn bad_versions_are_code_1() {
+        for bad in ["0.2.0", "0.1.0", "1.2.0", "", "1.1"] {
+            let e = parse(base(bad)).unwrap_err();
+            assert_eq!(e.code(), 1, "{bad}");
+            assert!(e.to_string().contains("1.1.0"), "{e}");
+        }
+        let e = parse(json!({"name": "web", "type": "netd-cni"})).unwrap_err();
+        assert_eq!(e.code(), 1);
+        let e = parse(json!({"cniVersion": 1, "name": "web", "type": "netd-cni"})).unwrap_err();
+        assert_eq!(e.code(), 6);
+    }
+
+    #[test]
+    fn ports_are_validated() {
+        for (hp, cp) in [(0, 80), (80, 0), (65536, 80), (-1, 80), (80, 70000)] {
+            let mut v = base("1.0.0");
+            v["runtimeConfig"] = json!({"portMappings": [{"hostPort": hp, "containerPort": cp}]});
+            let e = parse(v).unwrap_err();
+            assert_eq!(e.code(), 7, "{hp}:{cp}");
+            assert!(e.to_string().contains("not a port"), "{e}");
+        }
+        let mut v = base("1.0.0");
+        v["runtimeConfig"] = json!({"portMappings": [{"hostPort": 65535, "containerPort": 1}]});
+        assert_eq!(parse(v).unwrap().port_mappings[0].host_port, 65535);
+
+        let mut v = base("1.0.0");
+        v["runtimeConfig"] = json!({"portMappings": [{"containerPort": 1}]});
+        assert_eq!(parse(v).unwrap_err().code(), 7);
+
+        let mut v = base("1.0.0");
+        v["runtimeConfig"] =
+            json!({"portMappings": [{"hostPort": 1, "containerPort": 1, "protocol": "icmp"}]});
+        assert_eq!(parse(v).unwrap_err().code(), 7);
+
+        let mut v = base("1.0.0");
+        v["runtimeConfig"] =
+            json!({"portMappings": [{"hostPort": 1, "containerPort": 1, "hostIP": "localhost"}]});
+        let e = parse(v).unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("localhost"), "{e}");
+    }
+
+    #[test]
+    fn names_are_validated() {
+        let mut v = base("1.0.0");
+        v["network"] = json!("../etc");
+        assert_eq!(parse(v).unwrap_err().code(), 7);
+        let mut v = base("1.0.0");
+        v["name"] = json!("-x");
+        assert_eq!(parse(v).unwrap_err().code(), 7);
+        let mut v = base("1.0.0");
+        v.as_object_mut().unwrap().remove("name");
+        assert_eq!(parse(v).unwrap_err().code(), 7);
+        let mut v = base("1.0.0");
+        v.as_object_mut().unwrap().remove("type");
+        assert_eq!(parse(v).unwrap_err().code(), 7);
+    }
+
+    #[test]
+    fn delegated_ipam_is_refused() {
+        let mut v = base("1.0.0");
+        v["ipam"] = json!({"type": "host-local"});
+        assert_eq!(parse(v).unwrap_err().code(), 7);
+    }
+
+    #[test]
+    fn malformed_input_is_code_6() {
+        assert_eq!(NetConf::parse(b"{not json").unwrap_err().code(), 6);
+        assert_eq!(NetConf::parse(b"[1,2]").unwrap_err().code(), 6);
+        let mut v = base("1.0.0");
+        v["socket"] = json!(5);
+        assert_eq!(parse(v).unwrap_err().code(), 6);
+        let mut v = base("1.0.0");
+        v["prevResult"] = json!({"ips": [{"address": "nope"}]});
+        assert_eq!(parse(v).unwrap_err().code(), 6);
+    }
+
+    #[test]
+    fn gc_attachments_from_both_keys() {
+        let mut v = base("1.1.0");
+        v["cni.dev/valid-attachments"] = json!([{"containerID": "a", "ifname": "eth0"}]);
+        v["cni.dev/attachments"] = json!([
+            {"containerID": "a", "ifname": "eth0"},
+            {"containerID": "b", "ifname": "eth1"}
+        ]);
+        let conf = parse(v).unwrap();
+        let ids: Vec<_> = conf
+            .valid_attachments
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.container_id, a.ifname))
+            .collect();
+        assert_eq!(
+            ids,
+            vec![("a".into(), "eth0".into()), ("b".into(), "eth1".into())]
+        );
+        assert!(parse(base("1.1.0")).unwrap().valid_attachments.is_none());
+    }
+
+    #[test]
+    fn prev_result_unknown_keys_survive_a_round_trip() {
+        let prev = json!({
+            "cniVersion": "1.1.0",
+            "interfaces": [{"name": "lo", "sandbox": "/x", "pciID": "0000:00:01.0"}],
+            "ips": [{"address": "10.0.0.2/24", "interface": 0}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "10.0.0.1", "priority": 5}],
+            "dns": {},
+            "custom": {"a": 1}
+        });
+        let r: CniResult = serde_json::from_value(prev.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&r).unwrap(), prev);
+    }
+}
