@@ -415,3 +415,459 @@ fn status(conf: &NetConf, netd: &dyn Netd) -> Result<(), PluginError> {
             details: e.to_string(),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::links::{ContainerIface, LinkError, Route as LinkRoute};
+    use crate::result::tests::attachment;
+    use netd::api::ApiError;
+    use serde_json::{json, Value};
+    use std::cell::RefCell;
+    use std::collections::BTreeSet;
+    use std::ffi::OsString;
+    use std::path::PathBuf;
+
+    const NETNS: &str = "/run/netns/c1";
+
+    #[derive(Default)]
+    struct FakeNetd {
+        calls: RefCell<Vec<String>>,
+        attach_err: Option<ApiError>,
+        unreachable: bool,
+        endpoint: Option<Attachment>,
+        released: Vec<netd::model::Endpoint>,
+    }
+
+    impl FakeNetd {
+        fn log(&self, s: String) -> Result<(), ClientError> {
+            self.calls.borrow_mut().push(s);
+            if self.unreachable {
+                return Err(ClientError::Unreachable {
+                    path: PathBuf::from("/fake.sock"),
+                    source: std::io::ErrorKind::ConnectionRefused.into(),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    impl Netd for FakeNetd {
+        fn socket(&self) -> &Path {
+            Path::new("/fake.sock")
+        }
+        fn attach(&self, req: &AttachRequest) -> Result<Attachment, ClientError> {
+            self.log(format!(
+                "attach {} {}",
+                req.container_id,
+                req.port_mappings.len()
+            ))?;
+            match &self.attach_err {
+                Some(e) => Err(ClientError::Api(e.clone())),
+                None => Ok(attachment(true, true, false)),
+            }
+        }
+        fn endpoint(&self, n: &str, c: &str, i: &str) -> Result<Attachment, ClientError> {
+            self.log(format!("endpoint {n} {c} {i}"))?;
+            self.endpoint
+                .clone()
+                .ok_or_else(|| ClientError::Api(ApiError::not_found("no such endpoint")))
+        }
+        fn detach(&self, n: &str, c: &str, i: &str) -> Result<Released, ClientError> {
+            self.log(format!("detach {n} {c} {i}"))?;
+            Ok(Released { released: true })
+        }
+        fn gc(&self, req: &GcRequest) -> Result<GcResult, ClientError> {
+            self.log(format!("gc {} {}", req.network, req.valid.len()))?;
+            Ok(GcResult {
+                released: self.released.clone(),
+            })
+        }
+        fn status(&self) -> Result<Status, ClientError> {
+            self.log("status".into())?;
+            Ok(Status {
+                version: "0".into(),
+                uptime_secs: 1,
+                table: "netd".into(),
+                networks: 0,
+                endpoints: 0,
+                published_ports: 0,
+            })
+        }
+    }
+
+    #[derive(Default)]
+    struct FakeLinks {
+        host: RefCell<BTreeSet<String>>,
+        container: RefCell<Option<ContainerIface>>,
+        fail_at: Option<&'static str>,
+        calls: RefCell<Vec<String>>,
+    }
+
+    impl FakeLinks {
+        fn step(&self, name: &'static str) -> Result<(), LinkError> {
+            self.calls.borrow_mut().push(name.to_string());
+            if self.fail_at == Some(name) {
+                Err(LinkError(format!("{name} exploded")))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl Links for FakeLinks {
+        fn ensure_bridge(
+            &self,
+            name: &str,
+            addrs: &[ipnet::IpNet],
+            _: u32,
+        ) -> Result<u32, LinkError> {
+            self.step("ensure_bridge")?;
+            assert_eq!(addrs.len(), 2);
+            self.host.borrow_mut().insert(name.to_string());
+            Ok(7)
+        }
+        fn create_veth(
+            &self,
+            host: &str,
+            tmp: &str,
+            bridge: u32,
+            _: u32,
+            isolated: bool,
+            _: &Path,
+        ) -> Result<(), LinkError> {
+            self.step("create_veth")?;
+            assert_eq!((bridge, isolated), (7, false));
+            assert_eq!(tmp, temp_peer_name(host));
+            self.host.borrow_mut().insert(host.to_string());
+            Ok(())
+        }
+        fn delete_link(&self, name: &str) -> Result<bool, LinkError> {
+            self.calls.borrow_mut().push(format!("delete_link {name}"));
+            Ok(self.host.borrow_mut().remove(name))
+        }
+        fn link_exists(&self, name: &str) -> Result<bool, LinkError> {
+            Ok(self.host.borrow().contains(name))
+        }
+        fn link_mac(&self, _: &str) -> Option<String> {
+            Some("02:00:00:00:00:01".into())
+        }
+        fn configure_container(
+            &self,
+            _: &Path,
+            _: &str,
+            ifname: &str,
+            addrs: &[ipnet::IpNet],
+            routes: &[LinkRoute],
+            _: u32,
+        ) -> Result<ContainerIface, LinkError> {
+            self.step("configure_container")?;
+            assert_eq!(routes.len(), 2);
+            let c = ContainerIface {
+                ifname: ifname.into(),
+                mac: "02:00:00:00:00:02".into(),
+                index: 3,
+                addrs: addrs.to_vec(),
+            };
+            *self.container.borrow_mut() = Some(c.clone());
+            Ok(c)
+        }
+        fn inspect_container(
+            &self,
+            _: &Path,
+            _: &str,
+        ) -> Result<Option<ContainerIface>, LinkError> {
+            Ok(self.container.borrow().clone())
+        }
+        fn delete_container_iface(&self, _: &Path, _: &str) -> Result<bool, LinkError> {
+            self.calls
+                .borrow_mut()
+                .push("delete_container_iface".into());
+            Ok(self.container.borrow_mut().take().is_some())
+        }
+        fn is_netns(&self, path: &Path) -> bool {
+            path == Path::new(NETNS)
+        }
+    }
+
+    fn env(command: &str, netns: &str) -> Env {
+        let vars = [
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", netns),
+        ];
+        Env::from_lookup(|k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| OsString::from(v))
+        })
+        .unwrap()
+    }
+
+    fn conf(extra: Value) -> Vec<u8> {
+        let mut v = json!({"cniVersion": "1.1.0", "name": "web", "type": "netd-cni"});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v.to_string().into_bytes()
+    }
+
+    fn go(
+        command: &str,
+        netns: &str,
+        input: &[u8],
+        netd: FakeNetd,
+        links: &FakeLinks,
+    ) -> (Result<Option<String>, PluginError>, Vec<String>) {
+        let netd = std::rc::Rc::new(netd);
+        let shared = netd.clone();
+        let connect = move |_: &Path| -> Box<dyn Netd> { Box::new(Shared(shared.clone())) };
+        let out = run(&env(command, netns), input, &connect, links);
+        let calls = netd.calls.borrow().clone();
+        (out, calls)
+    }
+
+    struct Shared(std::rc::Rc<FakeNetd>);
+    impl Netd for Shared {
+        fn socket(&self) -> &Path {
+            self.0.socket()
+        }
+        fn attach(&self, r: &AttachRequest) -> Result<Attachment, ClientError> {
+            self.0.attach(r)
+        }
+        fn endpoint(&self, n: &str, c: &str, i: &str) -> Result<Attachment, ClientError> {
+            self.0.endpoint(n, c, i)
+        }
+        fn detach(&self, n: &str, c: &str, i: &str) -> Result<Released, ClientError> {
+            self.0.detach(n, c, i)
+        }
+        fn gc(&self, r: &GcRequest) -> Result<GcResult, ClientError> {
+            self.0.gc(r)
+        }
+        fn status(&self) -> Result<Status, ClientError> {
+            self.0.status()
+        }
+    }
+
+    fn veth() -> String {
+        netd::model::host_veth_name("c1", "eth0")
+    }
+
+    #[test]
+    fn add_builds_links_and_reports_them() {
+        let links = FakeLinks::default();
+        let input = conf(json!({"runtimeConfig": {"portMappings": [
+            {"hostPort": 8080, "containerPort": 80}
+        ]}}));
+        let (out, calls) = go("ADD", NETNS, &input, FakeNetd::default(), &links);
+        let out: Value = serde_json::from_str(&out.unwrap().unwrap()).unwrap();
+        assert_eq!(calls, vec!["attach c1 1"]);
+        assert_eq!(out["cniVersion"], "1.1.0");
+        assert_eq!(out["interfaces"][0]["name"], veth());
+        assert_eq!(out["interfaces"][1]["sandbox"], NETNS);
+        assert_eq!(out["ips"][0]["interface"], 1);
+        assert!(links.host.borrow().contains(&veth()));
+    }
+
+    #[test]
+    fn add_rolls_back_at_each_failing_step() {
+        for step in ["ensure_bridge", "create_veth", "configure_container"] {
+            let links = FakeLinks {
+                fail_at: Some(step),
+                ..Default::default()
+            };
+            let (out, calls) = go("ADD", NETNS, &conf(json!({})), FakeNetd::default(), &links);
+            let e = out.unwrap_err();
+            assert_eq!(e.code(), 102, "{step}");
+            assert!(e.to_string().contains(step), "{e}");
+            assert_eq!(calls, vec!["attach c1 0", "detach web c1 eth0"], "{step}");
+            assert!(!links.host.borrow().contains(&veth()), "{step}: veth left");
+        }
+    }
+
+    #[test]
+    fn add_twice_fails_without_touching_the_first() {
+        let links = FakeLinks::default();
+        links.host.borrow_mut().insert(veth());
+        let (out, calls) = go("ADD", NETNS, &conf(json!({})), FakeNetd::default(), &links);
+        let e = out.unwrap_err();
+        assert_eq!(e.code(), 100);
+        assert!(e.to_string().contains("already attached"), "{e}");
+        assert!(calls.is_empty());
+        assert!(links.host.borrow().contains(&veth()));
+    }
+
+    #[test]
+    fn add_maps_netd_refusals() {
+        let cases = [
+            (
+                ApiError::not_found("network web not found"),
+                7,
+                "not known to netd",
+            ),
+            (
+                ApiError::conflict("port 8080/tcp is taken by c0"),
+                100,
+                "rejected by netd: port 8080/tcp",
+            ),
+            (ApiError::internal("nft failed"), 101, "nft failed"),
+        ];
+        for (err, code, text) in cases {
+            let netd = FakeNetd {
+                attach_err: Some(err),
+                ..Default::default()
+            };
+            let links = FakeLinks::default();
+            let (out, calls) = go("ADD", NETNS, &conf(json!({})), netd, &links);
+            let e = out.unwrap_err();
+            assert_eq!(e.code(), code);
+            assert!(e.to_string().contains(text), "{e}");
+            assert_eq!(calls.len(), 1, "no detach when attach failed");
+            assert!(links.calls.borrow().is_empty());
+        }
+    }
+
+    #[test]
+    fn add_checks_the_netns() {
+        let links = FakeLinks::default();
+        let (out, _) = go(
+            "ADD",
+            "/nonexistent/ns",
+            &conf(json!({})),
+            FakeNetd::default(),
+            &links,
+        );
+        assert_eq!(out.unwrap_err().code(), 3);
+        let (out, _) = go(
+            "ADD",
+            "/proc/self/status",
+            &conf(json!({})),
+            FakeNetd::default(),
+            &links,
+        );
+        let e = out.unwrap_err();
+        assert_eq!(e.code(), 4);
+        assert!(e.to_string().contains("CNI_NETNS"), "{e}");
+    }
+
+    #[test]
+    fn del_is_idempotent_and_survives_a_missing_daemon() {
+        let links = FakeLinks::default();
+        let (out, _) = go("ADD", NETNS, &conf(json!({})), FakeNetd::default(), &links);
+        out.unwrap();
+        let (out, calls) = go("DEL", NETNS, &conf(json!({})), FakeNetd::default(), &links);
+        assert_eq!(out.unwrap(), None);
+        assert_eq!(calls, vec!["detach web c1 eth0"]);
+        assert!(links.host.borrow().iter().all(|l| l == "nd-web"));
+        assert!(links.container.borrow().is_none());
+        // Again, with netd gone and the namespace gone.
+        let netd = FakeNetd {
+            unreachable: true,
+            ..Default::default()
+        };
+        let (out, _) = go("DEL", "/nonexistent/ns", &conf(json!({})), netd, &links);
+        assert_eq!(out.unwrap(), None);
+        let (out, _) = go("DEL", "", &conf(json!({})), FakeNetd::default(), &links);
+        assert_eq!(out.unwrap(), None);
+    }
+
+    #[test]
+    fn check_compares_netd_links_and_prev_result() {
+        let links = FakeLinks::default();
+        let (out, _) = go("ADD", NETNS, &conf(json!({})), FakeNetd::default(), &links);
+        let prev: Value = serde_json::from_str(&out.unwrap().unwrap()).unwrap();
+        let input = conf(json!({"prevResult": prev}));
+        let with_endpoint = || FakeNetd {
+            endpoint: Some(attachment(true, true, false)),
+            ..Default::default()
+        };
+        let (out, _) = go("CHECK", NETNS, &input, with_endpoint(), &links);
+        assert_eq!(out.unwrap(), None);
+
+        let (out, _) = go("CHECK", NETNS, &input, FakeNetd::default(), &links);
+        let e = out.unwrap_err();
+        assert_eq!(e.code(), 103);
+        assert!(e.to_string().contains("netd holds no endpoint"), "{e}");
+
+        links.container.borrow_mut().as_mut().unwrap().addrs.pop();
+        let (out, _) = go("CHECK", NETNS, &input, with_endpoint(), &links);
+        let e = out.unwrap_err();
+        assert!(e.to_string().contains("lacks address fd00:88::5/64"), "{e}");
+
+        links.host.borrow_mut().remove(&veth());
+        let (out, _) = go("CHECK", NETNS, &input, with_endpoint(), &links);
+        assert!(out.unwrap_err().to_string().contains("is missing"));
+
+        let (out, _) = go("CHECK", NETNS, &conf(json!({})), with_endpoint(), &links);
+        assert_eq!(out.unwrap_err().code(), 7);
+        let old =
+            json!({"cniVersion": "0.3.1", "name": "web", "type": "netd-cni", "prevResult": prev});
+        let (out, _) = go(
+            "CHECK",
+            NETNS,
+            old.to_string().as_bytes(),
+            with_endpoint(),
+            &links,
+        );
+        assert_eq!(out.unwrap_err().code(), 1);
+    }
+
+    #[test]
+    fn gc_deletes_released_host_links() {
+        let links = FakeLinks::default();
+        let gone = attachment(true, false, false).endpoint;
+        links.host.borrow_mut().insert(gone.host_veth.clone());
+        let netd = FakeNetd {
+            released: vec![gone.clone()],
+            ..Default::default()
+        };
+        let input = conf(json!({"cni.dev/valid-attachments": [
+            {"containerID": "c2", "ifname": "eth0"}
+        ]}));
+        let (out, calls) = go("GC", "", &input, netd, &links);
+        assert_eq!(out.unwrap(), None);
+        assert_eq!(calls, vec!["gc web 1"]);
+        assert!(!links.host.borrow().contains(&gone.host_veth));
+    }
+
+    #[test]
+    fn status_and_version() {
+        let links = FakeLinks::default();
+        let (out, _) = go("STATUS", "", &conf(json!({})), FakeNetd::default(), &links);
+        assert_eq!(out.unwrap(), None);
+        let netd = FakeNetd {
+            unreachable: true,
+            ..Default::default()
+        };
+        let (out, _) = go("STATUS", "", &conf(json!({})), netd, &links);
+        let e = out.unwrap_err();
+        assert_eq!(e.code(), 50);
+        assert!(e.to_string().contains("/fake.sock"), "{e}");
+
+        let (out, calls) = go("VERSION", "", b"", FakeNetd::default(), &links);
+        let v: Value = serde_json::from_str(&out.unwrap().unwrap()).unwrap();
+        assert_eq!(v["cniVersion"], "1.1.0");
+        assert!(calls.is_empty());
+        let (out, _) = go(
+            "VERSION",
+            "",
+            br#"{"cniVersion":"0.4.0"}"#,
+            FakeNetd::default(),
+            &links,
+        );
+        assert!(out.unwrap().unwrap().contains(r#""cniVersion":"0.4.0""#));
+    }
+
+    #[test]
+    fn temp_peer_names_fit_and_differ() {
+        let a = temp_peer_name(&veth());
+        assert_eq!(a.len(), 15);
+        assert_ne!(a, veth());
+        assert_ne!(
+            a,
+            temp_peer_name(&netd::model::host_veth_name("c2", "eth0"))
+        );
+        netd::model::validate_ifname(&a).unwrap();
+    }
+}
