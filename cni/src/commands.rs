@@ -358,10 +358,17 @@ fn gc(conf: &NetConf, netd: &dyn Netd, links: &dyn Links) -> Result<(), PluginEr
             msg: format!("config version {} does not allow GC", conf.version),
         });
     }
+    // Without the list every endpoint would look stale and be released: refuse instead.
     let valid = conf
         .valid_attachments
+        .as_ref()
+        .ok_or_else(|| {
+            PluginError::invalid_config(format!(
+                "GC needs cni.dev/valid-attachments; refusing to release every endpoint of network {}",
+                conf.network
+            ))
+        })?
         .iter()
-        .flatten()
         .map(|a| GcAttachment {
             container_id: a.container_id.clone(),
             ifname: a.ifname.clone(),
@@ -829,6 +836,10 @@ mod tests {
         assert_eq!(out.unwrap(), None);
         assert_eq!(calls, vec!["gc web 1"]);
         assert!(!links.host.borrow().contains(&gone.host_veth));
+
+        let (out, calls) = go("GC", "", &conf(json!({})), FakeNetd::default(), &links);
+        assert_eq!(out.unwrap_err().code(), 7);
+        assert!(calls.is_empty());
     }
 
     #[test]

@@ -95,6 +95,9 @@ const KNOWN_KEYS: &[&str] = &[
     "socket",
 ];
 
+const VALID_ATTACHMENTS: &str = "cni.dev/valid-attachments";
+const OLD_ATTACHMENTS: &str = "cni.dev/attachments";
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dns {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -186,7 +189,7 @@ pub struct NetConf {
     pub port_mappings: Vec<PortMapping>,
     pub prev_result: Option<CniResult>,
     pub dns: Option<Dns>,
-    /// Only on GC: the union of both keys; None when neither was sent.
+    /// Only on GC: the union of both keys; None when neither was sent (not the same as empty).
     pub valid_attachments: Option<Vec<GcAttachment>>,
     /// runtimeConfig keys we ignore, for a note on stderr.
     pub ignored_runtime_config: Vec<String>,
@@ -250,6 +253,7 @@ impl NetConf {
                 ),
             });
         }
+        let has_gc_key = map.contains_key(VALID_ATTACHMENTS) || map.contains_key(OLD_ATTACHMENTS);
         let raw: RawConf = serde_json::from_value(Value::Object(map))
             .map_err(|e| PluginError::decode("invalid network configuration", e.to_string()))?;
 
@@ -299,18 +303,16 @@ impl NetConf {
             ),
         };
 
-        let valid_attachments = match (raw.valid_attachments, raw.attachments) {
-            (None, None) => None,
-            (a, b) => {
-                let mut all = a.unwrap_or_default();
-                for x in b.unwrap_or_default() {
-                    if !all.contains(&x) {
-                        all.push(x);
-                    }
+        // libcni sends `null` for an empty list, so only a missing key means "not told".
+        let valid_attachments = has_gc_key.then(|| {
+            let mut all = raw.valid_attachments.unwrap_or_default();
+            for x in raw.attachments.unwrap_or_default() {
+                if !all.contains(&x) {
+                    all.push(x);
                 }
-                Some(all)
             }
-        };
+            all
+        });
 
         Ok(NetConf {
             version,
@@ -695,6 +697,9 @@ mod tests {
             vec![("a".into(), "eth0".into()), ("b".into(), "eth1".into())]
         );
         assert!(parse(base("1.1.0")).unwrap().valid_attachments.is_none());
+        let mut v = base("1.1.0");
+        v["cni.dev/valid-attachments"] = Value::Null;
+        assert_eq!(parse(v).unwrap().valid_attachments, Some(vec![]));
     }
 
     #[test]

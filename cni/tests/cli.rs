@@ -245,6 +245,15 @@ fn gc_needs_netd_and_version_1_1() {
     );
     let out = plugin(&[("CNI_COMMAND", "GC")], &conf("1.0.0", &sock, valid));
     out.error(1);
+    // No list at all is not "nothing is valid": releasing everything would be wrong.
+    let out = plugin(&[("CNI_COMMAND", "GC")], &conf("1.1.0", &sock, json!({})));
+    out.error(7);
+    // libcni sends null for an empty list; that reaches netd (and fails here: no daemon).
+    let out = plugin(
+        &[("CNI_COMMAND", "GC")],
+        &conf("1.1.0", &sock, json!({"cni.dev/valid-attachments": null})),
+    );
+    out.error(11);
 }
 
 #[test]
