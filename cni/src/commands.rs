@@ -92,6 +92,13 @@ fn version(input: &[u8]) -> Result<String, PluginError> {
 /// gone (code 3: nothing to clean up), anything else is a bad variable (code 4).
 fn container_netns<'a>(env: &'a Env, links: &dyn Links) -> Result<&'a Path, PluginError> {
     let netns = env.require_netns()?;
+    // netd records the path as a string; a lossy copy would name some other file.
+    if netns.to_str().is_none() {
+        return Err(PluginError::env(
+            "CNI_NETNS",
+            format!("{netns:?} is not UTF-8"),
+        ));
+    }
     if links.is_netns(netns) {
         return Ok(netns);
     }

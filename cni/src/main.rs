@@ -2,6 +2,16 @@
 //!
 //! Reads CNI_* and the configuration on stdin, runs the command, and prints the result or a
 //! CNI error object on stdout (where libcni looks first); stderr carries only notes for logs.
+//!
+//! A conflist entry needs only the type; `network` defaults to the conflist's name and
+//! `socket` to netd's default:
+//!
+//! ```json
+//! {"type": "netd-cni", "network": "web", "socket": "/run/netd/netd.sock",
+//!  "capabilities": {"portMappings": true}}
+//! ```
+//!
+//! Error codes are listed in `error.rs`.
 
 mod commands;
 mod env;
