@@ -53,7 +53,7 @@ pub fn run(
     links: &dyn Links,
 ) -> Result<Option<String>, PluginError> {
     if env.command == Command::Version {
-        return version(input).map(Some);
+        return Ok(Some(version(input)));
     }
     let conf = NetConf::parse(input)?;
     for key in &conf.ignored_runtime_config {
@@ -74,7 +74,7 @@ pub fn run(
 
 /// Echoes the requested version when we speak it (the spec's rule), else our newest; never
 /// fails on missing or odd stdin, because runtimes probe with nothing but CNI_COMMAND.
-fn version(input: &[u8]) -> Result<String, PluginError> {
+fn version(input: &[u8]) -> String {
     let requested = types::requested_version(input)
         .and_then(|v| CniVersion::parse(&v))
         .unwrap_or(CniVersion::LATEST);
@@ -85,7 +85,7 @@ fn version(input: &[u8]) -> Result<String, PluginError> {
             .map(String::from)
             .collect(),
     };
-    Ok(serde_json::to_string(&reply).expect("serialisable"))
+    serde_json::to_string(&reply).expect("serialisable")
 }
 
 /// Checks that CNI_NETNS names a network namespace: a missing path means the container is
@@ -144,13 +144,12 @@ fn add(
             PluginError::link(format!("ADD failed checking for host link {name}"), e.0)
         })
     };
-    let already = |name: &str| {
-        PluginError::Conflict {
+    let already = |name: &str| PluginError::Conflict {
         msg: format!(
-            "container {cid} interface {ifname} is already attached (host link {name} exists); DEL it first"
+            "container {cid} interface {ifname} is already attached \
+             (host link {name} exists); DEL it first"
         ),
         details: String::new(),
-    }
     };
     if exists(&expected_veth)? {
         return Err(already(&expected_veth));
