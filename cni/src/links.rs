@@ -2,7 +2,8 @@
 //! tested with a fake and the link layer's final names only matter in this file.
 //!
 //! With the `netd-link` feature, [`SystemLinks`] calls `netd::link` (being written in
-//! parallel; this is coded against its announced API). Without it — the default until
+//! parallel on branch `link`; this follows that branch as of its commit 0fa9760: namespace
+//! paths as `&str`, `create_veth` returning the host ifindex, `ContainerIface` with `addrs`). Without it — the default until
 //! `netd::link` lands on main — [`SystemLinks`] is a STAND-IN: it answers the read-only
 //! questions from sysfs and `statfs(2)` and refuses to create or delete links, so the crate
 //! builds and every path that needs no link change (VERSION, STATUS, GC without released
@@ -96,6 +97,14 @@ mod system {
         LinkError(e.to_string())
     }
 
+    /// netd::link takes namespace paths as text (netd stores them so); the commands refuse a
+    /// non-UTF-8 CNI_NETNS before any link call.
+    fn text(netns: &Path) -> Result<&str, LinkError> {
+        netns
+            .to_str()
+            .ok_or_else(|| LinkError(format!("{netns:?} is not UTF-8")))
+    }
+
     /// Opens the rtnetlink handle on first use: commands that end before touching a link
     /// (validation errors, netd unreachable) must not need one.
     #[derive(Default)]
@@ -110,6 +119,15 @@ mod system {
             }
             let h = nl::HostLinks::new().map_err(err)?;
             Ok(self.host.get_or_init(|| h))
+        }
+    }
+
+    fn iface(c: nl::ContainerIface) -> ContainerIface {
+        ContainerIface {
+            ifname: c.ifname,
+            mac: c.mac,
+            index: c.index,
+            addrs: c.addrs,
         }
     }
 
@@ -128,7 +146,15 @@ mod system {
             netns: &Path,
         ) -> Result<(), LinkError> {
             self.host()?
-                .create_veth(host_name, peer_tmp_name, bridge_index, mtu, isolated, netns)
+                .create_veth(
+                    host_name,
+                    peer_tmp_name,
+                    bridge_index,
+                    mtu,
+                    isolated,
+                    text(netns)?,
+                )
+                .map(|_index| ())
                 .map_err(err)
         }
 
@@ -141,7 +167,10 @@ mod system {
         }
 
         fn link_mac(&self, name: &str) -> Option<String> {
-            super::sysfs_mac(name)
+            match self.host().ok()?.link_state(name) {
+                Ok(Some(state)) => state.mac,
+                _ => super::sysfs_mac(name),
+            }
         }
 
         fn configure_container(
@@ -160,14 +189,9 @@ mod system {
                     gateway: r.gateway,
                 })
                 .collect();
-            let c = nl::configure_container(netns, tmp_name, ifname, addrs, &routes, mtu)
-                .map_err(err)?;
-            Ok(ContainerIface {
-                ifname: c.ifname,
-                mac: c.mac,
-                index: c.index,
-                addrs: addrs.to_vec(),
-            })
+            nl::configure_container(text(netns)?, tmp_name, ifname, addrs, &routes, mtu)
+                .map(iface)
+                .map_err(err)
         }
 
         fn inspect_container(
@@ -175,18 +199,13 @@ mod system {
             netns: &Path,
             ifname: &str,
         ) -> Result<Option<ContainerIface>, LinkError> {
-            Ok(nl::inspect_container(netns, ifname)
-                .map_err(err)?
-                .map(|c| ContainerIface {
-                    ifname: c.ifname,
-                    mac: c.mac,
-                    index: c.index,
-                    addrs: c.addrs,
-                }))
+            nl::inspect_container(text(netns)?, ifname)
+                .map(|found| found.map(iface))
+                .map_err(err)
         }
 
         fn delete_container_iface(&self, netns: &Path, ifname: &str) -> Result<bool, LinkError> {
-            nl::delete_container_iface(netns, ifname).map_err(err)
+            nl::delete_container_iface(text(netns)?, ifname).map_err(err)
         }
 
         fn is_netns(&self, path: &Path) -> bool {
