@@ -249,7 +249,7 @@ impl NetConf {
                 field: key.clone(),
                 reason: format!(
                     "netd-cni does not know the configuration key {key:?} (value {})",
-                    map[key]
+                    excerpt(&map[key])
                 ),
             });
         }
@@ -328,6 +328,16 @@ impl NetConf {
     }
 }
 
+/// A value for an error message, cut short: the input may be megabytes.
+fn excerpt(v: &Value) -> String {
+    const MAX: usize = 80;
+    let s = v.to_string();
+    match s.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s,
+    }
+}
+
 /// libcni's rule for network names (`pkg/utils`): they end up in file paths.
 fn validate_cni_name(name: &str) -> Result<(), PluginError> {
     let mut chars = name.chars();
@@ -347,7 +357,10 @@ fn port_mapping(i: usize, pm: RawPortMapping) -> Result<PortMapping, PluginError
     if let Some((key, value)) = pm.unknown.iter().next() {
         return Err(PluginError::UnsupportedField {
             field: format!("{at}.{key}"),
-            reason: format!("port mappings take hostPort, containerPort, protocol and hostIP, not {key:?} (value {value})"),
+            reason: format!(
+                "port mappings take hostPort, containerPort, protocol and hostIP, not {key:?} (value {})",
+                excerpt(value)
+            ),
         });
     }
     let port = |what: &str, v: Option<i64>| -> Result<u16, PluginError> {
@@ -574,6 +587,9 @@ mod tests {
         let e = parse(v).unwrap_err();
         assert_eq!(e.code(), 2);
         assert!(e.to_string().contains("bridge"), "{e}");
+        let mut v = base("1.0.0");
+        v["blob"] = json!("x".repeat(10_000));
+        assert!(parse(v).unwrap_err().details().len() < 200);
     }
 
     #[test]
