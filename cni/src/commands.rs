@@ -355,6 +355,16 @@ fn check(env: &Env, conf: &NetConf, netd: &dyn Netd, links: &dyn Links) -> Resul
             )));
         }
     }
+    for r in result::routes(att.network.internal, &expected) {
+        if !iface.routes.contains(&r) {
+            let via = r.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+            return Err(PluginError::check(format!(
+                "interface {ifname} in {} lacks route {}{via}",
+                netns.display(),
+                r.dst
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -581,6 +591,7 @@ mod tests {
                 mac: "02:00:00:00:00:02".into(),
                 index: 3,
                 addrs: addrs.to_vec(),
+                routes: routes.to_vec(),
             };
             *self.container.borrow_mut() = Some(c.clone());
             Ok(c)
@@ -802,6 +813,33 @@ mod tests {
         let e = out.unwrap_err();
         assert_eq!(e.code(), 103);
         assert!(e.to_string().contains("netd holds no endpoint"), "{e}");
+
+        links
+            .container
+            .borrow_mut()
+            .as_mut()
+            .unwrap()
+            .routes
+            .remove(0);
+        let (out, _) = go("CHECK", NETNS, &input, with_endpoint(), &links);
+        let e = out.unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("lacks route 0.0.0.0/0 via 10.88.0.1"),
+            "{e}"
+        );
+
+        links.container.borrow_mut().as_mut().unwrap().routes = vec![];
+        let internal = || FakeNetd {
+            endpoint: Some(attachment(true, true, true)),
+            ..Default::default()
+        };
+        let (out, _) = go("CHECK", NETNS, &input, internal(), &links);
+        assert_eq!(
+            out.unwrap(),
+            None,
+            "internal networks have no routes to check"
+        );
 
         links.container.borrow_mut().as_mut().unwrap().addrs.pop();
         let (out, _) = go("CHECK", NETNS, &input, with_endpoint(), &links);

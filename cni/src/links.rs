@@ -1,13 +1,14 @@
 //! Everything the plugin does to kernel links goes through [`Links`], so the commands can be
 //! tested with a fake and the link layer's final names only matter in this file.
 //!
-//! With the `netd-link` feature, [`SystemLinks`] calls `netd::link` (being written in
-//! parallel on branch `link`; this follows that branch as of its commit 0fa9760: namespace
-//! paths as `&str`, `create_veth` returning the host ifindex, `ContainerIface` with `addrs`). Without it — the default until
-//! `netd::link` lands on main — [`SystemLinks`] is a STAND-IN: it answers the read-only
-//! questions from sysfs and `statfs(2)` and refuses to create or delete links, so the crate
-//! builds and every path that needs no link change (VERSION, STATUS, GC without released
-//! endpoints, DEL after the namespace is gone, all validation) behaves as in production.
+//! With the `netd-link` feature, [`SystemLinks`] calls `netd::link`, written in parallel on
+//! branch `link`; this follows that branch as of its commit 0fa9760 (namespace paths as
+//! `&str`, `create_veth` returning the host ifindex, `ContainerIface` with addresses and
+//! routes). Without the feature — the default until `netd::link` lands on main —
+//! [`SystemLinks`] is a STAND-IN: it answers the read-only questions from sysfs and
+//! `statfs(2)` and refuses to create or delete links, so the crate builds and every path that
+//! needs no link change (VERSION, STATUS, GC without released endpoints, DEL after the
+//! namespace is gone, all validation) behaves as in production.
 //! TODO(merge): enable `netd-link` by default, then delete the stand-in.
 
 use std::net::IpAddr;
@@ -29,6 +30,8 @@ pub struct ContainerIface {
     /// The kernel ifindex inside the container's namespace.
     pub index: u32,
     pub addrs: Vec<IpNet>,
+    /// Routes through the interface, without the kernel's prefix routes.
+    pub routes: Vec<Route>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -128,6 +131,14 @@ mod system {
             mac: c.mac,
             index: c.index,
             addrs: c.addrs,
+            routes: c
+                .routes
+                .into_iter()
+                .map(|r| Route {
+                    dst: r.dst,
+                    gateway: r.gateway,
+                })
+                .collect(),
         }
     }
 

@@ -172,6 +172,7 @@ pub(crate) mod tests {
             mac: "02:00:00:00:00:02".into(),
             index: 2,
             addrs: addressing.iter().map(|a| a.addr).collect(),
+            routes: routes.clone(),
         };
         let out = AddOutcome {
             attachment: att,
