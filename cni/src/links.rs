@@ -1,15 +1,7 @@
 //! Everything the plugin does to kernel links goes through [`Links`], so the commands can be
 //! tested with a fake and the link layer's final names only matter in this file.
 //!
-//! With the `netd-link` feature, [`SystemLinks`] calls `netd::link`, written in parallel on
-//! branch `link`; this follows that branch as of its commit 0fa9760 (namespace paths as
-//! `&str`, `create_veth` returning the host ifindex, `ContainerIface` with addresses and
-//! routes). Without the feature — the default until `netd::link` lands on main —
-//! [`SystemLinks`] is a STAND-IN: it answers the read-only questions from sysfs and
-//! `statfs(2)` and refuses to create or delete links, so the crate builds and every path that
-//! needs no link change (VERSION, STATUS, GC without released endpoints, DEL after the
-//! namespace is gone, all validation) behaves as in production.
-//! TODO(merge): enable `netd-link` by default, then delete the stand-in.
+//! [`SystemLinks`] is the real implementation on `netd::link`.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -86,7 +78,6 @@ fn sysfs_mac(name: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
 
-#[cfg(feature = "netd-link")]
 mod system {
     use std::cell::OnceCell;
     use std::path::Path;
@@ -225,113 +216,4 @@ mod system {
     }
 }
 
-// STAND-IN until netd::link lands (see the module docs). Not for production: it cannot attach.
-#[cfg(not(feature = "netd-link"))]
-mod system {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    use std::path::Path;
-
-    use ipnet::IpNet;
-
-    use super::{ContainerIface, LinkError, Links, Route};
-
-    const NSFS_MAGIC: i64 = 0x6e73_6673;
-
-    fn unavailable(what: &str) -> LinkError {
-        LinkError(format!(
-            "{what}: this netd-cni was built without the netd-link feature and cannot change links"
-        ))
-    }
-
-    #[derive(Default)]
-    pub struct SystemLinks {
-        _private: (),
-    }
-
-    impl Links for SystemLinks {
-        fn ensure_bridge(&self, name: &str, _: &[IpNet], _: u32) -> Result<u32, LinkError> {
-            Err(unavailable(&format!("ensure bridge {name}")))
-        }
-
-        fn create_veth(
-            &self,
-            host_name: &str,
-            _: &str,
-            _: u32,
-            _: u32,
-            _: bool,
-            _: &Path,
-        ) -> Result<(), LinkError> {
-            Err(unavailable(&format!("create veth {host_name}")))
-        }
-
-        fn delete_link(&self, name: &str) -> Result<bool, LinkError> {
-            if self.link_exists(name)? {
-                Err(unavailable(&format!("delete {name}")))
-            } else {
-                Ok(false)
-            }
-        }
-
-        fn link_exists(&self, name: &str) -> Result<bool, LinkError> {
-            Ok(Path::new("/sys/class/net").join(name).exists())
-        }
-
-        fn link_mac(&self, name: &str) -> Option<String> {
-            super::sysfs_mac(name)
-        }
-
-        fn configure_container(
-            &self,
-            _: &Path,
-            _: &str,
-            ifname: &str,
-            _: &[IpNet],
-            _: &[Route],
-            _: u32,
-        ) -> Result<ContainerIface, LinkError> {
-            Err(unavailable(&format!("configure {ifname}")))
-        }
-
-        fn inspect_container(
-            &self,
-            _: &Path,
-            ifname: &str,
-        ) -> Result<Option<ContainerIface>, LinkError> {
-            Err(unavailable(&format!("inspect {ifname}")))
-        }
-
-        fn delete_container_iface(&self, _: &Path, ifname: &str) -> Result<bool, LinkError> {
-            Err(unavailable(&format!("delete {ifname}")))
-        }
-
-        fn is_netns(&self, path: &Path) -> bool {
-            let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
-                return false;
-            };
-            // SAFETY: statfs only writes into the zeroed struct we own; the path is NUL-terminated.
-            unsafe {
-                let mut st: libc::statfs = std::mem::zeroed();
-                libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == NSFS_MAGIC
-            }
-        }
-    }
-}
-
 pub use system::SystemLinks;
-
-#[cfg(all(test, not(feature = "netd-link")))]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stand_in_recognises_a_netns() {
-        let l = SystemLinks::default();
-        assert!(l.is_netns(Path::new("/proc/self/ns/net")));
-        assert!(!l.is_netns(Path::new("/proc/self/status")));
-        assert!(!l.is_netns(Path::new("/nonexistent/netns")));
-        assert!(!l.link_exists("vn-not-there").unwrap());
-        assert!(!l.delete_link("vn-not-there").unwrap());
-    }
-}
