@@ -1,1 +1,0 @@
-//! nf_tables over netlink: message encoding, expressions, atomic batches. (Being written.)
