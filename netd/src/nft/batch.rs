@@ -160,6 +160,7 @@ pub struct Batch {
     family: Family,
     pub(crate) msgs: Vec<Msg>,
     next_group: u32,
+    next_set_id: u32,
     max_elems_bytes: usize,
 }
 
@@ -177,6 +178,7 @@ impl Batch {
             family,
             msgs: Vec::new(),
             next_group: 0,
+            next_set_id: 0,
             max_elems_bytes: MAX_ELEMS_BYTES,
         }
     }
@@ -295,6 +297,9 @@ impl Batch {
             b.put_be32(6, ty); // NFTA_SET_DATA_TYPE
             b.put_be32(7, len); // NFTA_SET_DATA_LEN
         }
+        // The kernel requires a transaction-unique set id even when nothing refers to it.
+        self.next_set_id += 1;
+        b.put_be32(10, self.next_set_id); // NFTA_SET_ID
         if set.flags & SET_F_INTERVAL != 0 && set.concat.len() > 1 {
             b.nested(9, |b| {
                 // NFTA_SET_DESC

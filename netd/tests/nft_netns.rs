@@ -1,0 +1,445 @@
+//! Kernel tests of netd's nf_tables layer and table. They need root, `ip` and `nft`; each test
+//! works in its own throwaway network namespace and never touches the root namespace.
+//!
+//! The applier runs on a dedicated thread that has entered the test's namespace (a netlink
+//! socket belongs to the namespace of the thread that opens it); the test thread itself
+//! stays where it is and inspects the namespace through `ip netns exec NS nft ...`.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use netd::model::Proto;
+use netd::nft::{Batch, ElemData, Family, SetElem, Socket, Verdict as NftVerdict};
+use netd::plan::{ChainId, Desired, Elem, SetId, Verdict};
+use netd::ruleset::{self, render_template, Applier, TEMPLATE};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A named netns that is deleted when the guard drops, also when the test panics.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new() -> Option<Netns> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipping: needs root");
+            return None;
+        }
+        let name = format!(
+            "nftt-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        let st = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("run ip");
+        assert!(st.success(), "ip netns add {name}");
+        Some(Netns { name })
+    }
+
+    fn nft_out(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "nft"])
+            .args(args)
+            .output()
+            .expect("run nft");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn nft(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.nft_out(args);
+        assert!(ok, "nft {args:?} failed: {err}");
+        out
+    }
+
+    fn nft_file(&self, text: &str) {
+        let path = std::env::temp_dir().join(format!("{}.nft", self.name));
+        std::fs::write(&path, text).unwrap();
+        self.nft(&["-f", path.to_str().unwrap()]);
+        let _ = std::fs::remove_file(path);
+    }
+
+    fn list(&self) -> String {
+        self.nft(&["list", "table", "inet", "netd"])
+    }
+
+    /// Runs `f` on a new thread inside the namespace and returns its result (re-raising its
+    /// panic here).
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("open netns");
+            // SAFETY: ns is an open netns file; only this thread changes namespace.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    }
+
+    fn sync(&self, d: &Desired) -> Result<(), String> {
+        let d = d.clone();
+        self.run(move || {
+            let mut a = Applier::new("netd").map_err(|e| e.to_string())?;
+            a.sync_full(&d).map_err(|e| e.to_string())
+        })
+    }
+
+    fn apply(&self, diff: &netd::plan::Diff) -> Result<(), String> {
+        let diff = diff.clone();
+        self.run(move || {
+            let mut a = Applier::new("netd").map_err(|e| e.to_string())?;
+            a.apply_diff(&diff).map_err(|e| e.to_string())
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+fn dnat4(proto: Proto, host: Option<[u8; 4]>, hp: u16, a: [u8; 4], p: u16) -> Elem {
+    Elem::Dnat4 {
+        proto,
+        host_addr: host.map(Ipv4Addr::from),
+        host_port: hp,
+        addr: Ipv4Addr::from(a),
+        port: p,
+    }
+}
+
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+fn rich() -> Desired {
+    let mut d = Desired::default();
+    for b in ["br-a", "br-b", "br-int"] {
+        d.insert(SetId::Bridges, Elem::Iface(b.into()));
+    }
+    d.insert(
+        SetId::SameNet,
+        Elem::SameIface("br-a".into(), Verdict::Accept),
+    );
+    d.insert(
+        SetId::SameNet,
+        Elem::SameIface("br-b".into(), Verdict::Goto(ChainId::IccOff)),
+    );
+    d.insert(
+        SetId::In4,
+        Elem::IfaceVerdict("br-a".into(), Verdict::Goto(ChainId::ToNat)),
+    );
+    d.insert(
+        SetId::In4,
+        Elem::IfaceVerdict("br-b".into(), Verdict::Goto(ChainId::ToRouted)),
+    );
+    d.insert(
+        SetId::In4,
+        Elem::IfaceVerdict("br-int".into(), Verdict::Drop),
+    );
+    d.insert(
+        SetId::In6,
+        Elem::IfaceVerdict("br-a".into(), Verdict::Goto(ChainId::ToNat)),
+    );
+    d.insert(
+        SetId::Out4,
+        Elem::IfaceVerdict("br-a".into(), Verdict::Accept),
+    );
+    d.insert(
+        SetId::Out4,
+        Elem::IfaceVerdict("br-int".into(), Verdict::Drop),
+    );
+    d.insert(
+        SetId::Out6,
+        Elem::IfaceVerdict("br-a".into(), Verdict::Accept),
+    );
+    d.insert(SetId::Sealed, Elem::Iface("br-int".into()));
+    for n in ["10.88.0.0/16", "10.89.1.0/24"] {
+        d.insert(SetId::Masq4, Elem::Net4(n.parse().unwrap()));
+    }
+    for n in ["10.88.0.0/16", "10.89.1.0/24", "10.90.0.0/24"] {
+        d.insert(SetId::Subnets4, Elem::Net4(n.parse().unwrap()));
+    }
+    d.insert(SetId::Masq6, Elem::Net6("fd00:88::/64".parse().unwrap()));
+    for n in ["fd00:88::/64", "fd00:89::/64"] {
+        d.insert(SetId::Subnets6, Elem::Net6(n.parse().unwrap()));
+    }
+    d.insert(
+        SetId::Dnat4Any,
+        dnat4(Proto::Tcp, None, 8080, [10, 88, 0, 2], 80),
+    );
+    d.insert(
+        SetId::Dnat4Any,
+        dnat4(Proto::Udp, None, 5353, [10, 88, 0, 3], 53),
+    );
+    d.insert(
+        SetId::Dnat4Bound,
+        dnat4(Proto::Tcp, Some([192, 0, 2, 1]), 443, [10, 88, 0, 2], 443),
+    );
+    d.insert(
+        SetId::Dnat6Any,
+        Elem::Dnat6 {
+            proto: Proto::Tcp,
+            host_addr: None,
+            host_port: 8080,
+            addr: v6("fd00:88::2"),
+            port: 80,
+        },
+    );
+    d.insert(
+        SetId::Dnat6Bound,
+        Elem::Dnat6 {
+            proto: Proto::Sctp,
+            host_addr: Some(v6("2001:db8::1")),
+            host_port: 9,
+            addr: v6("fd00:88::3"),
+            port: 99,
+        },
+    );
+    for (p, port) in [(Proto::Tcp, 80), (Proto::Udp, 53)] {
+        d.insert(
+            SetId::Open4,
+            Elem::Open4 {
+                addr: Ipv4Addr::new(10, 89, 1, 2),
+                proto: p,
+                port,
+            },
+        );
+    }
+    d.insert(
+        SetId::Open6,
+        Elem::Open6 {
+            addr: v6("fd00:89::2"),
+            proto: Proto::Tcp,
+            port: 80,
+        },
+    );
+    d
+}
+
+#[test]
+fn empty_sync_lists_as_the_template() {
+    let Some(ns) = Netns::new() else { return };
+    ns.sync(&Desired::default()).unwrap();
+    assert_eq!(ns.list(), render_template(TEMPLATE, &Desired::default()));
+}
+
+#[test]
+fn sync_full_matches_rendered_template_and_recovers() {
+    let Some(ns) = Netns::new() else { return };
+    let d = rich();
+    let want = render_template(TEMPLATE, &d);
+    ns.sync(&d).unwrap();
+    assert_eq!(ns.list(), want);
+
+    // Restart: the table exists with every element.
+    ns.sync(&d).unwrap();
+    assert_eq!(ns.list(), want);
+
+    ns.nft(&["flush", "ruleset"]);
+    ns.sync(&d).unwrap();
+    assert_eq!(ns.list(), want);
+
+    ns.nft(&["delete", "table", "inet", "netd"]);
+    ns.sync(&d).unwrap();
+    assert_eq!(ns.list(), want);
+
+    // Back to empty: every set flushed.
+    ns.sync(&Desired::default()).unwrap();
+    assert_eq!(ns.list(), render_template(TEMPLATE, &Desired::default()));
+}
+
+#[test]
+fn user_forward_rules_survive_sync() {
+    let Some(ns) = Netns::new() else { return };
+    ns.sync(&Desired::default()).unwrap();
+    ns.nft(&[
+        "add",
+        "rule",
+        "inet",
+        "netd",
+        "user_forward",
+        "iifname",
+        "\"eth9\"",
+        "drop",
+    ]);
+    let d = rich();
+    ns.sync(&d).unwrap();
+    ns.sync(&d).unwrap();
+    let want = render_template(TEMPLATE, &d).replace(
+        "\tchain user_forward {\n\t}\n",
+        "\tchain user_forward {\n\t\tiifname \"eth9\" drop\n\t}\n",
+    );
+    assert_eq!(ns.list(), want);
+}
+
+#[test]
+fn apply_diff_matches_rendered_template() {
+    let Some(ns) = Netns::new() else { return };
+    let old = rich();
+    let mut new = rich();
+    new.sets.remove(&SetId::Sealed);
+    new.sets
+        .get_mut(&SetId::Bridges)
+        .unwrap()
+        .remove(&Elem::Iface("br-int".into()));
+    new.insert(SetId::Bridges, Elem::Iface("br-c".into()));
+    new.insert(SetId::Subnets4, Elem::Net4("10.91.0.0/24".parse().unwrap()));
+    new.sets
+        .get_mut(&SetId::Subnets4)
+        .unwrap()
+        .remove(&Elem::Net4("10.89.1.0/24".parse().unwrap()));
+    // Same key, new target: a removal and an addition in one batch.
+    new.sets.get_mut(&SetId::Dnat4Any).unwrap().remove(&dnat4(
+        Proto::Tcp,
+        None,
+        8080,
+        [10, 88, 0, 2],
+        80,
+    ));
+    new.insert(
+        SetId::Dnat4Any,
+        dnat4(Proto::Tcp, None, 8080, [10, 88, 0, 9], 8080),
+    );
+    new.insert(
+        SetId::In6,
+        Elem::IfaceVerdict("br-b".into(), Verdict::Goto(ChainId::ToRouted)),
+    );
+
+    ns.sync(&old).unwrap();
+    let d = ruleset::diff(&old, &new);
+    ns.apply(&d).unwrap();
+    assert_eq!(ns.list(), render_template(TEMPLATE, &new));
+
+    ns.apply(&ruleset::diff(&new, &old)).unwrap();
+    assert_eq!(ns.list(), render_template(TEMPLATE, &old));
+}
+
+#[test]
+fn ten_thousand_dnat_elements_in_one_sync() {
+    let Some(ns) = Netns::new() else { return };
+    let mut d = Desired::default();
+    for i in 0..10_000u32 {
+        d.insert(
+            SetId::Dnat4Any,
+            dnat4(
+                Proto::Tcp,
+                None,
+                (10_000 + i) as u16,
+                [10, 88, (i / 250) as u8, (i % 250 + 2) as u8],
+                80,
+            ),
+        );
+    }
+    let t = Instant::now();
+    ns.sync(&d).unwrap();
+    let first = t.elapsed();
+    let t = Instant::now();
+    ns.sync(&d).unwrap();
+    let again = t.elapsed();
+    eprintln!(
+        "10000 dnat elements: first sync_full {first:?}, again (flush + re-add) {again:?} \
+         (each includes thread spawn, setns and socket open)"
+    );
+    let out = ns.nft(&["list", "map", "inet", "netd", "dnat4_any"]);
+    assert_eq!(out.matches(" : 10.88.").count(), 10_000);
+}
+
+#[test]
+fn failing_batch_changes_nothing_and_names_the_message() {
+    let Some(ns) = Netns::new() else { return };
+    let d = rich();
+    ns.sync(&d).unwrap();
+    let before = ns.list();
+
+    // A removal that would succeed, then an add (EXCL) of a key that exists.
+    let mut diff = netd::plan::Diff::default();
+    diff.remove
+        .insert(SetId::Bridges, vec![Elem::Iface("br-a".into())]);
+    diff.add.insert(
+        SetId::Dnat4Any,
+        vec![dnat4(Proto::Tcp, None, 8080, [10, 88, 0, 7], 80)],
+    );
+    let err = ns.apply(&diff).unwrap_err();
+    eprintln!("error: {err}");
+    assert!(
+        err.contains("add element to set dnat4_any: File exists (errno 17)"),
+        "{err}"
+    );
+    assert_eq!(ns.list(), before);
+
+    // Removing an element that is not there.
+    let mut diff = netd::plan::Diff::default();
+    diff.remove
+        .insert(SetId::Sealed, vec![Elem::Iface("br-none".into())]);
+    let err = ns.apply(&diff).unwrap_err();
+    eprintln!("error: {err}");
+    assert!(err.contains("delete element from set sealed"), "{err}");
+    assert!(err.contains("errno 2"), "{err}");
+    assert_eq!(ns.list(), before);
+
+    // A vmap element jumping to a chain that does not exist, after a valid addition.
+    let err = ns.run(|| {
+        let mut sock = Socket::open().unwrap();
+        let mut b = Batch::new(Family::Inet);
+        let mut key = b"br-new".to_vec();
+        key.resize(16, 0);
+        b.add_elems(
+            "netd",
+            "bridges",
+            &[SetElem {
+                key: key.clone(),
+                key_end: None,
+                data: None,
+                flags: 0,
+            }],
+            false,
+        );
+        b.add_elems(
+            "netd",
+            "in4",
+            &[SetElem {
+                key,
+                key_end: None,
+                data: Some(ElemData::Verdict(NftVerdict::Goto("no_such_chain".into()))),
+                flags: 0,
+            }],
+            false,
+        );
+        sock.commit(&b).unwrap_err().to_string()
+    });
+    eprintln!("error: {err}");
+    assert!(err.contains("add element to set in4"), "{err}");
+    assert!(err.contains("errno 2"), "{err}");
+    assert_eq!(ns.list(), before);
+}
+
+#[test]
+fn foreign_table_is_untouched() {
+    let Some(ns) = Netns::new() else { return };
+    ns.nft_file(
+        "table ip filter {\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n\t\tiifname \"eth0\" accept\n\t}\n}\n",
+    );
+    let before = ns.nft(&["list", "table", "ip", "filter"]);
+    let d = rich();
+    ns.sync(&d).unwrap();
+    ns.apply(&ruleset::diff(&d, &Desired::default())).unwrap();
+    ns.sync(&d).unwrap();
+    assert_eq!(ns.nft(&["list", "table", "ip", "filter"]), before);
+    assert_eq!(ns.list(), render_template(TEMPLATE, &d));
+}
