@@ -928,11 +928,13 @@ impl Applier {
         let mut b = Batch::new(Family::Inet);
         let mut groups = Groups::new();
         b.add_table(t);
-        for set in SetId::ALL {
-            b.add_set(t, &set_spec(set));
-        }
+        // Chains before sets, as nft does, so that a fresh table gets the same object handles
+        // as one loaded from the template with `nft -f`.
         for (name, base) in chains() {
             b.add_chain(t, name, base.as_ref());
+        }
+        for set in SetId::ALL {
+            b.add_set(t, &set_spec(set));
         }
         for (name, _) in chains() {
             if name != USER_CHAIN {

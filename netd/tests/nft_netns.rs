@@ -443,3 +443,31 @@ fn foreign_table_is_untouched() {
     assert_eq!(ns.nft(&["list", "table", "ip", "filter"]), before);
     assert_eq!(ns.list(), render_template(TEMPLATE, &d));
 }
+
+/// The kernel holds the same expressions whether nft loaded the template or netd synced it:
+/// compared on nft's decoded netlink view of the whole table, handles included.
+#[test]
+fn expressions_equal_those_nft_generates() {
+    let Some(by_nft) = Netns::new() else { return };
+    let Some(by_netd) = Netns::new() else { return };
+    let tmpl: String = TEMPLATE
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("@elements"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    by_nft.nft_file(&tmpl);
+    by_netd.sync(&Desired::default()).unwrap();
+    let args = ["--debug=netlink", "list", "table", "inet", "netd"];
+    // nft prints the decoded expressions on stderr.
+    let dump = |ns: &Netns| {
+        let (ok, out, err) = ns.nft_out(&args);
+        assert!(ok, "{err}");
+        format!("{err}{out}")
+    };
+    let (a, b) = (dump(&by_nft), dump(&by_netd));
+    assert!(
+        a.contains("[ nat dnat ip6 addr_min reg 1 addr_max reg 1 proto_min reg 2"),
+        "{a}"
+    );
+    assert_eq!(b, a);
+}
