@@ -107,6 +107,11 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        // NFTT_KEEP=1 keeps the namespaces of a failing test for inspection.
+        if std::thread::panicking() && std::env::var_os("NFTT_KEEP").is_some() {
+            eprintln!("keeping netns {}", self.name);
+            return;
+        }
         let _ = Command::new("ip")
             .args(["netns", "delete", &self.name])
             .status();
@@ -470,4 +475,150 @@ fn expressions_equal_those_nft_generates() {
         "{a}"
     );
     assert_eq!(b, a);
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Serves one line per connection ("peer <addr>") on port 80 of every address of the netns.
+fn serve(ns: &Netns) {
+    let path = format!("/run/netns/{}", ns.name);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let f = std::fs::File::open(&path).unwrap();
+        // SAFETY: f is an open netns file; only this thread changes namespace.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let l = std::net::TcpListener::bind("[::]:80").unwrap();
+        tx.send(()).unwrap();
+        for mut s in l.incoming().flatten() {
+            let peer = s.peer_addr().unwrap().ip().to_canonical();
+            let _ = writeln!(s, "peer {peer}");
+        }
+    });
+    rx.recv().unwrap();
+}
+
+/// Connects from inside `ns` and returns the server's line, or the connect error.
+fn fetch(ns: &Netns, to: &str) -> Result<String, String> {
+    let to: std::net::SocketAddr = to.parse().unwrap();
+    ns.run(move || {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(2))
+            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+        Ok(out.trim().to_string())
+    })
+}
+
+/// Real TCP through the DNAT maps: client netns -> host netns (netd's table) -> container.
+#[test]
+fn published_ports_reach_the_container() {
+    let Some(host) = Netns::new() else { return };
+    let Some(ctr) = Netns::new() else { return };
+    let Some(client) = Netns::new() else { return };
+    let (h, c, x) = (&host.name, &ctr.name, &client.name);
+    ip(&[
+        "-n", h, "link", "add", "h-c", "type", "veth", "peer", "name", "c-h", "netns", c,
+    ]);
+    ip(&[
+        "-n", h, "link", "add", "h-x", "type", "veth", "peer", "name", "x-h", "netns", x,
+    ]);
+    for (ns, dev, a4, a6) in [
+        (h, "h-c", "10.88.0.1/24", "fd00:88::1/64"),
+        (h, "h-x", "192.0.2.1/24", "2001:db8::1/64"),
+        (c, "c-h", "10.88.0.2/24", "fd00:88::2/64"),
+        (x, "x-h", "192.0.2.2/24", "2001:db8::2/64"),
+    ] {
+        ip(&["-n", ns, "addr", "add", a4, "dev", dev]);
+        ip(&["-n", ns, "addr", "add", a6, "dev", dev, "nodad"]);
+        ip(&["-n", ns, "link", "set", dev, "up"]);
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+    }
+    ip(&["-n", c, "route", "add", "default", "via", "10.88.0.1"]);
+    ip(&[
+        "-n",
+        c,
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "fd00:88::1",
+    ]);
+    for key in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+        let st = Command::new("ip")
+            .args(["netns", "exec", h, "sysctl", "-qw", key])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    let mut d = Desired::default();
+    d.insert(SetId::Bridges, Elem::Iface("h-c".into()));
+    for set in [SetId::In4, SetId::In6] {
+        d.insert(
+            set,
+            Elem::IfaceVerdict("h-c".into(), Verdict::Goto(ChainId::ToNat)),
+        );
+    }
+    d.insert(SetId::Subnets4, Elem::Net4("10.88.0.0/24".parse().unwrap()));
+    d.insert(SetId::Masq4, Elem::Net4("10.88.0.0/24".parse().unwrap()));
+    d.insert(
+        SetId::Dnat4Any,
+        dnat4(Proto::Tcp, None, 8080, [10, 88, 0, 2], 80),
+    );
+    d.insert(
+        SetId::Dnat4Bound,
+        dnat4(Proto::Tcp, Some([192, 0, 2, 1]), 8081, [10, 88, 0, 2], 80),
+    );
+    d.insert(
+        SetId::Dnat6Any,
+        Elem::Dnat6 {
+            proto: Proto::Tcp,
+            host_addr: None,
+            host_port: 8080,
+            addr: v6("fd00:88::2"),
+            port: 80,
+        },
+    );
+    host.sync(&d).unwrap();
+    serve(&ctr);
+    // Fresh veths (and IPv6 neighbour discovery while link-local addresses are still
+    // tentative) can lose the very first packets: wait until each path works at all.
+    let ready = |to: &str| {
+        (0..5)
+            .map(|_| fetch(&client, to))
+            .find(|r| r.is_ok())
+            .unwrap_or_else(|| fetch(&client, to))
+    };
+    assert_eq!(ready("192.0.2.1:8080").unwrap(), "peer 192.0.2.2");
+    assert_eq!(ready("[2001:db8::1]:8080").unwrap(), "peer 2001:db8::2");
+    assert_eq!(fetch(&client, "192.0.2.1:8080").unwrap(), "peer 192.0.2.2");
+    assert_eq!(fetch(&client, "192.0.2.1:8081").unwrap(), "peer 192.0.2.2");
+    assert_eq!(
+        fetch(&client, "[2001:db8::1]:8080").unwrap(),
+        "peer 2001:db8::2"
+    );
+    // Not published: nothing listens on the host itself.
+    assert!(fetch(&client, "192.0.2.1:8082").is_err());
+    // The container's own address is not reachable from outside in nat mode.
+    ip(&["-n", x, "route", "add", "10.88.0.0/24", "via", "192.0.2.1"]);
+    assert!(fetch(&client, "10.88.0.2:80").is_err());
+
+    // Unpublishing takes effect for new connections.
+    let mut after = d.clone();
+    after.sets.remove(&SetId::Dnat4Any);
+    host.apply(&ruleset::diff(&d, &after)).unwrap();
+    assert!(fetch(&client, "192.0.2.1:8080").is_err());
+    assert_eq!(fetch(&client, "192.0.2.1:8081").unwrap(), "peer 192.0.2.2");
 }
