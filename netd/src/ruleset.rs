@@ -6,7 +6,7 @@
 //! `nft list table inet netd` prints for a [`Desired`], which is what the tests compare.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv6Addr;
 
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -900,7 +900,8 @@ pub fn render_template(template: &str, desired: &Desired) -> String {
 // Applier
 // ---------------------------------------------------------------------------------------
 
-/// Which elements an element group of a batch carried, to name a rejected element.
+/// Which elements each element group of a batch carried (kernel element index -> plan
+/// element), to name a rejected element.
 pub type Groups = HashMap<ElemGroup, (SetId, Vec<Elem>)>;
 
 /// Applies netd's table in the network namespace the Applier was created in (its netlink
@@ -924,46 +925,12 @@ impl Applier {
 
     /// The batch [`Applier::sync_full`] sends.
     pub fn sync_full_batch(&self, desired: &Desired) -> Result<(Batch, Groups), ApplyError> {
-        let t = self.table.as_str();
-        let mut b = Batch::new(Family::Inet);
-        let mut groups = Groups::new();
-        b.add_table(t);
-        // Chains before sets, as nft does, so that a fresh table gets the same object handles
-        // as one loaded from the template with `nft -f`.
-        for (name, base) in chains() {
-            b.add_chain(t, name, base.as_ref());
-        }
-        for set in SetId::ALL {
-            b.add_set(t, &set_spec(set));
-        }
-        for (name, _) in chains() {
-            if name != USER_CHAIN {
-                b.flush_chain(t, name);
-            }
-        }
-        for (chain, text, exprs) in rules() {
-            b.add_rule(t, chain, &exprs, text);
-        }
-        for set in SetId::ALL {
-            b.flush_set(t, set.name());
-            let elems: Vec<Elem> = desired_set(desired, set).into_iter().collect();
-            push_elems(&mut b, &mut groups, t, set, elems, false, false)?;
-        }
-        Ok((b, groups))
+        full_batch(&self.table, desired)
     }
 
     /// The batch [`Applier::apply_diff`] sends.
     pub fn diff_batch(&self, diff: &Diff) -> Result<(Batch, Groups), ApplyError> {
-        let t = self.table.as_str();
-        let mut b = Batch::new(Family::Inet);
-        let mut groups = Groups::new();
-        for (set, elems) in &diff.remove {
-            push_elems(&mut b, &mut groups, t, *set, elems.clone(), true, false)?;
-        }
-        for (set, elems) in &diff.add {
-            push_elems(&mut b, &mut groups, t, *set, elems.clone(), false, true)?;
-        }
-        Ok((b, groups))
+        diff_batch(&self.table, diff)
     }
 
     /// Creates whatever is missing of the table, chains and sets, replaces the rules of netd's
@@ -992,11 +959,8 @@ impl Applier {
                 more,
             }) => {
                 let text = first.elem.and_then(|(g, i)| {
-                    let (set, elems) = groups.get(&g)?;
-                    elems.get(i).map(|e| {
-                        let _ = set;
-                        elem_text(e)
-                    })
+                    let (_, elems) = groups.get(&g)?;
+                    elems.get(i).map(elem_text)
                 });
                 Err(NftError::Rejected {
                     first,
@@ -1008,6 +972,52 @@ impl Applier {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// The one batch of a full sync of table `table` to `desired` (pure; see
+/// [`Applier::sync_full`]).
+pub fn full_batch(table: &str, desired: &Desired) -> Result<(Batch, Groups), ApplyError> {
+    let t = table;
+    let mut b = Batch::new(Family::Inet);
+    let mut groups = Groups::new();
+    b.add_table(t);
+    // Chains before sets, as nft does, so that a fresh table gets the same object handles
+    // as one loaded from the template with `nft -f`.
+    for (name, base) in chains() {
+        b.add_chain(t, name, base.as_ref());
+    }
+    for set in SetId::ALL {
+        b.add_set(t, &set_spec(set));
+    }
+    for (name, _) in chains() {
+        if name != USER_CHAIN {
+            b.flush_chain(t, name);
+        }
+    }
+    for (chain, text, exprs) in rules() {
+        b.add_rule(t, chain, &exprs, text);
+    }
+    for set in SetId::ALL {
+        b.flush_set(t, set.name());
+        let elems: Vec<Elem> = desired_set(desired, set).into_iter().collect();
+        push_elems(&mut b, &mut groups, t, set, elems, false, false)?;
+    }
+    Ok((b, groups))
+}
+
+/// The one batch applying `diff`: every removal, then every addition (pure; see
+/// [`Applier::apply_diff`]).
+pub fn diff_batch(table: &str, diff: &Diff) -> Result<(Batch, Groups), ApplyError> {
+    let t = table;
+    let mut b = Batch::new(Family::Inet);
+    let mut groups = Groups::new();
+    for (set, elems) in &diff.remove {
+        push_elems(&mut b, &mut groups, t, *set, elems.clone(), true, false)?;
+    }
+    for (set, elems) in &diff.add {
+        push_elems(&mut b, &mut groups, t, *set, elems.clone(), false, true)?;
+    }
+    Ok((b, groups))
 }
 
 /// Adds the kernel elements of `elems` as one group; the group's indices refer to kernel
@@ -1039,11 +1049,6 @@ fn push_elems(
     };
     groups.insert(g, (set, owner));
     Ok(())
-}
-
-/// Convenience for callers holding a plain map.
-pub fn desired_from(sets: BTreeMap<SetId, BTreeSet<Elem>>) -> Desired {
-    Desired { sets }
 }
 
 #[cfg(test)]
@@ -1211,6 +1216,34 @@ mod tests {
                 .count(),
             TEMPLATE.lines().count() - SetId::ALL.len()
         );
+    }
+
+    #[test]
+    fn full_batch_is_pure_and_complete() {
+        let mut d = Desired::default();
+        d.insert(SetId::Bridges, Elem::Iface("br0".into()));
+        d.insert(SetId::Masq4, Elem::Net4("10.0.0.0/24".parse().unwrap()));
+        let (b, groups) = full_batch("netd", &d).unwrap();
+        // table + 10 chains + 17 sets + 9 flushes + 36 rules + 17 set flushes + 2 elem msgs
+        assert_eq!(b.len(), 1 + 10 + 17 + 9 + 36 + 17 + 2);
+        assert!(b
+            .descriptions()
+            .all(|d| d != "flush chain netd user_forward"));
+        assert_eq!(groups.len(), 2);
+        let masq = groups.values().find(|(s, _)| *s == SetId::Masq4).unwrap();
+        assert_eq!(
+            masq.1.len(),
+            2,
+            "start and end element map to the same network"
+        );
+        b.encode(1).unwrap();
+
+        let mut bad = Desired::default();
+        bad.insert(SetId::Bridges, Elem::Net4("10.0.0.0/24".parse().unwrap()));
+        assert!(matches!(
+            full_batch("netd", &bad),
+            Err(ApplyError::Invalid { set: "bridges", .. })
+        ));
     }
 
     #[test]

@@ -168,7 +168,7 @@ pub struct Batch {
 pub struct Encoded {
     pub bytes: Vec<u8>,
     pub begin_seq: u32,
-    /// `seqs[i]` belongs to message `i`.
+    /// Message `i` of the batch has sequence number `first_seq + i`.
     pub first_seq: u32,
 }
 
