@@ -74,6 +74,14 @@ impl SetId {
         SetId::Open6,
     ];
 
+    /// Interval sets hold prefixes (subnets) rather than single keys.
+    pub fn is_interval(self) -> bool {
+        matches!(
+            self,
+            SetId::Masq4 | SetId::Masq6 | SetId::Subnets4 | SetId::Subnets6
+        )
+    }
+
     /// The set's name in the table.
     pub fn name(self) -> &'static str {
         match self {
@@ -205,12 +213,11 @@ impl Desired {
     /// removals before additions replaces it.
     pub fn diff(&self, new: &Desired) -> Diff {
         let mut diff = Diff::default();
-        let empty = BTreeSet::new();
         for set in SetId::ALL {
-            let old_elems = self.sets.get(&set).unwrap_or(&empty);
-            let new_elems = new.sets.get(&set).unwrap_or(&empty);
-            let removed: Vec<Elem> = old_elems.difference(new_elems).cloned().collect();
-            let added: Vec<Elem> = new_elems.difference(old_elems).cloned().collect();
+            let old_elems = self.normalized(set);
+            let new_elems = new.normalized(set);
+            let removed: Vec<Elem> = old_elems.difference(&new_elems).cloned().collect();
+            let added: Vec<Elem> = new_elems.difference(&old_elems).cloned().collect();
             if !removed.is_empty() {
                 diff.remove.insert(set, removed);
             }
@@ -219,6 +226,35 @@ impl Desired {
             }
         }
         diff
+    }
+
+    /// The elements of a set as the kernel holds them: interval sets hold networks in
+    /// canonical form, without networks another one already covers (the kernel refuses
+    /// overlapping intervals, and the union is the same).
+    pub fn normalized(&self, set: SetId) -> BTreeSet<Elem> {
+        let Some(elems) = self.sets.get(&set) else {
+            return BTreeSet::new();
+        };
+        if !set.is_interval() {
+            return elems.clone();
+        }
+        let nets: Vec<Elem> = elems
+            .iter()
+            .map(|e| match e {
+                Elem::Net4(n) => Elem::Net4(n.trunc()),
+                Elem::Net6(n) => Elem::Net6(n.trunc()),
+                e => e.clone(),
+            })
+            .collect();
+        let covered_by = |n: &Elem, m: &Elem| match (n, m) {
+            (Elem::Net4(n), Elem::Net4(m)) => m != n && m.contains(n),
+            (Elem::Net6(n), Elem::Net6(m)) => m != n && m.contains(n),
+            _ => false,
+        };
+        nets.iter()
+            .filter(|n| !nets.iter().any(|m| covered_by(n, m)))
+            .cloned()
+            .collect()
     }
 
     /// How many elements the table holds in all.

@@ -707,65 +707,6 @@ pub fn encode_elem(set: SetId, e: &Elem) -> Result<Vec<SetElem>, ApplyError> {
     })
 }
 
-/// The elements of a set as they end up in the kernel: interval sets hold networks in
-/// canonical form, without networks that another one already covers (the kernel refuses
-/// overlapping intervals, and the union is the same).
-pub fn normalized(set: SetId, elems: &BTreeSet<Elem>) -> BTreeSet<Elem> {
-    if !decl(set).interval {
-        return elems.clone();
-    }
-    let mut v4: Vec<Ipv4Net> = Vec::new();
-    let mut v6: Vec<Ipv6Net> = Vec::new();
-    let mut other = BTreeSet::new();
-    for e in elems {
-        match e {
-            Elem::Net4(n) => v4.push(n.trunc()),
-            Elem::Net6(n) => v6.push(n.trunc()),
-            e => {
-                other.insert(e.clone());
-            }
-        }
-    }
-    let keep4: Vec<Ipv4Net> = v4
-        .iter()
-        .filter(|n| !v4.iter().any(|m| m != *n && m.contains(*n)))
-        .copied()
-        .collect();
-    let keep6: Vec<Ipv6Net> = v6
-        .iter()
-        .filter(|n| !v6.iter().any(|m| m != *n && m.contains(*n)))
-        .copied()
-        .collect();
-    other.extend(keep4.into_iter().map(Elem::Net4));
-    other.extend(keep6.into_iter().map(Elem::Net6));
-    other
-}
-
-fn desired_set(d: &Desired, set: SetId) -> BTreeSet<Elem> {
-    d.sets
-        .get(&set)
-        .map(|s| normalized(set, s))
-        .unwrap_or_default()
-}
-
-/// Element changes from `old` to `new` (pure). Interval sets are compared in normalized form,
-/// so the diff matches what the kernel holds.
-pub fn diff(old: &Desired, new: &Desired) -> Diff {
-    let mut out = Diff::default();
-    for set in SetId::ALL {
-        let (o, n) = (desired_set(old, set), desired_set(new, set));
-        let rm: Vec<Elem> = o.difference(&n).cloned().collect();
-        let add: Vec<Elem> = n.difference(&o).cloned().collect();
-        if !rm.is_empty() {
-            out.remove.insert(set, rm);
-        }
-        if !add.is_empty() {
-            out.add.insert(set, add);
-        }
-    }
-    out
-}
-
 // ---------------------------------------------------------------------------------------
 // Rendering (what `nft list table` prints)
 // ---------------------------------------------------------------------------------------
@@ -886,7 +827,7 @@ pub fn render_template(template: &str, desired: &Desired) -> String {
             .and_then(|n| by_name.get(n));
         match set {
             Some(set) => {
-                if let Some(l) = elements_line(*set, &desired_set(desired, *set)) {
+                if let Some(l) = elements_line(*set, &desired.normalized(*set)) {
                     out.push_str(&l);
                 }
             }
@@ -999,7 +940,7 @@ pub fn full_batch(table: &str, desired: &Desired) -> Result<(Batch, Groups), App
     }
     for set in SetId::ALL {
         b.flush_set(t, set.name());
-        let elems: Vec<Elem> = desired_set(desired, set).into_iter().collect();
+        let elems: Vec<Elem> = desired.normalized(set).into_iter().collect();
         push_elems(&mut b, &mut groups, t, set, elems, false, false)?;
     }
     Ok((b, groups))
@@ -1156,7 +1097,7 @@ mod tests {
         new.insert(SetId::Bridges, Elem::Iface("br1".into()));
         new.insert(SetId::Masq4, Elem::Net4("10.0.0.0/24".parse().unwrap()));
         new.insert(SetId::Masq4, Elem::Net4("10.0.0.0/16".parse().unwrap()));
-        let d = diff(&old, &new);
+        let d = old.diff(&new);
         assert_eq!(d.remove[&SetId::Bridges], vec![Elem::Iface("br0".into())]);
         assert_eq!(d.add[&SetId::Bridges], vec![Elem::Iface("br1".into())]);
         assert_eq!(
@@ -1167,7 +1108,7 @@ mod tests {
             d.add[&SetId::Masq4],
             vec![Elem::Net4("10.0.0.0/16".parse().unwrap())]
         );
-        assert!(diff(&new, &new).is_empty());
+        assert!(new.diff(&new).is_empty());
     }
 
     #[test]

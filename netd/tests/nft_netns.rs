@@ -333,11 +333,11 @@ fn apply_diff_matches_rendered_template() {
     );
 
     ns.sync(&old).unwrap();
-    let d = ruleset::diff(&old, &new);
+    let d = old.diff(&new);
     ns.apply(&d).unwrap();
     assert_eq!(ns.list(), render_template(TEMPLATE, &new));
 
-    ns.apply(&ruleset::diff(&new, &old)).unwrap();
+    ns.apply(&new.diff(&old)).unwrap();
     assert_eq!(ns.list(), render_template(TEMPLATE, &old));
 }
 
@@ -461,7 +461,7 @@ fn foreign_table_is_untouched() {
     let before = ns.nft(&["list", "table", "ip", "filter"]);
     let d = rich();
     ns.sync(&d).unwrap();
-    ns.apply(&ruleset::diff(&d, &Desired::default())).unwrap();
+    ns.apply(&d.diff(&Desired::default())).unwrap();
     ns.sync(&d).unwrap();
     assert_eq!(ns.nft(&["list", "table", "ip", "filter"]), before);
     assert_eq!(ns.list(), render_template(TEMPLATE, &d));
@@ -636,7 +636,7 @@ fn published_ports_reach_the_container() {
     // Unpublishing takes effect for new connections.
     let mut after = d.clone();
     after.sets.remove(&SetId::Dnat4Any);
-    host.apply(&ruleset::diff(&d, &after)).unwrap();
+    host.apply(&d.diff(&after)).unwrap();
     assert!(fetch(&client, "192.0.2.1:8080").is_err());
     assert_eq!(fetch(&client, "192.0.2.1:8081").unwrap(), "peer 192.0.2.2");
 }
