@@ -102,9 +102,15 @@ pub struct UdpServer {
 }
 
 impl UdpServer {
+    /// Listens on all addresses of `ns`, on an ephemeral port.
     pub fn start(ns: &Netns) -> UdpServer {
+        Self::start_on_port(ns, 0)
+    }
+
+    /// Listens on all addresses of `ns`, on `port` (0 = ephemeral).
+    pub fn start_on_port(ns: &Netns, port: u16) -> UdpServer {
         let sock = ns
-            .run_in(|| bind_any(0, UdpSocket::bind))
+            .run_in(|| bind_any(port, UdpSocket::bind))
             .unwrap_or_else(|e| panic!("udp bind in {}: {e}", ns.name()));
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .expect("read timeout");
