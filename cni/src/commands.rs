@@ -11,7 +11,7 @@ use netd::api::{
 use crate::env::{Command, Env};
 use crate::error::PluginError;
 use crate::links::Links;
-use crate::result::{self, AddOutcome};
+use crate::shaping::{self, AddOutcome};
 use crate::types::{self, CniVersion, NetConf, VersionReply};
 
 /// The netd calls the plugin makes; a trait so the commands can be tested without a daemon.
@@ -193,7 +193,7 @@ fn add(
             Err(e) => return Err(fail(e, false)),
         }
     }
-    let addressing = result::addressing(&att).map_err(|d| {
+    let addressing = shaping::addressing(&att).map_err(|d| {
         fail(
             PluginError::NetdInternal {
                 msg: "ADD failed: netd's attachment is inconsistent".into(),
@@ -203,7 +203,7 @@ fn add(
         )
     })?;
     let addrs: Vec<_> = addressing.iter().map(|a| a.addr).collect();
-    let routes = result::routes(att.network.internal, &addressing);
+    let routes = shaping::routes(att.network.internal, &addressing);
     let net = &att.network;
     let step = |what: String, e: crate::links::LinkError| {
         PluginError::link(format!("ADD failed at {what}"), e.0)
@@ -242,7 +242,7 @@ fn add(
         addressing: &addressing,
         routes: &routes,
     };
-    Ok(result::add_result(
+    Ok(shaping::add_result(
         conf.version,
         conf.prev_result.clone(),
         conf.dns.as_ref(),
@@ -336,7 +336,7 @@ fn check(env: &Env, conf: &NetConf, netd: &dyn Netd, links: &dyn Links) -> Resul
                 netns.display()
             ))
         })?;
-    let expected = result::addressing(&att).map_err(|d| PluginError::NetdInternal {
+    let expected = shaping::addressing(&att).map_err(|d| PluginError::NetdInternal {
         msg: "CHECK: netd's attachment is inconsistent".into(),
         details: d,
     })?;
@@ -355,7 +355,7 @@ fn check(env: &Env, conf: &NetConf, netd: &dyn Netd, links: &dyn Links) -> Resul
             )));
         }
     }
-    for r in result::routes(att.network.internal, &expected) {
+    for r in shaping::routes(att.network.internal, &expected) {
         if !iface.routes.contains(&r) {
             let via = r.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
             return Err(PluginError::check(format!(
@@ -443,7 +443,7 @@ fn status(conf: &NetConf, netd: &dyn Netd) -> Result<(), PluginError> {
 mod tests {
     use super::*;
     use crate::links::{ContainerIface, LinkError, Route as LinkRoute};
-    use crate::result::tests::attachment;
+    use crate::shaping::tests::attachment;
     use netd::api::ApiError;
     use serde_json::{json, Value};
     use std::cell::RefCell;

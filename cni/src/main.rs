@@ -17,7 +17,7 @@ mod commands;
 mod env;
 mod error;
 mod links;
-mod result;
+mod shaping;
 mod types;
 
 use std::io::{IsTerminal, Read};
