@@ -1,0 +1,60 @@
+//! The live table of a running netd equals `nft-templates/netd.nft` rendered for the state netd
+//! reports, so the template is a faithful, readable description of what netd does to the host.
+
+use netd::model::{Endpoint, Network};
+use netd::{plan, ruleset};
+use netd_netns_tests::*;
+
+#[test]
+fn live_table_equals_the_rendered_template() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network("web", &["--subnet", "10.88.1.0/24"]);
+    w.create_network(
+        "api",
+        &[
+            "--subnet",
+            "10.88.2.0/24",
+            "--ipv6",
+            "--subnet6",
+            "fd88:2::/64",
+            "--routed",
+            "--icc=false",
+        ],
+    );
+    w.create_network("db", &["--subnet", "10.88.3.0/24", "--internal"]);
+    let c1 = w.container("c1");
+    let c2 = w.container("c2");
+    let c3 = w.container("c3");
+    let ports = |m: &[(u16, u16, &str)]| Some(World::port_mappings(m));
+    assert!(w
+        .cni(
+            "ADD",
+            &c1,
+            "eth0",
+            "web",
+            ports(&[(8080, 80, "tcp"), (5353, 53, "udp")])
+        )
+        .success());
+    assert!(w
+        .cni("ADD", &c2, "eth0", "api", ports(&[(9443, 443, "tcp")]))
+        .success());
+    w.cni_add(&c3, "db");
+
+    let networks: Vec<Network> = serde_json::from_value(w.netctl_json(&["network", "ls"])).unwrap();
+    let endpoints: Vec<Endpoint> =
+        serde_json::from_value(w.netctl_json(&["endpoint", "ls"])).unwrap();
+    assert_eq!((networks.len(), endpoints.len()), (3, 3));
+    let desired = plan::desired(&networks, &endpoints);
+    let want = ruleset::render_template(ruleset::TEMPLATE, &desired);
+    let live = w.host.nft_table("inet", "netd").expect("netd's table");
+    assert_eq!(live, want, "live table differs from the rendered template");
+
+    // Detaching empties the endpoint maps again, and the template follows.
+    w.cni_del(&c1, "web");
+    let endpoints: Vec<Endpoint> =
+        serde_json::from_value(w.netctl_json(&["endpoint", "ls"])).unwrap();
+    let want = ruleset::render_template(ruleset::TEMPLATE, &plan::desired(&networks, &endpoints));
+    assert_eq!(w.host.nft_table("inet", "netd").unwrap(), want);
+    assert!(!want.contains("tcp . 8080"));
+}
