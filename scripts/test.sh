@@ -10,4 +10,4 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 # The netns tests run the binaries as a runtime would, so build them first.
 cargo build --workspace --bins
-cargo test --workspace -- --test-threads="${NETD_TEST_THREADS:-4}"
+cargo test --workspace --no-fail-fast -- --test-threads="${NETD_TEST_THREADS:-4}"
