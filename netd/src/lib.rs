@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod conflist;
+pub mod conntrack;
 pub mod daemon;
 pub mod ipam;
 pub mod link;

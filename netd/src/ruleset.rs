@@ -226,6 +226,7 @@ pub fn chains() -> Vec<(&'static str, Option<BaseChain>)> {
             "postrouting",
             base(ChainType::Nat, HookNum::Postrouting, 100),
         ),
+        ("input", base(ChainType::Filter, HookNum::Input, 0)),
     ]
 }
 
@@ -348,6 +349,44 @@ fn hairpin_masq(v6: bool) -> Vec<Expr> {
         v.push(lookup(SetId::Subnets4.name(), R0));
     }
     v.push(Expr::Masq);
+    v
+}
+
+/// `ip daddr 127.0.0.0/8` (nft loads the first byte only).
+fn loopback4(offset: u32) -> Vec<Expr> {
+    let mut v = nfproto(NFPROTO_IPV4).to_vec();
+    v.push(payload(PayloadBase::Network, offset, 1, R0));
+    v.push(cmp_eq(R0, [127]));
+    v
+}
+
+/// `ct status dnat oifname @bridges ip saddr 127.0.0.0/8 masquerade`: the host reaching a
+/// port published on 127.0.0.1 (route_localnet on the bridge lets the packet leave with its
+/// loopback source; the container must answer to the bridge address instead).
+fn loopback_masq() -> Vec<Expr> {
+    let mut v = ct_dnat();
+    v.push(meta(MetaKey::Oifname, R0));
+    v.push(lookup(SetId::Bridges.name(), R0));
+    v.extend(loopback4(12));
+    v.push(Expr::Masq);
+    v
+}
+
+/// `iifname @bridges ip daddr 127.0.0.0/8 [ct status dnat accept | drop]`: with route_localnet
+/// on netd's bridges, only replies of the host's own DNATed loopback connections may arrive
+/// on a bridge for 127.0.0.0/8; anything else is what the kernel drops as martian by default.
+fn loopback_input(accept_dnat: bool) -> Vec<Expr> {
+    let mut v = vec![
+        meta(MetaKey::Iifname, R0),
+        lookup(SetId::Bridges.name(), R0),
+    ];
+    v.extend(loopback4(16));
+    if accept_dnat {
+        v.extend(ct_dnat());
+        v.push(accept());
+    } else {
+        v.push(drop_());
+    }
     v
 }
 
@@ -488,12 +527,13 @@ pub fn rules() -> Vec<(&'static str, &'static str, Vec<Expr>)> {
     lo6.push(payload(PayloadBase::Network, 24, 16, R0));
     lo6.push(cmp_eq(R0, Ipv6Addr::LOCALHOST.octets()));
     lo6.push(verdict(crate::nft::Verdict::Return));
-    add("prerouting", "ip6 daddr ::1 return", lo6);
+    add("prerouting", "ip6 daddr ::1 return", lo6.clone());
     add(
         "prerouting",
         "fib daddr type local goto published",
         fib_local_goto_published(),
     );
+    add("output", "ip6 daddr ::1 return", lo6.clone());
     add(
         "output",
         "fib daddr type local goto published",
@@ -533,6 +573,11 @@ pub fn rules() -> Vec<(&'static str, &'static str, Vec<Expr>)> {
     );
     add(
         "postrouting",
+        "ct status dnat oifname @bridges ip saddr 127.0.0.0/8 masquerade",
+        loopback_masq(),
+    );
+    add(
+        "postrouting",
         "ip saddr @masq4 oifname != @bridges masquerade",
         outbound_masq(false),
     );
@@ -540,6 +585,16 @@ pub fn rules() -> Vec<(&'static str, &'static str, Vec<Expr>)> {
         "postrouting",
         "ip6 saddr @masq6 oifname != @bridges masquerade",
         outbound_masq(true),
+    );
+    add(
+        "input",
+        "iifname @bridges ip daddr 127.0.0.0/8 ct status dnat accept",
+        loopback_input(true),
+    );
+    add(
+        "input",
+        "iifname @bridges ip daddr 127.0.0.0/8 drop",
+        loopback_input(false),
     );
     r
 }
@@ -1165,8 +1220,8 @@ mod tests {
         d.insert(SetId::Bridges, Elem::Iface("br0".into()));
         d.insert(SetId::Masq4, Elem::Net4("10.0.0.0/24".parse().unwrap()));
         let (b, groups) = full_batch("netd", &d).unwrap();
-        // table + 10 chains + 17 sets + 9 flushes + 36 rules + 17 set flushes + 2 elem msgs
-        assert_eq!(b.len(), 1 + 10 + 17 + 9 + 36 + 17 + 2);
+        // table + 11 chains + 17 sets + 10 flushes + 40 rules + 17 set flushes + 2 elem msgs
+        assert_eq!(b.len(), 1 + 11 + 17 + 10 + 40 + 17 + 2);
         assert!(b
             .descriptions()
             .all(|d| d != "flush chain netd user_forward"));
@@ -1190,9 +1245,9 @@ mod tests {
     #[test]
     fn sync_batch_shape() {
         // Building needs no socket; check the pure parts through the free functions.
-        assert_eq!(chains().len(), 10);
+        assert_eq!(chains().len(), 11);
         let r = rules();
         assert!(r.iter().all(|(c, _, _)| *c != USER_CHAIN));
-        assert_eq!(r.len(), 36);
+        assert_eq!(r.len(), 40);
     }
 }

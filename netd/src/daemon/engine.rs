@@ -40,6 +40,27 @@ pub trait Kernel: Send {
     fn delete_link(&mut self, name: &str) -> Result<(), KernelError>;
     /// Whether `path` is (still) a network namespace.
     fn is_netns(&mut self, path: &str) -> bool;
+    /// Deletes the UDP conntrack entries whose original destination is one of `bindings`
+    /// (see [`crate::conntrack`]) and returns how many; the default has none to delete.
+    fn clear_udp_conntrack(&mut self, _bindings: &[ports::Binding]) -> Result<usize, KernelError> {
+        Ok(0)
+    }
+}
+
+/// Published ports: ::1 cannot be DNATed to a container (IPv6 has no route_localnet: the
+/// kernel never lets a ::1 packet out of, or in through, a non-loopback interface), so such a
+/// binding is refused rather than accepted and silently dead. See docs/ports.md.
+fn refuse_ipv6_loopback(mappings: &[model::PortMapping]) -> Result<(), ApiError> {
+    match mappings
+        .iter()
+        .find(|pm| pm.host_ip.is_some_and(|ip| ip == std::net::Ipv6Addr::LOCALHOST))
+    {
+        Some(pm) => Err(ApiError::invalid(format!(
+            "port mapping [::1]:{}->{}/{}: netd cannot publish ports on the IPv6 loopback address ::1 (Linux has no route_localnet for IPv6, so ::1 traffic never reaches a container); publish on 127.0.0.1 or on a host address instead",
+            pm.host_port, pm.container_port, pm.protocol
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Host veths carry this prefix ([`model::host_veth_name`]) and bridges that netd names itself
@@ -606,6 +627,7 @@ impl Engine {
             .filter_map(|e| self.networks.get(&e.network).map(|n| (e, n)));
         ports::check(&net, &req.port_mappings, existing)
             .map_err(|e| ApiError::conflict(e.to_string()))?;
+        refuse_ipv6_loopback(&req.port_mappings)?;
 
         let addr4 = match (net.subnet4, net.gateway4) {
             (Some(s), Some(g)) => {
@@ -664,6 +686,7 @@ impl Engine {
             return Err(internal("saving the endpoint", e));
         }
         self.applied = desired;
+        self.clear_stale_udp_flows(&net, &ep);
         if let Some(a) = addr4 {
             self.last4.insert(net.name.clone(), a);
         }
@@ -686,6 +709,33 @@ impl Engine {
             network: self.network(&ep.network)?,
             endpoint: ep.clone(),
         })
+    }
+
+    /// After `ep` published UDP ports in NAT mode: deletes conntrack entries of earlier flows
+    /// to those host ports, which would otherwise keep bypassing the new DNAT (see
+    /// [`crate::conntrack`]). A failure is logged; the attach itself has succeeded.
+    fn clear_stale_udp_flows(&mut self, net: &Network, ep: &Endpoint) {
+        let udp: Vec<ports::Binding> = ep
+            .ports
+            .iter()
+            .filter(|pm| pm.protocol == model::Proto::Udp)
+            .flat_map(|pm| ports::bindings(net, pm))
+            .filter(|b| match b.family {
+                ports::Family::V4 => net.gateway_mode4 == GatewayMode::Nat,
+                ports::Family::V6 => net.gateway_mode6 == GatewayMode::Nat,
+            })
+            .collect();
+        if udp.is_empty() {
+            return;
+        }
+        match self.kernel.clear_udp_conntrack(&udp) {
+            Ok(n) => {
+                info!(endpoint = %ep.key(), deleted = n, "cleared stale UDP conntrack entries")
+            }
+            Err(e) => {
+                warn!(endpoint = %ep.key(), error = %e, "could not clear stale UDP conntrack entries")
+            }
+        }
     }
 
     /// Releases an endpoint with its addresses and ports. Returns false if there was none.

@@ -76,6 +76,13 @@ impl Kernel for HostKernel {
     fn is_netns(&mut self, path: &str) -> bool {
         crate::link::is_netns(path)
     }
+
+    fn clear_udp_conntrack(
+        &mut self,
+        bindings: &[crate::ports::Binding],
+    ) -> Result<usize, KernelError> {
+        crate::conntrack::clear_udp(bindings).map_err(|e| KernelError(e.to_string()))
+    }
 }
 
 /// Destinations of /proc/net/route (main table, IPv4): hex little-endian address and mask.

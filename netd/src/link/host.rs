@@ -139,6 +139,12 @@ impl HostLinks {
             }
             Ok(index)
         })
+        .and_then(|index| {
+            if addrs.iter().any(|a| a.addr().is_ipv4()) {
+                enable_route_localnet(name)?;
+            }
+            Ok(index)
+        })
     }
 
     /// Deletes bridge `name`; false when there is none. Refuses to delete a link of another
@@ -339,4 +345,20 @@ impl Drop for HostLinks {
             rt.shutdown_background();
         }
     }
+}
+
+/// Sets `net.ipv4.conf.BRIDGE.route_localnet=1` on one of netd's own bridges (never a global
+/// or another interface's sysctl), so that the host can reach ports published on 127.0.0.1:
+/// the DNATed packet leaves through the bridge with its loopback source (masqueraded to the
+/// bridge address by netd's table) and the answer, de-NATed back to 127.0.0.1, is accepted on
+/// the bridge. netd's table drops every other packet for 127.0.0.0/8 arriving on a bridge, so
+/// containers gain no access to the host's loopback services (see docs/ports.md).
+pub fn enable_route_localnet(bridge: &str) -> Result<()> {
+    check_ifname("bridge", bridge)?;
+    let key = format!("net/ipv4/conf/{bridge}/route_localnet");
+    if super::read_sysctl(&key).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    super::write_sysctl(&key, "1")
+        .map_err(|e| LinkError::os(format!("setting {} to 1", key.replace('/', ".")), e))
 }

@@ -1,0 +1,501 @@
+//! Clearing stale UDP conntrack entries over netlink (NETLINK_NETFILTER, ctnetlink).
+//!
+//! A client that kept sending UDP to `hostIP:port` before a port was published there has a
+//! conntrack entry without DNAT (the datagrams went to the host itself, or to a container
+//! that published the port before). UDP has no handshake to end that entry, so as long as the
+//! client keeps sending, the entry lives on and the new mapping never sees the flow. After an
+//! endpoint publishes UDP ports, netd deletes the UDP entries whose original destination is one
+//! of the new bindings, as Docker and netavark do.
+//!
+//! The request encoding and the entry matching are pure ([`dump_request`], [`delete_request`],
+//! [`parse_flows`], [`Flow::matches`]); [`clear_udp`] does the socket work in the calling
+//! thread's network namespace.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::model::Proto;
+use crate::ports::{Binding, Family};
+
+const NETLINK_NETFILTER: i32 = 12;
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_GET: u16 = 1;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_MULTI: u16 = 0x2;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
+const NLA_F_NESTED: u16 = 0x8000;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_ZONE: u16 = 18;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
+
+const IPPROTO_UDP: u8 = 17;
+const AF_INET: u8 = libc::AF_INET as u8;
+const AF_INET6: u8 = libc::AF_INET6 as u8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConntrackError {
+    #[error("conntrack netlink: {op}: {source}")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("conntrack netlink: malformed answer: {0}")]
+    Malformed(&'static str),
+}
+
+fn io_err(op: &'static str) -> ConntrackError {
+    ConntrackError::Io {
+        op,
+        source: io::Error::last_os_error(),
+    }
+}
+
+/// One conntrack entry's original tuple, as the dump gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flow {
+    pub family: u8,
+    pub proto: u8,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub zone: Option<u16>,
+    /// The CTA_TUPLE_ORIG payload, sent back as is to delete the entry.
+    orig: Vec<u8>,
+}
+
+impl Flow {
+    /// Whether this is a UDP flow to one of `bindings` (same family and port, and the bound
+    /// address when the binding has one; a binding on every address takes every destination).
+    pub fn matches(&self, bindings: &[Binding]) -> bool {
+        self.proto == IPPROTO_UDP
+            && bindings.iter().any(|b| {
+                b.proto == Proto::Udp
+                    && b.port == self.dport
+                    && match b.family {
+                        Family::V4 => self.family == AF_INET,
+                        Family::V6 => self.family == AF_INET6,
+                    }
+                    && b.addr.is_none_or(|a| a == self.dst)
+            })
+    }
+}
+
+fn push_attr(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
+    let len = 4 + payload.len();
+    buf.extend_from_slice(&(len as u16).to_ne_bytes());
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(payload);
+    buf.resize((buf.len() + 3) & !3, 0);
+}
+
+fn message(msg: u16, flags: u16, seq: u32, family: u8, attrs: &[u8]) -> Vec<u8> {
+    let len = 16 + 4 + attrs.len();
+    let mut b = Vec::with_capacity(len);
+    b.extend_from_slice(&(len as u32).to_ne_bytes());
+    b.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | msg).to_ne_bytes());
+    b.extend_from_slice(&flags.to_ne_bytes());
+    b.extend_from_slice(&seq.to_ne_bytes());
+    b.extend_from_slice(&0u32.to_ne_bytes());
+    // struct nfgenmsg: family, version (NFNETLINK_V0), res_id (big endian)
+    b.extend_from_slice(&[family, 0, 0, 0]);
+    b.extend_from_slice(attrs);
+    b
+}
+
+/// `IPCTNL_MSG_CT_GET` dump of the whole conntrack table (every family).
+pub fn dump_request(seq: u32) -> Vec<u8> {
+    message(
+        IPCTNL_MSG_CT_GET,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+        libc::AF_UNSPEC as u8,
+        &[],
+    )
+}
+
+/// `IPCTNL_MSG_CT_DELETE` of one entry, by its original tuple (and zone).
+pub fn delete_request(flow: &Flow, seq: u32) -> Vec<u8> {
+    let mut attrs = Vec::new();
+    push_attr(&mut attrs, CTA_TUPLE_ORIG | NLA_F_NESTED, &flow.orig);
+    if let Some(z) = flow.zone {
+        push_attr(&mut attrs, CTA_ZONE, &z.to_be_bytes());
+    }
+    message(
+        IPCTNL_MSG_CT_DELETE,
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+        flow.family,
+        &attrs,
+    )
+}
+
+/// Attributes of a netlink attribute stream: (type without flags, payload).
+fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if b.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
+        let ty = u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > b.len() {
+            return None;
+        }
+        let payload = &b[4..len];
+        b = &b[((len + 3) & !3).min(b.len())..];
+        Some((ty, payload))
+    })
+}
+
+fn ip_of(p: &[u8]) -> Option<IpAddr> {
+    match p.len() {
+        4 => Some(IpAddr::V4(Ipv4Addr::new(p[0], p[1], p[2], p[3]))),
+        16 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(p).ok()?))),
+        _ => None,
+    }
+}
+
+fn port_of(p: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes(p.get(..2)?.try_into().ok()?))
+}
+
+/// The flow of one `IPCTNL_MSG_CT_NEW` dump message (payload after the netlink header).
+fn parse_entry(payload: &[u8]) -> Option<Flow> {
+    let family = *payload.first()?;
+    let mut orig = None;
+    let mut zone = None;
+    for (ty, p) in attrs(payload.get(4..)?) {
+        match ty {
+            CTA_TUPLE_ORIG => orig = Some(p),
+            CTA_ZONE => zone = port_of(p),
+            _ => {}
+        }
+    }
+    let orig = orig?;
+    let (mut src, mut dst, mut proto, mut sport, mut dport) = (None, None, None, None, None);
+    for (ty, p) in attrs(orig) {
+        match ty {
+            CTA_TUPLE_IP => {
+                for (ty, p) in attrs(p) {
+                    match ty {
+                        CTA_IP_V4_SRC | CTA_IP_V6_SRC => src = ip_of(p),
+                        CTA_IP_V4_DST | CTA_IP_V6_DST => dst = ip_of(p),
+                        _ => {}
+                    }
+                }
+            }
+            CTA_TUPLE_PROTO => {
+                for (ty, p) in attrs(p) {
+                    match ty {
+                        CTA_PROTO_NUM => proto = p.first().copied(),
+                        CTA_PROTO_SRC_PORT => sport = port_of(p),
+                        CTA_PROTO_DST_PORT => dport = port_of(p),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(Flow {
+        family,
+        proto: proto?,
+        src: src?,
+        dst: dst?,
+        sport: sport.unwrap_or(0),
+        dport: dport.unwrap_or(0),
+        zone,
+        orig: orig.to_vec(),
+    })
+}
+
+/// What one datagram of answers held.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Parsed {
+    pub flows: Vec<Flow>,
+    pub done: bool,
+    /// Errnos of NLMSG_ERROR answers (0 is an acknowledgement).
+    pub errors: Vec<i32>,
+}
+
+/// Parses a datagram of netlink messages: dump entries, DONE, errors and acks.
+pub fn parse_flows(mut b: &[u8]) -> Result<Parsed, ConntrackError> {
+    let mut out = Parsed::default();
+    while b.len() >= 16 {
+        let len = u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize;
+        let ty = u16::from_ne_bytes([b[4], b[5]]);
+        let _flags = u16::from_ne_bytes([b[6], b[7]]);
+        if len < 16 || len > b.len() {
+            return Err(ConntrackError::Malformed("netlink message length"));
+        }
+        let payload = &b[16..len];
+        match ty {
+            NLMSG_DONE => out.done = true,
+            NLMSG_ERROR => {
+                let e = payload
+                    .get(..4)
+                    .ok_or(ConntrackError::Malformed("short error message"))?;
+                out.errors.push(-i32::from_ne_bytes(e.try_into().unwrap()));
+            }
+            _ => out.flows.extend(parse_entry(payload)),
+        }
+        b = &b[((len + 3) & !3).min(b.len())..];
+    }
+    let _ = NLM_F_MULTI;
+    Ok(out)
+}
+
+struct Sock(i32);
+
+impl Drop for Sock {
+    fn drop(&mut self) {
+        // SAFETY: closing the fd we own.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+impl Sock {
+    fn open() -> Result<Sock, ConntrackError> {
+        // SAFETY: plain socket(2).
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                NETLINK_NETFILTER,
+            )
+        };
+        if fd < 0 {
+            return Err(io_err("socket(NETLINK_NETFILTER)"));
+        }
+        let s = Sock(fd);
+        let tv = libc::timeval {
+            tv_sec: 5,
+            tv_usec: 0,
+        };
+        // SAFETY: setsockopt with a valid timeval of the right size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        // SAFETY: a zeroed sockaddr_nl is the kernel-assigned-port address.
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: bind with a valid sockaddr_nl.
+        let rc = unsafe {
+            libc::bind(
+                fd,
+                &sa as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(io_err("bind"));
+        }
+        Ok(s)
+    }
+
+    fn send(&self, msg: &[u8]) -> Result<(), ConntrackError> {
+        // SAFETY: sending a buffer we own to the kernel (connected by default to pid 0).
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as u16;
+        let n = unsafe {
+            libc::sendto(
+                self.0,
+                msg.as_ptr() as *const libc::c_void,
+                msg.len(),
+                0,
+                &sa as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if n < 0 {
+            return Err(io_err("send"));
+        }
+        Ok(())
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> Result<usize, ConntrackError> {
+        // SAFETY: receiving into a buffer we own.
+        let n = unsafe { libc::recv(self.0, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+        if n < 0 {
+            return Err(io_err("recv"));
+        }
+        Ok(n as usize)
+    }
+}
+
+/// Deletes every UDP conntrack entry (of the calling thread's network namespace) whose
+/// original destination is one of `bindings`. Returns how many were deleted; entries that
+/// vanished meanwhile are not errors.
+pub fn clear_udp(bindings: &[Binding]) -> Result<usize, ConntrackError> {
+    if !bindings.iter().any(|b| b.proto == Proto::Udp) {
+        return Ok(0);
+    }
+    let sock = Sock::open()?;
+    sock.send(&dump_request(1))?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut stale = Vec::new();
+    loop {
+        let n = sock.recv(&mut buf)?;
+        let p = parse_flows(&buf[..n])?;
+        if let Some(e) = p.errors.iter().find(|e| **e != 0) {
+            return Err(ConntrackError::Io {
+                op: "dumping the conntrack table",
+                source: io::Error::from_raw_os_error(*e),
+            });
+        }
+        stale.extend(p.flows.into_iter().filter(|f| f.matches(bindings)));
+        if p.done {
+            break;
+        }
+    }
+    let mut deleted = 0;
+    for (i, flow) in stale.iter().enumerate() {
+        sock.send(&delete_request(flow, 2 + i as u32))?;
+        let n = sock.recv(&mut buf)?;
+        let p = parse_flows(&buf[..n])?;
+        match p.errors.first() {
+            Some(0) => deleted += 1,
+            Some(e) if *e == libc::ENOENT => {}
+            Some(e) => {
+                return Err(ConntrackError::Io {
+                    op: "deleting a conntrack entry",
+                    source: io::Error::from_raw_os_error(*e),
+                })
+            }
+            None => return Err(ConntrackError::Malformed("no acknowledgement")),
+        }
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(family: u8, src: &[u8], dst: &[u8], proto: u8, sport: u16, dport: u16) -> Vec<u8> {
+        let (s, d) = if family == AF_INET {
+            (CTA_IP_V4_SRC, CTA_IP_V4_DST)
+        } else {
+            (CTA_IP_V6_SRC, CTA_IP_V6_DST)
+        };
+        let mut ip = Vec::new();
+        push_attr(&mut ip, s, src);
+        push_attr(&mut ip, d, dst);
+        let mut pr = Vec::new();
+        push_attr(&mut pr, CTA_PROTO_NUM, &[proto]);
+        push_attr(&mut pr, CTA_PROTO_SRC_PORT, &sport.to_be_bytes());
+        push_attr(&mut pr, CTA_PROTO_DST_PORT, &dport.to_be_bytes());
+        let mut tuple = Vec::new();
+        push_attr(&mut tuple, CTA_TUPLE_IP | NLA_F_NESTED, &ip);
+        push_attr(&mut tuple, CTA_TUPLE_PROTO | NLA_F_NESTED, &pr);
+        let mut a = Vec::new();
+        push_attr(&mut a, CTA_TUPLE_ORIG | NLA_F_NESTED, &tuple);
+        push_attr(&mut a, CTA_ZONE, &7u16.to_be_bytes());
+        message(0, NLM_F_MULTI, 1, family, &a)
+    }
+
+    fn b(family: Family, addr: Option<&str>, port: u16) -> Binding {
+        Binding {
+            family,
+            proto: Proto::Udp,
+            addr: addr.map(|a| a.parse().unwrap()),
+            port,
+        }
+    }
+
+    #[test]
+    fn parses_dump_entries_and_matches_bindings() {
+        let mut dgram = entry(AF_INET, &[192, 0, 2, 2], &[192, 0, 2, 1], 17, 40000, 5353);
+        dgram.extend(entry(
+            AF_INET,
+            &[192, 0, 2, 2],
+            &[192, 0, 2, 1],
+            6,
+            40000,
+            5353,
+        ));
+        let v6dst: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        dgram.extend(entry(
+            AF_INET6,
+            &Ipv6Addr::LOCALHOST.octets(),
+            &v6dst.octets(),
+            17,
+            1,
+            5353,
+        ));
+        dgram.extend(message(0, 0, 1, 0, &[]).iter().enumerate().map(|(i, x)| {
+            // turn the empty message into NLMSG_DONE
+            if i == 4 {
+                NLMSG_DONE as u8
+            } else if i == 5 {
+                0
+            } else {
+                *x
+            }
+        }));
+        let p = parse_flows(&dgram).unwrap();
+        assert!(p.done);
+        assert_eq!(p.flows.len(), 3);
+        let f = &p.flows[0];
+        assert_eq!(
+            (f.proto, f.sport, f.dport, f.zone),
+            (17, 40000, 5353, Some(7))
+        );
+        assert_eq!(f.dst, "192.0.2.1".parse::<IpAddr>().unwrap());
+
+        let any4 = [b(Family::V4, None, 5353)];
+        assert!(f.matches(&any4));
+        assert!(!p.flows[1].matches(&any4), "TCP is left alone");
+        assert!(!p.flows[2].matches(&any4), "other family");
+        assert!(p.flows[2].matches(&[b(Family::V6, None, 5353)]));
+        assert!(f.matches(&[b(Family::V4, Some("192.0.2.1"), 5353)]));
+        assert!(!f.matches(&[b(Family::V4, Some("192.0.2.3"), 5353)]));
+        assert!(!f.matches(&[b(Family::V4, None, 5354)]));
+
+        // The delete request carries the original tuple back, and the zone.
+        let del = delete_request(f, 9);
+        assert_eq!(
+            u16::from_ne_bytes([del[4], del[5]]),
+            (1 << 8) | IPCTNL_MSG_CT_DELETE
+        );
+        assert_eq!(del[16], AF_INET);
+        let a: Vec<(u16, Vec<u8>)> = attrs(&del[20..]).map(|(t, p)| (t, p.to_vec())).collect();
+        assert_eq!(a[0], (CTA_TUPLE_ORIG, f.orig.clone()));
+        assert_eq!(a[1], (CTA_ZONE, vec![0, 7]));
+    }
+
+    #[test]
+    fn errors_are_reported() {
+        let mut m = message(0, 0, 1, 0, &[]);
+        m[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        m.truncate(16);
+        m.extend_from_slice(&(-libc::ENOENT).to_ne_bytes());
+        m.extend_from_slice(&[0u8; 16]);
+        let len = m.len() as u32;
+        m[0..4].copy_from_slice(&len.to_ne_bytes());
+        assert_eq!(parse_flows(&m).unwrap().errors, vec![libc::ENOENT]);
+        assert!(parse_flows(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+    }
+}
