@@ -162,6 +162,7 @@ fn ipv6_published_port_reachable_and_ipv6_loopback_refused() {
     let before = table(&w);
     let r = add_ports(&w, &c2, "d", vec![pm(9090, s2.port(), "tcp", Some("::1"))]);
     assert!(!r.success(), "ADD with hostIP ::1 should fail: {r}");
+    assert_eq!(r.error_code(), Some(7), "{r}");
     let msg = r.json.as_ref().map(|j| j.to_string()).unwrap_or_default();
     assert!(
         msg.contains("::1") && msg.contains("route_localnet"),
@@ -292,6 +293,7 @@ fn conflicting_add_is_refused_naming_the_holder_and_changes_nothing() {
         let links = w.host.links_detail();
         let r = add_ports(&w, &c2, net, vec![map.clone()]);
         assert!(!r.success(), "ADD {map} on {net} should be refused: {r}");
+        assert_eq!(r.error_code(), Some(100), "{r}");
         let msg = r.json.as_ref().map(|j| j["msg"].to_string());
         let all = r.json.as_ref().map(|j| j.to_string()).unwrap_or_default();
         assert!(
