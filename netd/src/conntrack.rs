@@ -8,8 +8,8 @@
 //! of the new bindings, as Docker and netavark do.
 //!
 //! The request encoding and the entry matching are pure ([`dump_request`], [`delete_request`],
-//! [`parse_flows`], [`Flow::matches`]); [`clear_udp`] does the socket work in the calling
-//! thread's network namespace.
+//! [`parse_flows`], [`Flow::matches`], [`addr_dump_request`], [`parse_addrs`]); [`clear_udp`]
+//! does the socket work in the calling thread's network namespace.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -25,7 +25,6 @@ const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_MULTI: u16 = 0x2;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
 const NLA_F_NESTED: u16 = 0x8000;
@@ -81,9 +80,10 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// Whether this is a UDP flow to one of `bindings` (same family and port, and the bound
-    /// address when the binding has one; a binding on every address takes every destination).
-    pub fn matches(&self, bindings: &[Binding]) -> bool {
+    /// Whether this is a UDP flow to one of `bindings`: same family and port, and the bound
+    /// address when the binding has one, else any of the host's `local` addresses (so that
+    /// flows of the host or its containers to a remote port of the same number are kept).
+    pub fn matches(&self, bindings: &[Binding], local: &[IpAddr]) -> bool {
         self.proto == IPPROTO_UDP
             && bindings.iter().any(|b| {
                 b.proto == Proto::Udp
@@ -92,7 +92,10 @@ impl Flow {
                         Family::V4 => self.family == AF_INET,
                         Family::V6 => self.family == AF_INET6,
                     }
-                    && b.addr.is_none_or(|a| a == self.dst)
+                    && match b.addr {
+                        Some(a) => a == self.dst,
+                        None => local.contains(&self.dst),
+                    }
             })
     }
 }
@@ -227,20 +230,27 @@ fn parse_entry(payload: &[u8]) -> Option<Flow> {
 
 /// What one datagram of answers held.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Parsed {
-    pub flows: Vec<Flow>,
+pub struct Parsed<T> {
+    pub items: Vec<T>,
     pub done: bool,
     /// Errnos of NLMSG_ERROR answers (0 is an acknowledgement).
     pub errors: Vec<i32>,
 }
 
-/// Parses a datagram of netlink messages: dump entries, DONE, errors and acks.
-pub fn parse_flows(mut b: &[u8]) -> Result<Parsed, ConntrackError> {
-    let mut out = Parsed::default();
+/// Splits a datagram of netlink messages into DONE, errors/acks and items (`item` gets each
+/// other message's type and payload).
+fn parse_messages<T>(
+    mut b: &[u8],
+    item: impl Fn(u16, &[u8]) -> Option<T>,
+) -> Result<Parsed<T>, ConntrackError> {
+    let mut out = Parsed {
+        items: Vec::new(),
+        done: false,
+        errors: Vec::new(),
+    };
     while b.len() >= 16 {
         let len = u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize;
         let ty = u16::from_ne_bytes([b[4], b[5]]);
-        let _flags = u16::from_ne_bytes([b[6], b[7]]);
         if len < 16 || len > b.len() {
             return Err(ConntrackError::Malformed("netlink message length"));
         }
@@ -253,12 +263,56 @@ pub fn parse_flows(mut b: &[u8]) -> Result<Parsed, ConntrackError> {
                     .ok_or(ConntrackError::Malformed("short error message"))?;
                 out.errors.push(-i32::from_ne_bytes(e.try_into().unwrap()));
             }
-            _ => out.flows.extend(parse_entry(payload)),
+            _ => out.items.extend(item(ty, payload)),
         }
         b = &b[((len + 3) & !3).min(b.len())..];
     }
-    let _ = NLM_F_MULTI;
     Ok(out)
+}
+
+/// Parses a datagram of ctnetlink answers: dump entries, DONE, errors and acks.
+pub fn parse_flows(b: &[u8]) -> Result<Parsed<Flow>, ConntrackError> {
+    parse_messages(b, |_, p| parse_entry(p))
+}
+
+const RTM_NEWADDR: u16 = 20;
+const RTM_GETADDR: u16 = 22;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+
+/// `RTM_GETADDR` dump of every address of every interface.
+pub fn addr_dump_request(seq: u32) -> Vec<u8> {
+    let len = 16 + 8;
+    let mut b = Vec::with_capacity(len);
+    b.extend_from_slice(&(len as u32).to_ne_bytes());
+    b.extend_from_slice(&RTM_GETADDR.to_ne_bytes());
+    b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    b.extend_from_slice(&seq.to_ne_bytes());
+    b.extend_from_slice(&0u32.to_ne_bytes());
+    // struct ifaddrmsg: family (all), prefixlen, flags, scope, index
+    b.extend_from_slice(&[0u8; 8]);
+    b
+}
+
+/// The local address of one `RTM_NEWADDR` (IFA_LOCAL, else IFA_ADDRESS).
+fn parse_addr(ty: u16, payload: &[u8]) -> Option<IpAddr> {
+    if ty != RTM_NEWADDR {
+        return None;
+    }
+    let (mut local, mut address) = (None, None);
+    for (t, p) in attrs(payload.get(8..)?) {
+        match t {
+            IFA_LOCAL => local = ip_of(p),
+            IFA_ADDRESS => address = ip_of(p),
+            _ => {}
+        }
+    }
+    local.or(address)
+}
+
+/// Parses a datagram of rtnetlink address answers.
+pub fn parse_addrs(b: &[u8]) -> Result<Parsed<IpAddr>, ConntrackError> {
+    parse_messages(b, parse_addr)
 }
 
 struct Sock(i32);
@@ -271,17 +325,17 @@ impl Drop for Sock {
 }
 
 impl Sock {
-    fn open() -> Result<Sock, ConntrackError> {
+    fn open(protocol: i32) -> Result<Sock, ConntrackError> {
         // SAFETY: plain socket(2).
         let fd = unsafe {
             libc::socket(
                 libc::AF_NETLINK,
                 libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
+                protocol,
             )
         };
         if fd < 0 {
-            return Err(io_err("socket(NETLINK_NETFILTER)"));
+            return Err(io_err("socket(AF_NETLINK)"));
         }
         let s = Sock(fd);
         let tv = libc::timeval {
@@ -345,31 +399,66 @@ impl Sock {
     }
 }
 
+/// Sends a dump request and collects every item of the answer.
+fn dump<T>(
+    sock: &Sock,
+    request: &[u8],
+    what: &'static str,
+    parse: impl Fn(&[u8]) -> Result<Parsed<T>, ConntrackError>,
+) -> Result<Vec<T>, ConntrackError> {
+    sock.send(request)?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut out = Vec::new();
+    loop {
+        let n = sock.recv(&mut buf)?;
+        let p = parse(&buf[..n])?;
+        if let Some(e) = p.errors.iter().find(|e| **e != 0) {
+            return Err(ConntrackError::Io {
+                op: what,
+                source: io::Error::from_raw_os_error(*e),
+            });
+        }
+        out.extend(p.items);
+        if p.done {
+            return Ok(out);
+        }
+    }
+}
+
+/// The host's addresses (of the calling thread's network namespace).
+pub fn local_addrs() -> Result<Vec<IpAddr>, ConntrackError> {
+    let sock = Sock::open(libc::NETLINK_ROUTE)?;
+    dump(
+        &sock,
+        &addr_dump_request(1),
+        "listing addresses",
+        parse_addrs,
+    )
+}
+
 /// Deletes every UDP conntrack entry (of the calling thread's network namespace) whose
-/// original destination is one of `bindings`. Returns how many were deleted; entries that
-/// vanished meanwhile are not errors.
+/// original destination is one of `bindings` (see [`Flow::matches`]). Returns how many were
+/// deleted; entries that vanished meanwhile are not errors.
 pub fn clear_udp(bindings: &[Binding]) -> Result<usize, ConntrackError> {
     if !bindings.iter().any(|b| b.proto == Proto::Udp) {
         return Ok(0);
     }
-    let sock = Sock::open()?;
-    sock.send(&dump_request(1))?;
-    let mut buf = vec![0u8; 1 << 16];
-    let mut stale = Vec::new();
-    loop {
-        let n = sock.recv(&mut buf)?;
-        let p = parse_flows(&buf[..n])?;
-        if let Some(e) = p.errors.iter().find(|e| **e != 0) {
-            return Err(ConntrackError::Io {
-                op: "dumping the conntrack table",
-                source: io::Error::from_raw_os_error(*e),
-            });
-        }
-        stale.extend(p.flows.into_iter().filter(|f| f.matches(bindings)));
-        if p.done {
-            break;
-        }
-    }
+    let local = if bindings.iter().any(|b| b.addr.is_none()) {
+        local_addrs()?
+    } else {
+        Vec::new()
+    };
+    let sock = Sock::open(NETLINK_NETFILTER)?;
+    let stale: Vec<Flow> = dump(
+        &sock,
+        &dump_request(1),
+        "dumping the conntrack table",
+        parse_flows,
+    )?
+    .into_iter()
+    .filter(|f| f.matches(bindings, &local))
+    .collect();
+    let mut buf = vec![0u8; 4096];
     let mut deleted = 0;
     for (i, flow) in stale.iter().enumerate() {
         sock.send(&delete_request(flow, 2 + i as u32))?;
@@ -393,6 +482,8 @@ pub fn clear_udp(bindings: &[Binding]) -> Result<usize, ConntrackError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NLM_F_MULTI: u16 = 0x2;
 
     fn entry(family: u8, src: &[u8], dst: &[u8], proto: u8, sport: u16, dport: u16) -> Vec<u8> {
         let (s, d) = if family == AF_INET {
@@ -457,22 +548,24 @@ mod tests {
         }));
         let p = parse_flows(&dgram).unwrap();
         assert!(p.done);
-        assert_eq!(p.flows.len(), 3);
-        let f = &p.flows[0];
+        assert_eq!(p.items.len(), 3);
+        let f = &p.items[0];
         assert_eq!(
             (f.proto, f.sport, f.dport, f.zone),
             (17, 40000, 5353, Some(7))
         );
         assert_eq!(f.dst, "192.0.2.1".parse::<IpAddr>().unwrap());
 
+        let local: Vec<IpAddr> = vec!["192.0.2.1".parse().unwrap(), IpAddr::V6(v6dst)];
         let any4 = [b(Family::V4, None, 5353)];
-        assert!(f.matches(&any4));
-        assert!(!p.flows[1].matches(&any4), "TCP is left alone");
-        assert!(!p.flows[2].matches(&any4), "other family");
-        assert!(p.flows[2].matches(&[b(Family::V6, None, 5353)]));
-        assert!(f.matches(&[b(Family::V4, Some("192.0.2.1"), 5353)]));
-        assert!(!f.matches(&[b(Family::V4, Some("192.0.2.3"), 5353)]));
-        assert!(!f.matches(&[b(Family::V4, None, 5354)]));
+        assert!(f.matches(&any4, &local));
+        assert!(!f.matches(&any4, &[]), "not to a host address");
+        assert!(!p.items[1].matches(&any4, &local), "TCP is left alone");
+        assert!(!p.items[2].matches(&any4, &local), "other family");
+        assert!(p.items[2].matches(&[b(Family::V6, None, 5353)], &local));
+        assert!(f.matches(&[b(Family::V4, Some("192.0.2.1"), 5353)], &[]));
+        assert!(!f.matches(&[b(Family::V4, Some("192.0.2.3"), 5353)], &local));
+        assert!(!f.matches(&[b(Family::V4, None, 5354)], &local));
 
         // The delete request carries the original tuple back, and the zone.
         let del = delete_request(f, 9);
@@ -484,6 +577,25 @@ mod tests {
         let a: Vec<(u16, Vec<u8>)> = attrs(&del[20..]).map(|(t, p)| (t, p.to_vec())).collect();
         assert_eq!(a[0], (CTA_TUPLE_ORIG, f.orig.clone()));
         assert_eq!(a[1], (CTA_ZONE, vec![0, 7]));
+    }
+
+    #[test]
+    fn parses_address_dumps() {
+        let mut a = Vec::new();
+        push_attr(&mut a, IFA_ADDRESS, &[192, 0, 2, 9]);
+        push_attr(&mut a, IFA_LOCAL, &[192, 0, 2, 1]);
+        let mut payload = vec![AF_INET, 24, 0, 0, 2, 0, 0, 0];
+        payload.extend(a);
+        let mut m = Vec::new();
+        m.extend_from_slice(&((16 + payload.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&RTM_NEWADDR.to_ne_bytes());
+        m.extend_from_slice(&[0; 10]);
+        m.extend(payload);
+        let p = parse_addrs(&m).unwrap();
+        assert_eq!(p.items, vec!["192.0.2.1".parse::<IpAddr>().unwrap()]);
+        let req = addr_dump_request(3);
+        assert_eq!(req.len(), 24);
+        assert_eq!(u16::from_ne_bytes([req[4], req[5]]), RTM_GETADDR);
     }
 
     #[test]

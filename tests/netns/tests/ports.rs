@@ -577,6 +577,24 @@ fn loopback_binding_answers_only_on_the_host() {
 // UDP conntrack.
 // ---------------------------------------------------------------------------
 
+/// netd's log without terminal colour sequences.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn conntrack_udp(w: &World, port: u16) -> String {
     let out = w.host.exec(&[
         "conntrack",
@@ -596,6 +614,13 @@ fn stale_udp_conntrack_entries_are_cleared_on_add() {
     w.create_network("a", &["--subnet", "10.89.1.0/24"]);
     let c1 = w.container("c1");
     let u1 = UdpServer::start(&c1);
+    // A container's own outbound flow to a remote port 5353 must survive the clearing.
+    let c0 = w.container("c0");
+    let r0 = w.cni_add(&c0, "a");
+    let out = c0.run_in(|| UdpSocket::bind("0.0.0.0:0")).expect("bind");
+    out.connect(sa(EXT_V4, 5353)).expect("connect");
+    out.send(b"out\n").expect("send");
+    let outbound = format!("src={} dst={EXT_V4} ", r0.ip());
 
     // A client keeps sending to 192.0.2.1:5353 (and :5354) before anything is published.
     let sock = w
@@ -625,11 +650,22 @@ fn stale_udp_conntrack_entries_are_cleared_on_add() {
     };
     std::thread::sleep(Duration::from_millis(300));
     let ct = conntrack_udp(&w, 5353);
+    let client = format!(
+        "src={EXT_V4} dst={HOST_EXT_V4} sport={} dport=5353 ",
+        sock.local_addr().unwrap().port()
+    );
+    let client_entry = |ct: &str| -> String {
+        ct.lines()
+            .find(|l| l.contains(&client))
+            .unwrap_or_else(|| panic!("no entry {client:?} in:\n{ct}"))
+            .to_string()
+    };
     assert!(
-        ct.contains("dport=5353") && !ct.contains("10.89.1."),
+        client_entry(&ct).contains(&format!("[UNREPLIED] src={HOST_EXT_V4} ")),
         "expected an un-NATed entry before the ADD:\n{ct}"
     );
 
+    assert!(ct.contains(&outbound), "no outbound entry:\n{ct}");
     let r = add_ports_ok(&w, &c1, "a", vec![pm(5353, u1.port(), "udp", None)]);
     // The client keeps sending across the ADD, then asks for an answer.
     std::thread::sleep(Duration::from_millis(300));
@@ -663,18 +699,25 @@ fn stale_udp_conntrack_entries_are_cleared_on_add() {
         format!("{EXT_V4}:{}", local.port()),
         "the container sees the client's real address and port"
     );
+    // Exactly the client's entry: not the one to :5354, not c0's outbound one.
+    let log = strip_ansi(&w.netd_log());
     assert!(
-        w.netd_log().contains("cleared stale UDP conntrack entries"),
-        "netd did not report clearing"
+        log.lines()
+            .any(|l| l.contains("cleared stale UDP conntrack entries") && l.contains("deleted=1")),
+        "netd did not report clearing one entry:\n{log}"
     );
     let ct = conntrack_udp(&w, 5353);
     assert!(
-        ct.contains(&format!("src={}", r.ip())),
+        client_entry(&ct).contains(&format!("src={} dst={EXT_V4} ", r.ip())),
         "the flow is not DNATed to the container after the ADD:\n{ct}"
     );
     assert!(
         conntrack_udp(&w, 5354).contains("dport=5354"),
         "an unrelated UDP entry was cleared"
+    );
+    assert!(
+        ct.contains(&outbound),
+        "the container's outbound flow to a remote port 5353 was cleared:\n{ct}"
     );
 }
 
