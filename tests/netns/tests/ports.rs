@@ -222,6 +222,11 @@ fn host_ip_binding_answers_only_on_that_address() {
         "a",
         vec![pm(8080, s2.port(), "tcp", Some("192.0.2.3"))],
     );
+    // Hairpin honours the binding too.
+    assert_eq!(
+        assert_tcp_ok(&c2, sa(HOST_EXT_V4, 8080)).ip(),
+        ip("10.89.1.1")
+    );
     let seen1 = assert_tcp_ok(&w.external, sa(HOST_EXT_V4, 8080));
     let seen2 = assert_tcp_ok(&w.external, sa("192.0.2.3", 8080));
     assert_eq!((seen1.ip(), seen2.ip()), (ip(EXT_V4), ip(EXT_V4)));
