@@ -48,15 +48,15 @@ pub trait Kernel: Send {
 }
 
 /// Published ports: ::1 cannot be DNATed to a container (IPv6 has no route_localnet: the
-/// kernel never lets a ::1 packet out of, or in through, a non-loopback interface), so such a
-/// binding is refused rather than accepted and silently dead. See docs/ports.md.
+/// answer, de-NATed back to ::1, is dropped when it arrives on the bridge), so such a binding
+/// is refused rather than accepted and silently dead. See docs/ports.md.
 fn refuse_ipv6_loopback(mappings: &[model::PortMapping]) -> Result<(), ApiError> {
     match mappings
         .iter()
         .find(|pm| pm.host_ip.is_some_and(|ip| ip == std::net::Ipv6Addr::LOCALHOST))
     {
         Some(pm) => Err(ApiError::invalid(format!(
-            "port mapping [::1]:{}->{}/{}: netd cannot publish ports on the IPv6 loopback address ::1 (Linux has no route_localnet for IPv6, so ::1 traffic never reaches a container); publish on 127.0.0.1 or on a host address instead",
+            "port mapping [::1]:{}->{}/{}: netd cannot publish ports on the IPv6 loopback address ::1 (Linux has no route_localnet for IPv6: answers addressed back to ::1 are dropped when they arrive from a container); publish on 127.0.0.1 or on a host address instead",
             pm.host_port, pm.container_port, pm.protocol
         ))),
         None => Ok(()),
