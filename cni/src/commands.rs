@@ -515,6 +515,8 @@ mod tests {
                 networks: 0,
                 endpoints: 0,
                 published_ports: 0,
+                table_elements: 0,
+                cni_conf_dir: String::new(),
             })
         }
     }

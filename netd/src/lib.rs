@@ -5,9 +5,10 @@
 //! * core (no netlink, no tokio, no filesystem): [`model`], [`ipam`], [`plan`], [`conflist`]
 //! * edges: [`nft`] (nf_tables netlink), [`ruleset`] (netd's table expressed for [`nft`]),
 //!   [`link`] (rtnetlink: bridges, veths, netns), [`api`] (socket protocol and client),
-//!   [`store`] (state on disk)
+//!   [`store`] (state on disk), [`config`] (netd.toml and flags)
 
 pub mod api;
+pub mod config;
 pub mod conflist;
 pub mod conntrack;
 pub mod daemon;

@@ -119,6 +119,12 @@ pub struct Status {
     pub networks: usize,
     pub endpoints: usize,
     pub published_ports: usize,
+    /// Elements in netd's table as last applied (sets and maps; the chains are fixed).
+    #[serde(default)]
+    pub table_elements: usize,
+    /// Where netd writes its conflists (netctl doctor compares them with the networks).
+    #[serde(default)]
+    pub cni_conf_dir: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,76 +1,139 @@
 //! netd: keeps one nftables table in step with the container networks it manages, and serves
 //! netctl and the CNI plugin on a Unix socket.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, Context};
-use clap::Parser;
-use ipnet::Ipv4Net;
-use tracing::info;
+use anyhow::Context;
+use clap::{CommandFactory, Parser};
+use ipnet::{Ipv4Net, Ipv6Net};
+use tracing::{info, warn};
 
+use netd::config::{self, FileConfig, Overrides, Settings};
 use netd::daemon::host::HostKernel;
-use netd::daemon::{server, sysctl, Engine, EngineConfig};
+use netd::daemon::{notify, server, sysctl, Engine, EngineConfig};
 use netd::store::Store;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "netd",
     version,
-    about = "Container network firewall manager (daemon)"
+    about = "Container network firewall manager (daemon)",
+    after_help = "Settings come from the built-in defaults, then the configuration file, then these flags."
 )]
 struct Args {
-    /// Unix socket for the API (netctl and the CNI plugin).
-    #[arg(long, default_value = netd::api::DEFAULT_SOCKET)]
-    socket: PathBuf,
-    /// Directory for netd's state (networks, endpoints).
-    #[arg(long, default_value = "/var/lib/netd")]
-    state_dir: PathBuf,
-    /// Directory where netd writes a CNI conflist per network.
-    #[arg(long, default_value = "/etc/cni/net.d")]
-    cni_conf_dir: PathBuf,
-    /// Name of netd's nftables table (family inet). netd touches nothing outside it.
-    #[arg(long, default_value = "netd")]
-    table: String,
-    /// Pool that IPv4 subnets are taken from when a network is created without --subnet.
-    #[arg(long, default_value = "10.99.0.0/16")]
-    default_pool: Ipv4Net,
-    /// Prefix length of subnets taken from the default pool.
-    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=30))]
-    default_subnet_size: u8,
-    /// Log filter (tracing's env-filter syntax), e.g. info or netd=debug.
-    #[arg(long, env = "NETD_LOG", default_value = "info")]
-    log: String,
+    /// Configuration file (TOML). A missing default file means all defaults.
+    #[arg(long, value_name = "FILE", default_value = config::DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Print the settings that result from the defaults, the file and the flags, and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Print netd's man page (roff) and exit; the installer uses it.
+    #[arg(long, hide = true)]
+    man: bool,
+    /// Unix socket for the API (netctl and the CNI plugin) [default: /run/netd/netd.sock].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Group that may use the socket (mode 0660) [default: root's group].
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// Directory for netd's state (networks, endpoints) [default: /var/lib/netd].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Directory where netd writes a CNI conflist per network [default: /etc/cni/net.d].
+    #[arg(long, value_name = "DIR")]
+    cni_conf_dir: Option<PathBuf>,
+    /// Name of netd's nftables table (family inet); netd touches nothing outside it [default: netd].
+    #[arg(long, value_name = "NAME")]
+    table: Option<String>,
+    /// Pool that IPv4 subnets are taken from when a network is created without --subnet
+    /// [default: 10.99.0.0/16].
+    #[arg(long, value_name = "CIDR")]
+    default_pool: Option<Ipv4Net>,
+    /// Prefix length of subnets taken from the default pool [default: 24].
+    #[arg(long, value_name = "BITS", value_parser = clap::value_parser!(u8).range(8..=30))]
+    default_subnet_size: Option<u8>,
+    /// ULA /48 that automatic IPv6 subnets come from [default: a random one, kept in state].
+    #[arg(long, value_name = "CIDR")]
+    ipv6_ula_base: Option<Ipv6Net>,
+    /// Log filter (tracing's env-filter syntax), e.g. info or netd=debug [default: info].
+    #[arg(long, env = "NETD_LOG", value_name = "FILTER")]
+    log: Option<String>,
+}
+
+impl Args {
+    /// Reads the configuration file and lays the flags over it.
+    fn settings(&self) -> Result<Settings, config::ConfigError> {
+        let explicit = self.config != Path::new(config::DEFAULT_CONFIG);
+        let file = FileConfig::load(&self.config, explicit)?;
+        let source = file.as_ref().map(|_| self.config.clone());
+        let flags = Overrides {
+            socket: self.socket.clone(),
+            socket_group: self.socket_group.clone(),
+            state_dir: self.state_dir.clone(),
+            cni_conf_dir: self.cni_conf_dir.clone(),
+            table: self.table.clone(),
+            default_pool: self.default_pool,
+            default_subnet_size: self.default_subnet_size,
+            ipv6_ula_base: self.ipv6_ula_base,
+            log: self.log.clone(),
+            check_interval_secs: None,
+        };
+        Settings::resolve(file, source, flags)
+    }
 }
 
 fn main() {
     let args = Args::parse();
+    if args.man {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(Args::command())
+            .section("8")
+            .render(&mut out)
+            .expect("rendering into memory");
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), &out);
+        return;
+    }
+    let settings = match args.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("netd: {e}");
+            std::process::exit(2);
+        }
+    };
+    if args.check_config {
+        println!("{settings:#?}");
+        return;
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&settings.log))
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = run(args) {
+    if let Err(e) = run(settings) {
         eprintln!("netd: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+fn run(args: Settings) -> anyhow::Result<()> {
     sysctl::require_ipv4_forwarding()?;
-    if netd::model::validate_network_name(&args.table).is_err() {
-        bail!(
-            "--table {:?}: use letters, digits, '_', '.' or '-' (at most 64)",
-            args.table
-        );
+    if let Some(file) = &args.source {
+        info!(config = %file.display(), "configuration read");
     }
+    let socket_gid = args
+        .socket_group
+        .as_deref()
+        .map(config::group_id)
+        .transpose()?;
     let store = Store::open(&args.state_dir).context("opening the state directory")?;
     let kernel = HostKernel::new(&args.table).context("opening nf_tables")?;
     let cfg = EngineConfig {
         table: args.table.clone(),
         socket: args.socket.clone(),
         cni_conf_dir: args.cni_conf_dir.clone(),
-        pool4: args.default_pool,
-        pool4_prefix: args.default_subnet_size,
+        pool4: args.pool4,
+        pool4_prefix: args.pool4_prefix,
+        ula_base: args.ula_base,
     };
     let mut engine = Engine::start(cfg, store, Box::new(kernel)).context("starting")?;
     if engine.has_ipv6() {
@@ -92,13 +155,22 @@ fn run(args: Args) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = server::bind(&args.socket)?;
+        if let Some(gid) = socket_gid {
+            std::os::unix::fs::chown(&args.socket, None, Some(gid))
+                .with_context(|| format!("giving {} to group {gid}", args.socket.display()))?;
+        }
         info!(socket = %args.socket.display(), table = %args.table, "netd ready");
+        // Only now: the table is applied and the socket accepts connections.
+        if let Err(e) = notify::ready(&format!("table inet {} applied; listening", args.table)) {
+            warn!(error = %e, "could not notify systemd");
+        }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = server::serve(listener, engine.clone()) => {}
             _ = term.recv() => info!("SIGTERM: stopping"),
             _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping"),
         }
+        let _ = notify::stopping();
         // Wait for a change in progress to finish; the table stays so containers keep working.
         drop(engine.lock().unwrap_or_else(|p| p.into_inner()));
         let _ = std::fs::remove_file(&args.socket);

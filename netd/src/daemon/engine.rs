@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tracing::{info, warn};
 
 use crate::api::{ApiError, AttachRequest, Attachment, CreateNetwork, GcRequest, Status};
@@ -88,6 +88,8 @@ pub struct EngineConfig {
     pub cni_conf_dir: PathBuf,
     pub pool4: Ipv4Net,
     pub pool4_prefix: u8,
+    /// A ULA /48 for automatic IPv6 subnets; None: a random one, persisted on first use.
+    pub ula_base: Option<Ipv6Net>,
 }
 
 pub struct Engine {
@@ -188,6 +190,8 @@ impl Engine {
             networks: self.networks.len(),
             endpoints: self.endpoints.len(),
             published_ports: self.endpoints.values().map(|e| e.ports.len()).sum(),
+            table_elements: self.applied.len(),
+            cni_conf_dir: self.cfg.cni_conf_dir.display().to_string(),
         }
     }
 
@@ -454,7 +458,10 @@ impl Engine {
                     s
                 }
                 None => {
-                    let ula = ipam::ula_prefix(self.ula_global_id()?);
+                    let ula = match self.cfg.ula_base {
+                        Some(base) => base,
+                        None => ipam::ula_prefix(self.ula_global_id()?),
+                    };
                     let mut avoid: Vec<IpNet> = taken.iter().map(|(_, s)| *s).collect();
                     avoid.extend(
                         self.kernel
@@ -886,6 +893,7 @@ mod tests {
                 cni_conf_dir: self.dir.join("cni"),
                 pool4: "10.99.0.0/16".parse().unwrap(),
                 pool4_prefix: 24,
+                ula_base: None,
             };
             let store = Store::open(&self.dir.join("state")).unwrap();
             Engine::start(cfg, store, Box::new(FakeKernel(self.table.clone()))).unwrap()

@@ -3,6 +3,7 @@
 
 pub mod engine;
 pub mod host;
+pub mod notify;
 pub mod server;
 pub mod sysctl;
 
