@@ -284,53 +284,9 @@ pub fn group_id(name: &str) -> Result<u32, ConfigError> {
     }
 }
 
-/// The default configuration file that `scripts/install.sh` installs: every key, commented out
-/// at its default, so the file documents itself.
-pub fn default_file() -> String {
-    format!(
-        r#"# netd configuration. Every key is optional; a command-line flag overrides the key.
-# Unknown keys are errors, so a typo is reported (with its line) instead of ignored.
-
-# The API socket (netctl and the CNI plugin talk to netd here). netd never listens on TCP.
-#socket = "{socket}"
-
-# Group allowed to use the socket (mode 0660). Unset: only root may use it.
-#socket_group = "netd"
-
-# netd's state (networks, endpoints): one JSON file per object.
-#state_dir = "{state}"
-
-# Where netd writes a CNI conflist per network (netd-NAME.conflist).
-#cni_conf_dir = "{cni}"
-
-# netd's nftables table (family inet). netd touches nothing outside it.
-#table = "{table}"
-
-# Log filter (tracing env-filter syntax), e.g. "info" or "netd=debug". NETD_LOG overrides it.
-#log = "{log}"
-
-# Seconds between self-healing checks of the table and the links.
-#check_interval_secs = {interval}
-
-[pools]
-# Pool that IPv4 subnets come from when a network is created without --subnet.
-#ipv4 = "{pool4}"
-# Prefix length of those subnets.
-#ipv4_subnet_size = {size}
-# A ULA /48 (inside fc00::/7) for automatic IPv6 /64s. Unset: a random fdXX:XXXX:XXXX::/48,
-# generated once and kept in the state directory.
-#ipv6_ula_base = "fd00:dead:beef::/48"
-"#,
-        socket = crate::api::DEFAULT_SOCKET,
-        state = DEFAULT_STATE_DIR,
-        cni = DEFAULT_CNI_CONF_DIR,
-        table = DEFAULT_TABLE,
-        log = DEFAULT_LOG,
-        interval = DEFAULT_CHECK_INTERVAL_SECS,
-        pool4 = DEFAULT_POOL4,
-        size = DEFAULT_SUBNET_SIZE,
-    )
-}
+/// The configuration file `scripts/install.sh` installs: every key, commented out at its
+/// default, so the file documents itself (a unit test holds it to the constants above).
+pub const DEFAULT_FILE: &str = include_str!("../netd.toml");
 
 #[cfg(test)]
 mod tests {
@@ -363,10 +319,20 @@ mod tests {
 
     #[test]
     fn the_installed_default_file_parses_to_the_defaults() {
-        let f = parse(&default_file()).unwrap();
+        let f = parse(DEFAULT_FILE).unwrap();
         assert_eq!(f, FileConfig::default());
+        for constant in [
+            crate::api::DEFAULT_SOCKET,
+            DEFAULT_STATE_DIR,
+            DEFAULT_CNI_CONF_DIR,
+            DEFAULT_POOL4,
+        ] {
+            assert!(DEFAULT_FILE.contains(&format!("\"{constant}\"")), "{constant}");
+        }
+        assert!(DEFAULT_FILE.contains(&format!("= {DEFAULT_SUBNET_SIZE}\n")));
+        assert!(DEFAULT_FILE.contains(&format!("= {DEFAULT_CHECK_INTERVAL_SECS}\n")));
         // And with every key uncommented it still parses, to the same values.
-        let all: String = default_file()
+        let all: String = DEFAULT_FILE
             .lines()
             .map(|l| {
                 l.strip_prefix('#')
