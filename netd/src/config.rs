@@ -327,7 +327,10 @@ mod tests {
             DEFAULT_CNI_CONF_DIR,
             DEFAULT_POOL4,
         ] {
-            assert!(DEFAULT_FILE.contains(&format!("\"{constant}\"")), "{constant}");
+            assert!(
+                DEFAULT_FILE.contains(&format!("\"{constant}\"")),
+                "{constant}"
+            );
         }
         assert!(DEFAULT_FILE.contains(&format!("= {DEFAULT_SUBNET_SIZE}\n")));
         assert!(DEFAULT_FILE.contains(&format!("= {DEFAULT_CHECK_INTERVAL_SECS}\n")));
