@@ -314,7 +314,7 @@ fn ready_notification_comes_after_table_and_socket() {
     let conf = dir.path().join("netd.toml");
     std::fs::write(
         &conf,
-        "table = \"svc\"\nsocket_group = \"65534\"\n[pools]\nipv4 = \"10.77.0.0/16\"\nipv4_subnet_size = 28\n",
+        "table = \"svc\"\nsocket_group = \"65534\"\n[pools]\nipv4 = \"10.77.0.0/16\"\nipv4_subnet_size = 28\nipv6_ula_base = \"fd12:3456:789a::/48\"\n",
     )
     .unwrap();
     let mut cmd = Command::new("ip");
@@ -357,17 +357,24 @@ fn ready_notification_comes_after_table_and_socket() {
     assert_eq!(meta.mode() & 0o777, 0o660);
 
     // The configuration file's pool is the one used.
-    let out = Command::new("ip")
-        .args(["netns", "exec", w.host.name()])
-        .arg(w.bin("netctl"))
-        .arg("--socket")
-        .arg(&socket)
-        .args(["--format", "json", "network", "create", "n1"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let net: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let create = |args: &[&str]| -> Value {
+        let out = Command::new("ip")
+            .args(["netns", "exec", w.host.name()])
+            .arg(w.bin("netctl"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--format", "json", "network", "create"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let net = create(&["n1"]);
     assert_eq!(net["subnet4"], "10.77.0.0/28", "{net}");
+    let net = create(&["n6", "--ipv6"]);
+    assert_eq!(net["subnet4"], "10.77.0.16/28", "{net}");
+    assert_eq!(net["subnet6"], "fd12:3456:789a::/64", "{net}");
 
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(netd.0.id() as libc::pid_t, libc::SIGTERM) };
