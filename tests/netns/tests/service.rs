@@ -265,9 +265,14 @@ fn systemd_unit_verifies() {
     let path = dir.join("netd.service");
     std::fs::write(&path, staged).unwrap();
     let mut cmd = Command::new("systemd-analyze");
-    cmd.arg("verify")
-        .arg(&path)
-        .env("MANPATH", dest.join("usr/local/share/man"));
+    cmd.arg("verify");
+    if Command::new("man").arg("--version").output().is_ok() {
+        cmd.env("MANPATH", dest.join("usr/local/share/man"));
+    } else {
+        eprintln!("man is not installed: systemd-analyze verify skips the Documentation= pages");
+        cmd.arg("--man=no");
+    }
+    cmd.arg(&path);
     let out = util::run_cmd(cmd, None, Duration::from_secs(60));
     assert!(out.success(), "systemd-analyze verify: {out}");
     assert!(

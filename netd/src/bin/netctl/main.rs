@@ -186,7 +186,12 @@ fn main() -> ExitCode {
                     3
                 }
                 ClientError::Api(a) => match a.kind {
-                    ErrorKind::NotFound => 4,
+                    ErrorKind::NotFound => {
+                        if !a.message.contains("netctl") {
+                            eprintln!("netctl: `netctl network ls` lists the networks, `netctl endpoint ls` the endpoints");
+                        }
+                        4
+                    }
                     ErrorKind::Conflict => 5,
                     _ => 1,
                 },
