@@ -320,7 +320,23 @@ pub fn forward_findings(json: &str, table: &str, bridges: &[String], br_nf: bool
         if !matches!(family, "ip" | "ip6" | "inet" | "bridge") {
             continue;
         }
+        let names = if bridges.is_empty() {
+            vec!["nd-NAME".to_string()]
+        } else {
+            bridges.to_vec()
+        };
         let fix = |verb: &str| {
+            if tname == "firewalld" {
+                // firewalld rewrites its table on reload; the change belongs in its zones.
+                let adds: Vec<String> = names
+                    .iter()
+                    .map(|b| format!("firewall-cmd --permanent --zone=trusted --add-interface={b}"))
+                    .collect();
+                return format!(
+                    "put netd's bridges in firewalld's trusted zone, so that netd's table decides for them: {}; firewall-cmd --reload",
+                    adds.join("; ")
+                );
+            }
             format!(
                 "let netd's table decide for its bridges: nft insert rule {family} {tname} {chain} iifname {matcher} accept; nft insert rule {family} {tname} {chain} oifname {matcher} accept (an accept there ends only that chain: netd's own chain still applies its isolation). With iptables: iptables -I {chain} -i nd-+ -j ACCEPT; iptables -I {chain} -o nd-+ -j ACCEPT. {verb}"
             )
@@ -357,7 +373,7 @@ pub fn forward_findings(json: &str, table: &str, bridges: &[String], br_nf: bool
                     format!("table {family} {tname}, chain {chain}, rule handle {handle} drops every forwarded packet, {what} included"),
                     Some(fix(&format!("Or delete the rule: nft delete rule {family} {tname} {chain} handle {handle}."))),
                 ));
-            } else if !lets_netd_through {
+            } else if !lets_netd_through && !only_invalid(&exprs) {
                 out.push(finding(
                     "ruleset",
                     Level::Warn,
@@ -368,6 +384,14 @@ pub fn forward_findings(json: &str, table: &str, bridges: &[String], br_nf: bool
         }
     }
     out
+}
+
+/// `ct state invalid drop`: drops nothing a working connection sends.
+fn only_invalid(exprs: &[Value]) -> bool {
+    exprs.iter().any(|e| {
+        let m = &e["match"];
+        m["left"]["ct"]["key"] == "state" && m["right"] == "invalid"
+    })
 }
 
 fn rules_of<'a>(
@@ -614,6 +638,32 @@ mod tests {
             "{f:#?}"
         );
         assert!(f.iter().all(|x| x.status == Level::Fail));
+    }
+
+    #[test]
+    fn conditional_drops_are_warnings_and_invalid_state_drops_are_fine() {
+        let json = r#"{"nftables":[
+          {"chain":{"family":"inet","table":"firewalld","name":"filter_FORWARD","hook":"forward","prio":10,"policy":"accept"}},
+          {"rule":{"family":"inet","table":"firewalld","chain":"filter_FORWARD","handle":7,"expr":[
+            {"match":{"op":"in","left":{"ct":{"key":"state"}},"right":"invalid"}},{"drop":null}]}},
+          {"rule":{"family":"inet","table":"firewalld","chain":"filter_FORWARD","handle":8,"expr":[
+            {"match":{"op":"==","left":{"meta":{"key":"oifname"}},"right":"eth1"}},{"drop":null}]}},
+          {"rule":{"family":"inet","table":"firewalld","chain":"filter_FORWARD","handle":9,"expr":[
+            {"reject":{"type":"icmpx","expr":"admin-prohibited"}}]}}
+        ]}"#;
+        let f = forward_findings(json, "netd", &[], true);
+        assert_eq!(f.len(), 2, "{f:#?}");
+        assert_eq!(f[0].status, Level::Warn);
+        assert!(f[0].detail.contains("rule handle 8"), "{f:#?}");
+        assert_eq!(f[1].status, Level::Fail);
+        assert!(f[1].detail.contains("rule handle 9"), "{f:#?}");
+        assert!(
+            f[1].fix
+                .as_deref()
+                .unwrap()
+                .contains("--zone=trusted --add-interface=nd-NAME"),
+            "{f:#?}"
+        );
     }
 
     #[test]
