@@ -514,6 +514,11 @@ fn netctl_table_and_json_output() {
         w.netctl_json(&["network", "prune"]),
         serde_json::json!(["pub"])
     );
+    w.create_network("tmp", &[]);
+    assert_eq!(
+        w.netctl_json(&["network", "rm", "tmp"]),
+        serde_json::json!(["tmp"])
+    );
     let names: Vec<String> = w
         .netctl_json(&["network", "ls"])
         .as_array()

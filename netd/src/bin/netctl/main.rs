@@ -244,11 +244,23 @@ fn run(client: &Client, format: Format, command: Command) -> Result<(), Failure>
             }
         }
         Command::Network(NetworkCmd::Rm { names }) => {
+            let mut removed = Vec::new();
             for name in names {
-                client.remove_network(&name)?;
+                let result = client.remove_network(&name);
+                if let Err(e) = result {
+                    // Say what was removed before the failure, in the requested format.
+                    if format == Format::Json && !removed.is_empty() {
+                        print_json(&removed);
+                    }
+                    return Err(e.into());
+                }
                 if format == Format::Table {
                     println!("{name}");
                 }
+                removed.push(name);
+            }
+            if format == Format::Json {
+                print_json(&removed);
             }
         }
         Command::Network(NetworkCmd::Prune) => {
