@@ -233,3 +233,43 @@ fn ipv6_needs_forwarding_to_create_and_to_start() {
         "the message should say how to fix it: {log}"
     );
 }
+
+#[test]
+fn subnet_takes_either_family_once() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network(
+        "ds",
+        &[
+            "--ipv6",
+            "--subnet",
+            "fd66:5::/64",
+            "--subnet",
+            "10.66.5.0/24",
+            "--gateway",
+            "fd66:5::fe",
+        ],
+    );
+    let insp = w.inspect_network("ds");
+    assert_eq!(insp["subnet6"], "fd66:5::/64");
+    assert_eq!(insp["subnet4"], "10.66.5.0/24");
+    assert_eq!(insp["gateway6"], "fd66:5::fe");
+    let twice = w.netctl(&[
+        "network",
+        "create",
+        "x",
+        "--subnet",
+        "10.66.6.0/24",
+        "--subnet",
+        "10.66.7.0/24",
+    ]);
+    assert_eq!(twice.code, Some(2), "{twice}");
+    assert!(
+        twice.stderr.contains("--subnet was given twice for IPv4"),
+        "{twice}"
+    );
+    assert_eq!(
+        w.netctl_json(&["network", "ls"]).as_array().unwrap().len(),
+        1
+    );
+}

@@ -8,12 +8,12 @@ mod doctor;
 mod render;
 
 use std::io::Write;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{ArgAction, CommandFactory, Parser, Subcommand, ValueEnum};
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv6Net};
 
 use netd::api::{Client, ClientError, CreateNetwork, ErrorKind};
 use netd::model::{Endpoint, GatewayMode};
@@ -112,23 +112,24 @@ enum EndpointCmd {
 #[derive(clap::Args)]
 struct CreateArgs {
     name: String,
-    /// IPv4 subnet (default: a free one from netd's pool).
-    #[arg(long)]
-    subnet: Option<Ipv4Net>,
-    /// IPv4 gateway (default: the subnet's first address).
-    #[arg(long)]
-    gateway: Option<Ipv4Addr>,
+    /// Subnet, IPv4 or IPv6; give it once per family (default IPv4: a free one from netd's
+    /// pool; default IPv6 with --ipv6: a ULA /64).
+    #[arg(long, value_name = "CIDR", action = ArgAction::Append)]
+    subnet: Vec<IpNet>,
+    /// Gateway, IPv4 or IPv6; once per family (default: the subnet's first address).
+    #[arg(long, value_name = "IP", action = ArgAction::Append)]
+    gateway: Vec<IpAddr>,
     /// Bridge interface name (default: nd-NAME).
     #[arg(long)]
     bridge: Option<String>,
-    /// Give the network IPv6 too (a ULA /64 unless --subnet6 is given).
+    /// Give the network IPv6 too (a ULA /64 unless an IPv6 --subnet is given).
     #[arg(long)]
     ipv6: bool,
-    /// IPv6 subnet.
-    #[arg(long)]
+    /// IPv6 subnet (same as an IPv6 --subnet).
+    #[arg(long, value_name = "CIDR")]
     subnet6: Option<Ipv6Net>,
-    /// IPv6 gateway.
-    #[arg(long)]
+    /// IPv6 gateway (same as an IPv6 --gateway).
+    #[arg(long, value_name = "IP")]
     gateway6: Option<Ipv6Addr>,
     /// No IPv4: an IPv6-only network (needs --ipv6).
     #[arg(long)]
@@ -160,6 +161,8 @@ pub enum Failure {
     Other(String),
     /// Already reported on stdout (doctor findings): exit 1 without another message.
     Silent,
+    /// Options that contradict each other, found after parsing: exit 2 like clap's errors.
+    Usage(String),
 }
 
 impl From<ClientError> for Failure {
@@ -174,6 +177,10 @@ fn main() -> ExitCode {
     match run(&client, cli.format, cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Silent) => ExitCode::from(1),
+        Err(Failure::Usage(m)) => {
+            eprintln!("netctl: {m}");
+            ExitCode::from(2)
+        }
         Err(Failure::Other(m)) => {
             eprintln!("netctl: {m}");
             ExitCode::from(1)
@@ -219,7 +226,7 @@ pub fn print_json<T: serde::Serialize>(v: &T) {
 fn run(client: &Client, format: Format, command: Command) -> Result<(), Failure> {
     match command {
         Command::Network(NetworkCmd::Create(a)) => {
-            let net = client.create_network(&create_request(a))?;
+            let net = client.create_network(&create_request(a)?)?;
             match format {
                 Format::Json => print_json(&net),
                 Format::Table => println!("{}", net.name),
@@ -327,20 +334,58 @@ fn run(client: &Client, format: Format, command: Command) -> Result<(), Failure>
     Ok(())
 }
 
-fn create_request(a: CreateArgs) -> CreateNetwork {
-    let mode6 = if a.routed && (a.ipv6 || a.subnet6.is_some()) {
+/// At most one value per address family, from the repeatable option and the IPv6-only one.
+fn per_family<T4, T6>(
+    what: &str,
+    values: impl IntoIterator<Item = Result<T4, T6>>,
+    extra6: Option<T6>,
+) -> Result<(Option<T4>, Option<T6>), Failure> {
+    let (mut v4, mut v6) = (None, extra6);
+    for v in values {
+        let (slot_taken, family) = match v {
+            Ok(a) => (v4.replace(a).is_some(), "IPv4"),
+            Err(b) => (v6.replace(b).is_some(), "IPv6"),
+        };
+        if slot_taken {
+            return Err(Failure::Usage(format!(
+                "--{what} was given twice for {family}; a network has at most one {what} per family"
+            )));
+        }
+    }
+    Ok((v4, v6))
+}
+
+fn create_request(a: CreateArgs) -> Result<CreateNetwork, Failure> {
+    let (subnet, subnet6) = per_family(
+        "subnet",
+        a.subnet.iter().map(|n| match n {
+            IpNet::V4(n) => Ok(*n),
+            IpNet::V6(n) => Err(*n),
+        }),
+        a.subnet6,
+    )?;
+    let (gateway, gateway6) = per_family(
+        "gateway",
+        a.gateway.iter().map(|g| match g {
+            IpAddr::V4(g) => Ok(*g),
+            IpAddr::V6(g) => Err(*g),
+        }),
+        a.gateway6,
+    )?;
+    let ipv6 = a.ipv6 || subnet6.is_some();
+    let mode6 = if a.routed && ipv6 {
         Some(GatewayMode::Routed)
     } else {
         a.gateway_mode_ipv6
     };
-    CreateNetwork {
+    Ok(CreateNetwork {
         name: a.name,
-        subnet: a.subnet,
-        gateway: a.gateway,
+        subnet,
+        gateway,
         bridge: a.bridge,
-        ipv6: a.ipv6,
-        subnet6: a.subnet6,
-        gateway6: a.gateway6,
+        ipv6,
+        subnet6,
+        gateway6,
         no_ipv4: a.no_ipv4,
         internal: a.internal,
         icc: a.icc,
@@ -351,7 +396,7 @@ fn create_request(a: CreateArgs) -> CreateNetwork {
         },
         gateway_mode_ipv6: mode6,
         mtu: a.mtu,
-    }
+    })
 }
 
 /// netctl.1 on stdout, or a page per command (netctl-network-create.1, ...) in `dir`.
