@@ -130,7 +130,8 @@ impl Netns {
     pub fn snapshot(&self) -> NetSnapshot {
         NetSnapshot {
             links: self.links_detail(),
-            addrs: self.ip(&["addr", "show"]),
+            // DAD ending clears "tentative" on its own clock; it is no change anyone made.
+            addrs: self.ip(&["addr", "show"]).replace(" tentative", ""),
             routes: self.ip(&["route", "show", "table", "all"]),
             nft: self.nft_list(),
         }

@@ -345,7 +345,9 @@ struct HostState {
 fn host_state(w: &World, c: &Netns) -> HostState {
     HostState {
         links: w.host.links_detail(),
-        addrs: w.host.ip(&["addr", "show"]),
+        // IPv6 link-local addresses of links made just before lose their "tentative" flag
+        // when duplicate address detection ends; that is the kernel's clock, not the ADD.
+        addrs: w.host.ip(&["addr", "show"]).replace(" tentative", ""),
         table: w.host.nft_table("inet", "netd"),
         container_links: c.link_names(),
     }
