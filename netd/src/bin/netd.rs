@@ -34,7 +34,8 @@ struct Args {
     /// Unix socket for the API (netctl and the CNI plugin) [default: /run/netd/netd.sock].
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Group that may use the socket (mode 0660) [default: root's group].
+    /// Group whose members may use the socket besides root (mode 0660); if the group does not
+    /// exist the socket is root-only (0600) [default: netd].
     #[arg(long, value_name = "GROUP")]
     socket_group: Option<String>,
     /// Directory for netd's state (networks, endpoints) [default: /var/lib/netd].
@@ -56,6 +57,10 @@ struct Args {
     /// ULA /48 that automatic IPv6 subnets come from [default: a random one, kept in state].
     #[arg(long, value_name = "CIDR")]
     ipv6_ula_base: Option<Ipv6Net>,
+    /// Seconds between checks that the table still matches the state, besides watching
+    /// nftables notifications [default: 30].
+    #[arg(long, env = "NETD_CHECK_INTERVAL", value_name = "SECS")]
+    check_interval: Option<u64>,
     /// Log filter (tracing's env-filter syntax), e.g. info or netd=debug [default: info].
     #[arg(long, env = "NETD_LOG", value_name = "FILTER")]
     log: Option<String>,
@@ -77,7 +82,7 @@ impl Args {
             default_subnet_size: self.default_subnet_size,
             ipv6_ula_base: self.ipv6_ula_base,
             log: self.log.clone(),
-            check_interval_secs: None,
+            check_interval_secs: self.check_interval,
         };
         Settings::resolve(file, source, flags)
     }
@@ -122,11 +127,6 @@ fn run(args: Settings) -> anyhow::Result<()> {
     if let Some(file) = &args.source {
         info!(config = %file.display(), "configuration read");
     }
-    let socket_gid = args
-        .socket_group
-        .as_deref()
-        .map(config::group_id)
-        .transpose()?;
     let store = Store::open(&args.state_dir).context("opening the state directory")?;
     let kernel = HostKernel::new(&args.table).context("opening nf_tables")?;
     let cfg = EngineConfig {
@@ -149,6 +149,10 @@ fn run(args: Settings) -> anyhow::Result<()> {
         "links reconciled with state"
     );
     let engine = Arc::new(Mutex::new(engine));
+    netd::daemon::heal::Healer::new(engine.clone(), args.check_interval)
+        .context("watching nf_tables")?
+        .spawn()
+        .context("starting the healer thread")?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -156,11 +160,11 @@ fn run(args: Settings) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let listener = server::bind(&args.socket)?;
-        if let Some(gid) = socket_gid {
-            std::os::unix::fs::chown(&args.socket, None, Some(gid))
-                .with_context(|| format!("giving {} to group {gid}", args.socket.display()))?;
-        }
+        let group = args
+            .socket_group
+            .as_deref()
+            .unwrap_or(server::DEFAULT_SOCKET_GROUP);
+        let listener = server::bind_secure(&args.socket, group)?;
         info!(socket = %args.socket.display(), table = %args.table, "netd ready");
         // Only now: the table is applied and the socket accepts connections.
         if let Err(e) = notify::ready(&format!("table inet {} applied; listening", args.table)) {

@@ -202,6 +202,16 @@ impl Engine {
             .ok_or_else(|| ApiError::not_found(format!("network {name:?} does not exist")))
     }
 
+    /// Name of netd's table.
+    pub fn table(&self) -> &str {
+        &self.cfg.table
+    }
+
+    /// What netd's table holds now, as far as the engine knows.
+    pub fn applied(&self) -> &Desired {
+        &self.applied
+    }
+
     /// Makes the table match the state again (after someone else changed it).
     pub fn resync(&mut self) -> Result<(), ApiError> {
         let desired = plan::desired(self.networks.values(), self.endpoints.values());

@@ -2,6 +2,7 @@
 //! and the kernel-facing pieces it drives.
 
 pub mod engine;
+pub mod heal;
 pub mod host;
 pub mod notify;
 pub mod server;

@@ -61,6 +61,150 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
     Ok(listener)
 }
 
+// ---- socket access (root and one group) ----
+
+/// The group allowed on the socket besides root, once [`bind_secure`] found it.
+static SOCKET_GID: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+
+/// Default of `--socket-group`.
+pub const DEFAULT_SOCKET_GROUP: &str = "netd";
+
+/// The gid of group `name`, if it exists.
+pub fn group_gid(name: &str) -> Option<u32> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: zeroed group is a valid out-parameter; pointers outlive the call.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() {
+        return None;
+    }
+    Some(grp.gr_gid)
+}
+
+/// Refuses a socket directory that others could tamper with: world-writable (without the
+/// sticky bit, and even with it: another user could plant a socket there), or not owned by
+/// root or netd's own user.
+pub fn check_socket_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o002 != 0 {
+        return Err(format!(
+            "socket directory {} is world-writable (mode {mode:04o}); use a directory only root can write to, e.g. /run/netd",
+            dir.display()
+        ));
+    }
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != 0 && meta.uid() != euid {
+        return Err(format!(
+            "socket directory {} belongs to uid {}, not root",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    Ok(())
+}
+
+/// Binds the socket ([`bind`]) after checking its directory, then gives it to root:`group`
+/// with mode 0660, or keeps it root-only (0600) when the group does not exist, and checks
+/// the result.
+pub fn bind_secure(path: &Path, group: &str) -> Result<UnixListener, ServeError> {
+    use std::os::unix::fs::MetadataExt;
+    let bad = |msg: String| ServeError::Io {
+        op: "securing",
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, msg),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| ServeError::Io {
+            op: "creating the directory of",
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        check_socket_dir(dir).map_err(bad)?;
+    }
+    let listener = bind(path)?;
+    let gid = group_gid(group);
+    let mode = if gid.is_some() { 0o660 } else { 0o600 };
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, Some(0), Some(gid)).map_err(|e| ServeError::Io {
+            op: "changing the owner of",
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+        ServeError::Io {
+            op: "setting the mode of",
+            path: path.to_path_buf(),
+            source: e,
+        }
+    })?;
+    let meta = std::fs::metadata(path).map_err(|e| ServeError::Io {
+        op: "checking",
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    if meta.mode() & 0o777 != mode || gid.is_some_and(|g| meta.gid() != g) {
+        return Err(bad(format!(
+            "socket has mode {:04o} gid {} after setting {mode:04o}",
+            meta.mode() & 0o777,
+            meta.gid()
+        )));
+    }
+    let _ = SOCKET_GID.set(gid);
+    match gid {
+        Some(g) => {
+            info!(socket = %path.display(), group, gid = g, "socket is root:{group} 0660: root and members of {group} may use it")
+        }
+        None => {
+            warn!(socket = %path.display(), group, "group {group:?} does not exist: the socket is root-only (0600); create the group to let its members use netctl")
+        }
+    }
+    Ok(listener)
+}
+
+/// Supplementary groups of a process, from /proc/PID/status.
+fn supplementary_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Whether a peer may use the socket: root, netd's own user, or a member of the socket group.
+/// The file's owner and mode already enforce this; this is the second lock.
+fn peer_allowed(peer: &Peer) -> bool {
+    // SAFETY: geteuid cannot fail.
+    if peer.uid == 0 || peer.uid == unsafe { libc::geteuid() } {
+        return true;
+    }
+    let Some(Some(gid)) = SOCKET_GID.get().copied() else {
+        return false;
+    };
+    peer.gid == gid
+        || peer
+            .pid
+            .is_some_and(|p| supplementary_groups(p).contains(&gid))
+}
+
 pub async fn serve(listener: UnixListener, engine: Arc<Mutex<Engine>>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -113,6 +257,21 @@ async fn connection(mut stream: UnixStream, engine: Arc<Mutex<Engine>>) {
             return;
         }
     };
+    if !peer_allowed(&peer) {
+        warn!(peer = %peer, "refused: not root and not in the socket's group");
+        let (status, body) = error(
+            403,
+            ApiError::invalid(
+                "permission denied: netd serves root and members of its socket group",
+            ),
+        );
+        let _ = tokio::time::timeout(
+            READ_TIMEOUT,
+            stream.write_all(&http::response(status, &body)),
+        )
+        .await;
+        return;
+    }
     let (status, body) = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
         Err(_) => error(408, ApiError::invalid("request not received in time")),
         Ok(Err(e)) => error(400, ApiError::invalid(e.to_string())),

@@ -8,10 +8,12 @@
 //! * [`attr`]-level TLV encoding and [`expr`] expressions are pure;
 //! * [`Batch`] builds a transaction (pure; [`Batch::encode`] gives the wire bytes);
 //! * [`Socket`] sends a batch with one `sendmsg` and reads every acknowledgement.
+//! * [`monitor`] watches change notifications and dumps a table for consistency checks.
 
 mod attr;
 mod batch;
 pub mod expr;
+pub mod monitor;
 mod socket;
 
 pub use batch::{

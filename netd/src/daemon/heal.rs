@@ -1,0 +1,396 @@
+//! Self-healing: keeps netd's table as the state says when someone else changes it.
+//!
+//! A dedicated thread (in the daemon's network namespace) listens to nf_tables notifications.
+//! Notifications of one transaction end with `NEWGEN`, which names the task that committed
+//! it; a transaction that touched netd's table and was not committed by one of netd's own
+//! threads makes the thread re-apply the whole table from state in one batch
+//! ([`Engine::resync`]) and log what it saw and did. netd's own batches are recognised and
+//! ignored, so there is no loop, and nothing outside netd's table is ever looked at twice.
+//!
+//! Notifications can be lost (receive buffer overrun, a daemon started mid-change). A check
+//! covers that: at start, after an overrun and every `check_interval`, the table is dumped
+//! (chains with rule counts, sets with their elements) and compared with what the state
+//! says; only a difference triggers a re-sync. The check costs one dump of netd's own table.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, info, warn};
+
+use super::engine::Engine;
+use crate::nft::monitor::{ElemPrint, Event, Inspector, Monitor, RecvError, TableView};
+use crate::nft::NftError;
+use crate::plan::{Desired, SetId};
+use crate::ruleset::{self, USER_CHAIN};
+
+/// Default of `--check-interval`.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Events of an unfinished transaction older than this are treated as a lost `NEWGEN`.
+const STALE_PENDING: Duration = Duration::from_millis(500);
+
+/// What the table should hold for `desired`, in the form [`Inspector::table`] reports it.
+/// The operator's `user_forward` chain is listed without a rule count (never compared).
+pub fn expected_view(desired: &Desired) -> TableView {
+    let mut view = TableView {
+        exists: true,
+        ..Default::default()
+    };
+    for (name, _) in ruleset::chains() {
+        view.chains.insert(name.to_string(), 0);
+    }
+    for (chain, _, _) in ruleset::rules() {
+        *view.chains.entry(chain.to_string()).or_default() += 1;
+    }
+    for set in SetId::ALL {
+        let mut elems: Vec<ElemPrint> = desired
+            .normalized(set)
+            .iter()
+            .filter_map(|e| ruleset::encode_elem(set, e).ok())
+            .flatten()
+            .map(|k| ElemPrint::of(&k))
+            .collect();
+        elems.sort();
+        view.sets.insert(set.name().to_string(), elems);
+    }
+    view
+}
+
+/// How `actual` falls short of `expected`, one line per difference. Objects the table holds
+/// beyond the expected ones (someone's extra chain or set) are not netd's to remove and are
+/// not reported; the rules of `user_forward` belong to the operator.
+pub fn differences(expected: &TableView, actual: &TableView) -> Vec<String> {
+    if !actual.exists {
+        return vec!["the table is missing".into()];
+    }
+    let mut out = Vec::new();
+    for (chain, rules) in &expected.chains {
+        match actual.chains.get(chain) {
+            None => out.push(format!("chain {chain} is missing")),
+            Some(n) if chain != USER_CHAIN && n != rules => {
+                out.push(format!("chain {chain} has {n} rules, expected {rules}"))
+            }
+            _ => {}
+        }
+    }
+    for (set, want) in &expected.sets {
+        let Some(have) = actual.sets.get(set) else {
+            out.push(format!("set {set} is missing"));
+            continue;
+        };
+        if have != want {
+            let missing = count_missing(want, have);
+            let extra = count_missing(have, want);
+            out.push(format!(
+                "set {set}: {missing} element(s) missing, {extra} unexpected"
+            ));
+        }
+    }
+    out
+}
+
+/// Elements of sorted `a` not in sorted `b` (as multisets).
+fn count_missing(a: &[ElemPrint], b: &[ElemPrint]) -> usize {
+    let mut counts: BTreeMap<&ElemPrint, isize> = BTreeMap::new();
+    for e in a {
+        *counts.entry(e).or_default() += 1;
+    }
+    for e in b {
+        *counts.entry(e).or_default() -= 1;
+    }
+    counts
+        .values()
+        .filter(|c| **c > 0)
+        .map(|c| *c as usize)
+        .sum()
+}
+
+/// Whether a task id belongs to this process (a thread of netd committed the batch).
+fn is_own_task(pid: u32) -> bool {
+    pid == std::process::id() || std::path::Path::new(&format!("/proc/self/task/{pid}")).exists()
+}
+
+/// Changes to the operator's chain are theirs to make.
+fn is_operator_event(e: &Event) -> bool {
+    matches!(e, Event::Object { object: Some(o), msg, .. }
+        if o == USER_CHAIN && (3..=8).contains(msg))
+}
+
+/// "delete table inet netd; delete chain inet netd forward (x3); ..." for a log line.
+pub fn summarize(events: &[Event]) -> String {
+    // Tables first, then chains and sets, then rules and elements: the cause before the
+    // consequences.
+    let rank = |e: &Event| match e {
+        Event::Object { msg: 0..=2, .. } => 0,
+        Event::Object { msg: 3..=5, .. } => 1,
+        Event::Object { msg: 9..=11, .. } => 2,
+        _ => 3,
+    };
+    let mut sorted: Vec<&Event> = events.iter().collect();
+    sorted.sort_by_key(|e| rank(e));
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for e in sorted {
+        let text = e.to_string();
+        match counts.iter_mut().find(|(t, _)| *t == text) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((text, 1)),
+        }
+    }
+    let shown: Vec<String> = counts
+        .iter()
+        .take(6)
+        .map(|(t, n)| {
+            if *n > 1 {
+                format!("{t} (x{n})")
+            } else {
+                t.clone()
+            }
+        })
+        .collect();
+    let mut s = shown.join("; ");
+    if counts.len() > 6 {
+        s.push_str(&format!("; and {} more kinds", counts.len() - 6));
+    }
+    s
+}
+
+/// The healer's sockets and schedule.
+pub struct Healer {
+    engine: Arc<Mutex<Engine>>,
+    table: String,
+    monitor: Monitor,
+    inspector: Inspector,
+    interval: Duration,
+}
+
+impl Healer {
+    /// Opens the sockets in the calling thread's network namespace (the daemon's).
+    pub fn new(engine: Arc<Mutex<Engine>>, interval: Duration) -> Result<Healer, NftError> {
+        let table = engine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .table()
+            .to_string();
+        Ok(Healer {
+            engine,
+            table,
+            monitor: Monitor::open()?,
+            inspector: Inspector::open()?,
+            interval,
+        })
+    }
+
+    /// Runs the healer on its own thread for the life of the process.
+    pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("netd-heal".into())
+            .spawn(move || self.run())
+    }
+
+    fn run(mut self) {
+        info!(table = %self.table, check_interval_secs = self.interval.as_secs_f64(), "watching the table for changes by others");
+        // The table was applied before the monitor subscribed: check once now.
+        let mut next_check = Instant::now();
+        let mut pending: Vec<Event> = Vec::new();
+        let mut pending_since = Instant::now();
+        loop {
+            let now = Instant::now();
+            let mut check = now >= next_check;
+            if !check {
+                let wait = next_check
+                    .saturating_duration_since(now)
+                    .min(Duration::from_millis(250));
+                match self.monitor.recv(wait) {
+                    Ok(events) => {
+                        for e in events {
+                            match e {
+                                Event::NewGen { pid, ref name, .. } => {
+                                    if pending.is_empty() {
+                                        continue;
+                                    }
+                                    let changes = std::mem::take(&mut pending);
+                                    match pid {
+                                        Some(p) if is_own_task(p) => {
+                                            debug!(events = changes.len(), "own batch committed")
+                                        }
+                                        Some(p) => self.heal(&changes, p, name.as_deref()),
+                                        // Without the committer's pid, compare instead.
+                                        None => check = true,
+                                    }
+                                }
+                                ref ev if ev.touches(&self.table) && !is_operator_event(ev) => {
+                                    if pending.is_empty() {
+                                        pending_since = Instant::now();
+                                    }
+                                    pending.push(e);
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                    Err(RecvError::Overrun) => {
+                        warn!("nf_tables notifications were lost; checking the table");
+                        pending.clear();
+                        check = true;
+                    }
+                    Err(e) => {
+                        error!(error = %e, "reading nf_tables notifications failed");
+                        std::thread::sleep(Duration::from_millis(200));
+                        check = true;
+                    }
+                }
+                if !pending.is_empty() && pending_since.elapsed() > STALE_PENDING {
+                    pending.clear();
+                    check = true;
+                }
+            }
+            if check {
+                self.check();
+                next_check = Instant::now() + self.interval;
+            }
+        }
+    }
+
+    fn heal(&mut self, changes: &[Event], pid: u32, name: Option<&str>) {
+        let t0 = Instant::now();
+        let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        let what = summarize(changes);
+        match engine.resync() {
+            Ok(()) => warn!(
+                table = %self.table,
+                by_pid = pid,
+                by = name.unwrap_or("?"),
+                changes = %what,
+                elements = engine.applied().len(),
+                restored_ms = t0.elapsed().as_secs_f64() * 1e3,
+                "someone else changed netd's table; restored it from state in one batch"
+            ),
+            Err(e) => error!(
+                table = %self.table,
+                by_pid = pid,
+                changes = %what,
+                error = %e,
+                "someone else changed netd's table and restoring it failed; retrying at the next check"
+            ),
+        }
+    }
+
+    /// Dumps the table and re-syncs it if it differs from the state; then releases endpoints
+    /// whose netns or veth went away meanwhile (e.g. a DEL while netd was down, for an
+    /// endpoint still inside its grace period at start).
+    fn check(&mut self) {
+        self.check_table();
+        let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        match engine.reconcile_links() {
+            Ok(r) if r != Default::default() => info!(
+                released = r.released.len(),
+                veths_removed = r.veths_removed.len(),
+                bridges_removed = r.bridges_removed.len(),
+                "periodic link reconciliation"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "periodic link reconciliation failed"),
+        }
+    }
+
+    fn check_table(&mut self) {
+        let t0 = Instant::now();
+        let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        let actual = match self.inspector.table(&self.table) {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(error = %e, "could not list the table for the periodic check; re-applying it");
+                if let Err(e) = engine.resync() {
+                    error!(error = %e, "re-applying the table failed");
+                }
+                return;
+            }
+        };
+        let diffs = differences(&expected_view(engine.applied()), &actual);
+        if diffs.is_empty() {
+            debug!(
+                check_ms = t0.elapsed().as_secs_f64() * 1e3,
+                "table matches the state"
+            );
+            return;
+        }
+        match engine.resync() {
+            Ok(()) => warn!(
+                table = %self.table,
+                found = %diffs.join("; "),
+                took_ms = t0.elapsed().as_secs_f64() * 1e3,
+                "the table differed from the state; restored it in one batch"
+            ),
+            Err(e) => {
+                error!(found = %diffs.join("; "), error = %e, "the table differs from the state and restoring it failed")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Elem;
+
+    #[test]
+    fn an_exact_view_has_no_differences_and_losses_are_named() {
+        let desired = Desired::default();
+        let want = expected_view(&desired);
+        assert!(differences(&want, &want).is_empty());
+        assert_eq!(
+            differences(&want, &TableView::default()),
+            vec!["the table is missing".to_string()]
+        );
+        let mut have = want.clone();
+        have.chains.remove("forward");
+        have.sets.remove("dnat4_any");
+        have.chains.insert("someone_elses".into(), 3);
+        *have.chains.get_mut(USER_CHAIN).unwrap() += 5;
+        assert_eq!(
+            differences(&want, &have),
+            vec![
+                "chain forward is missing".to_string(),
+                "set dnat4_any is missing".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn element_differences_are_counted() {
+        let mut desired = Desired::default();
+        desired
+            .sets
+            .entry(SetId::Bridges)
+            .or_default()
+            .insert(Elem::Iface("nd-a".into()));
+        let want = expected_view(&desired);
+        assert_eq!(want.sets["bridges"].len(), 1);
+        let mut have = want.clone();
+        have.sets.get_mut("bridges").unwrap().clear();
+        assert_eq!(
+            differences(&want, &have),
+            vec!["set bridges: 1 element(s) missing, 0 unexpected".to_string()]
+        );
+    }
+
+    #[test]
+    fn summaries_fold_repeats() {
+        let ev = |msg, object: &str| Event::Object {
+            msg,
+            family: 1,
+            table: Some("netd".into()),
+            object: Some(object.into()),
+            portid: 1,
+        };
+        let s = summarize(&[ev(14, "dnat4_any"), ev(14, "dnat4_any"), ev(5, "forward")]);
+        assert_eq!(
+            s,
+            "delete chain inet netd forward; delete element of inet netd dnat4_any (x2)"
+        );
+        assert!(is_operator_event(&ev(6, USER_CHAIN)));
+        assert!(!is_operator_event(&ev(14, USER_CHAIN)));
+        assert!(is_own_task(std::process::id()));
+    }
+}
