@@ -1,0 +1,1062 @@
+//! Reliability (issue #6): self-healing of the table, SIGKILL during bursts of ADD/DEL,
+//! restart after containers vanished, parallel ADD/DEL, the plugin without its daemon,
+//! hostile input on the socket and on plugin stdin, and socket access control.
+//!
+//! Lines starting with `RELIABILITY` are figures that `scripts/reliability.sh` collects
+//! (run with `--nocapture`). `NETD_KILL_ROUNDS` sets the number of SIGKILL rounds (default 3).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use netd_netns_tests::util::{run_cmd, CMD_TIMEOUT};
+use netd_netns_tests::world::HOST_EXT_V4;
+use netd_netns_tests::*;
+
+// ---------------------------------------------------------------------------
+// A netd of our own (extra flags), in the World's host netns and directories.
+// ---------------------------------------------------------------------------
+
+struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+fn spawn_netd(w: &World, extra: &[&str]) -> Result<Daemon, String> {
+    spawn_netd_at(w, &w.socket(), extra)
+}
+
+fn spawn_netd_at(w: &World, socket: &Path, extra: &[&str]) -> Result<Daemon, String> {
+    let log = w.dir().join("netd-own.log");
+    let f = File::options()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .expect("open log");
+    let f2 = f.try_clone().expect("dup");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", w.host.name()])
+        .arg(w.bin("netd"))
+        .arg("--socket")
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(w.state_dir())
+        .arg("--cni-conf-dir")
+        .arg(w.cni_conf_dir())
+        .args(["--table", "netd"])
+        .args(extra)
+        .env(
+            "NETD_LOG",
+            std::env::var("NETD_LOG").unwrap_or("info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(f)
+        .stderr(f2);
+    // SAFETY: prctl only, in the child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn netd");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(format!(
+                "netd exited with {st}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ));
+        }
+        if UnixStream::connect(socket).is_ok() {
+            return Ok(Daemon {
+                child: Some(child),
+                log,
+            });
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("netd did not come up".into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Daemon {
+    fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !matches!(c.try_wait(), Ok(Some(_))) {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("--- netd log ---\n{}\n--- end ---", self.log());
+        }
+    }
+}
+
+fn nft(ns: &Netns, args: &[&str]) {
+    let mut a = vec!["nft"];
+    a.extend_from_slice(args);
+    ns.exec_ok(&a);
+}
+
+fn ports(maps: &[(u16, u16)]) -> Value {
+    World::port_mappings(
+        &maps
+            .iter()
+            .map(|(h, c)| (*h, *c, "tcp"))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Polls until the table lists exactly as `want`; returns how long that took.
+fn wait_for_table(w: &World, want: &str, limit: Duration) -> Option<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if w.host.nft_table("inet", "netd").as_deref() == Some(want) {
+            return Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------
+// 1. Self-healing
+// ---------------------------------------------------------------------------
+
+#[test]
+fn table_is_restored_within_a_second_and_foreign_tables_are_left_alone() {
+    let w = World::new();
+    let d = spawn_netd(&w, &["--check-interval", "1"]).unwrap();
+    w.create_network("a", &["--subnet", "10.89.1.0/24"]);
+    let c1 = w.container("c1");
+    let r = w.cni("ADD", &c1, "eth0", "a", Some(ports(&[(8080, 80)])));
+    assert!(r.success(), "{r}");
+    let srv = TcpServer::start_on_port(&c1, 80);
+    let published: SocketAddr = format!("{HOST_EXT_V4}:8080").parse().unwrap();
+    assert_tcp_ok(&w.external, published);
+    let _ = srv.port();
+
+    let want = w.host.nft_table("inet", "netd").expect("table");
+    let foreign = "table ip foreign {\n\tchain input {\n\t\ttype filter hook input priority 10; policy accept;\n\t\ttcp dport 9999 counter accept\n\t}\n}\n";
+    let cases: &[(&str, &[&str], bool)] = &[
+        ("nft flush ruleset", &["flush", "ruleset"], false),
+        (
+            "nft delete table inet netd",
+            &["delete", "table", "inet", "netd"],
+            true,
+        ),
+        (
+            "nft delete element inet netd dnat4_any { tcp . 8080 }",
+            &[
+                "delete",
+                "element",
+                "inet",
+                "netd",
+                "dnat4_any",
+                "{",
+                "tcp",
+                ".",
+                "8080",
+                "}",
+            ],
+            true,
+        ),
+        (
+            "nft flush chain inet netd forward",
+            &["flush", "chain", "inet", "netd", "forward"],
+            true,
+        ),
+        (
+            "nft flush set inet netd bridges",
+            &["flush", "set", "inet", "netd", "bridges"],
+            true,
+        ),
+    ];
+    for (name, args, foreign_survives) in cases {
+        w.host.nft_apply(foreign);
+        let foreign_before = w.host.nft_table("ip", "foreign").unwrap();
+        let t0 = Instant::now();
+        nft(&w.host, args);
+        let cmd_ms = t0.elapsed();
+        let took = wait_for_table(&w, &want, Duration::from_secs(3));
+        let took = took.unwrap_or_else(|| {
+            panic!(
+                "{name}: table not restored within 3 s\n{:?}\n{}",
+                w.host.nft_table("inet", "netd"),
+                d.log()
+            )
+        }) + cmd_ms;
+        println!(
+            "RELIABILITY restore case={:?} ms={:.1}",
+            name,
+            took.as_secs_f64() * 1e3
+        );
+        assert!(
+            took < Duration::from_secs(1),
+            "{name}: restored after {took:?}"
+        );
+        assert_tcp_ok(&w.external, published);
+        // netd never restores or changes a table that is not its own.
+        let foreign_after = w.host.nft_table("ip", "foreign");
+        if *foreign_survives {
+            assert_eq!(foreign_after.as_deref(), Some(&*foreign_before), "{name}");
+        } else {
+            assert_eq!(
+                foreign_after, None,
+                "{name}: netd recreated a foreign table"
+            );
+        }
+        let _ = w.host.exec(&["nft", "delete", "table", "ip", "foreign"]);
+    }
+
+    // A change to another table, or the operator's user_forward chain, starts no re-sync.
+    let restores = |log: &str| log.matches("restored it from state").count();
+    let before = restores(&d.log());
+    w.host.nft_apply(foreign);
+    nft(
+        &w.host,
+        &[
+            "add",
+            "rule",
+            "inet",
+            "netd",
+            "user_forward",
+            "tcp",
+            "dport",
+            "7",
+            "accept",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(restores(&d.log()), before, "{}", d.log());
+    assert!(w
+        .host
+        .nft_table("inet", "netd")
+        .unwrap()
+        .contains("dport 7 accept"));
+    // The periodic check (1 s here) found the table matching the state all along.
+    assert!(!d.log().contains("the table differed"), "{}", d.log());
+    w.cni_del(&c1, "a");
+}
+
+// ---------------------------------------------------------------------------
+// 2. Parallel ADD/DEL; SIGKILL during bursts
+// ---------------------------------------------------------------------------
+
+struct Xorshift(u64);
+impl Xorshift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Checks netd's state against the kernel and against what the runtime was told.
+/// `live`: container label → address of every endpoint whose ADD succeeded (and no DEL).
+fn invariants(w: &World, net: &str, live: &BTreeMap<String, IpAddr>, cs: &[Netns]) -> Vec<String> {
+    let mut bad = Vec::new();
+    let eps = w.netctl_json(&["endpoint", "ls"]);
+    let eps: Vec<&Value> = eps
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["network"] == net)
+        .collect();
+    let mut by_id: BTreeMap<String, &Value> = BTreeMap::new();
+    let mut addrs = BTreeSet::new();
+    for e in &eps {
+        let id = e["container_id"].as_str().unwrap().to_string();
+        let a = e["addr4"].as_str().unwrap_or("").to_string();
+        if !addrs.insert(a.clone()) {
+            bad.push(format!("duplicate address {a}"));
+        }
+        by_id.insert(id, e);
+    }
+    for (id, addr) in live {
+        match by_id.get(id) {
+            None => bad.push(format!("lost endpoint {id} (its ADD succeeded)")),
+            Some(e) if e["addr4"].as_str() != Some(&addr.to_string()) => bad.push(format!(
+                "{id}: netd says {} but ADD said {addr}",
+                e["addr4"]
+            )),
+            _ => {}
+        }
+        if let Some(c) = cs.iter().find(|c| c.label() == id) {
+            if !c.addrs_of("eth0").contains(addr) {
+                bad.push(format!("{id}: eth0 lacks {addr}"));
+            }
+        }
+    }
+    for id in by_id.keys() {
+        if !live.contains_key(id) {
+            bad.push(format!("half-registered endpoint {id}"));
+        }
+    }
+    let veths: BTreeSet<String> = w
+        .host
+        .link_names()
+        .into_iter()
+        .filter(|l| l.starts_with("vn"))
+        .collect();
+    let claimed: BTreeSet<String> = eps
+        .iter()
+        .map(|e| e["host_veth"].as_str().unwrap().to_string())
+        .collect();
+    for v in veths.difference(&claimed) {
+        bad.push(format!("leaked veth {v}"));
+    }
+    for v in claimed.difference(&veths) {
+        bad.push(format!("endpoint without veth {v}"));
+    }
+    // Every endpoint publishes one port: the DNAT map holds exactly their addresses.
+    let map = w
+        .host
+        .exec_ok(&["nft", "-j", "list", "map", "inet", "netd", "dnat4_any"]);
+    let map: Value = serde_json::from_str(&map).unwrap();
+    let mut targets = BTreeSet::new();
+    for item in map["nftables"].as_array().unwrap() {
+        for el in item["map"]["elem"].as_array().into_iter().flatten() {
+            let to = el[1]["concat"][0].as_str().unwrap_or("?").to_string();
+            targets.insert(to);
+        }
+    }
+    if targets != addrs {
+        bad.push(format!(
+            "dnat4_any targets {targets:?} differ from endpoint addresses {addrs:?}"
+        ));
+    }
+    bad
+}
+
+/// Runs `jobs` (ADD or DEL of container index) on `threads` threads; returns the outcomes.
+fn burst(
+    w: &World,
+    net: &str,
+    cs: &[Netns],
+    jobs: Vec<(&'static str, usize)>,
+    threads: usize,
+    during: impl FnOnce() + Send,
+) -> Vec<(&'static str, usize, CniOutput)> {
+    let queue = Mutex::new(jobs);
+    let out = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let Some((cmd, i)) = queue.lock().unwrap().pop() else {
+                    break;
+                };
+                let rc = ports(&[(20000 + i as u16, 80)]);
+                let r = w.cni(cmd, &cs[i], "eth0", net, Some(rc));
+                out.lock().unwrap().push((cmd, i, r));
+            });
+        }
+        s.spawn(during);
+    });
+    out.into_inner().unwrap()
+}
+
+#[test]
+fn hundred_parallel_adds_then_dels_get_unique_addresses_and_traffic() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network("p", &["--subnet", "10.89.3.0/24"]);
+    let cs: Vec<Netns> = (0..100).map(|i| w.container(&format!("p{i}"))).collect();
+    let t0 = Instant::now();
+    let res = burst(
+        &w,
+        "p",
+        &cs,
+        (0..100).map(|i| ("ADD", i)).collect(),
+        100,
+        || {},
+    );
+    println!(
+        "RELIABILITY parallel_add n=100 ms={:.0}",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    let mut live = BTreeMap::new();
+    for (_, i, r) in &res {
+        assert!(r.success(), "ADD p{i}: {r}\n{}", w.netd_log());
+        live.insert(cs[*i].label().to_string(), r.ip());
+    }
+    let unique: BTreeSet<_> = live.values().collect();
+    assert_eq!(unique.len(), 100, "addresses are not unique");
+    assert_eq!(invariants(&w, "p", &live, &cs), Vec::<String>::new());
+    // Traffic: every container reaches a server in p0, and from outside its published port.
+    let srv = TcpServer::start_on_port(&cs[0], 80);
+    for (i, c) in cs.iter().enumerate().skip(1) {
+        assert_eq!(assert_tcp_ok(c, srv.addr(live["p0"])).ip(), live[c.label()]);
+        if i % 25 == 0 {
+            let srv_i = TcpServer::start_on_port(c, 80);
+            let to: SocketAddr = format!("{HOST_EXT_V4}:{}", 20000 + i).parse().unwrap();
+            assert_tcp_ok(&w.external, to);
+            drop(srv_i);
+        }
+    }
+    drop(srv);
+    let t0 = Instant::now();
+    let res = burst(
+        &w,
+        "p",
+        &cs,
+        (0..100).map(|i| ("DEL", i)).collect(),
+        100,
+        || {},
+    );
+    println!(
+        "RELIABILITY parallel_del n=100 ms={:.0}",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    for (_, i, r) in &res {
+        assert!(r.success(), "DEL p{i}: {r}");
+    }
+    assert_eq!(
+        invariants(&w, "p", &BTreeMap::new(), &cs),
+        Vec::<String>::new()
+    );
+    w.stop_netd_gracefully();
+}
+
+#[test]
+fn sigkill_during_parallel_add_del_loses_nothing_and_leaks_nothing() {
+    let rounds: usize = std::env::var("NETD_KILL_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let seed = std::env::var("NETD_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    println!("RELIABILITY kill seed={seed}");
+    let mut rng = Xorshift(seed);
+    let w = World::new();
+    let mut d = spawn_netd(&w, &[]).unwrap();
+    w.create_network("k", &["--subnet", "10.89.4.0/24"]);
+    let n = 100;
+    let cs: Vec<Netns> = (0..n).map(|i| w.container(&format!("k{i}"))).collect();
+    let mut live: BTreeMap<String, IpAddr> = BTreeMap::new();
+    let (mut total_lost, mut total_leaks, mut total_acked) = (0, 0, 0);
+    for round in 0..rounds {
+        // Half of the absent containers are added, a third of the present ones removed.
+        let mut jobs = Vec::new();
+        for (i, c) in cs.iter().enumerate() {
+            let r = rng.below(6);
+            if live.contains_key(c.label()) {
+                if r < 2 {
+                    jobs.push(("DEL", i));
+                }
+            } else if r < 3 {
+                jobs.push(("ADD", i));
+            }
+        }
+        let delay = Duration::from_millis(10 + rng.below(600));
+        let pid = d.pid();
+        let t0 = Instant::now();
+        let res = burst(&w, "k", &cs, jobs.clone(), 32, move || {
+            std::thread::sleep(delay);
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        });
+        d.kill();
+        let (mut ok, mut failed) = (0, 0);
+        let mut redo = Vec::new();
+        for (cmd, i, r) in &res {
+            let label = cs[*i].label().to_string();
+            match (*cmd, r.success()) {
+                ("ADD", true) => {
+                    live.insert(label, r.ip());
+                    ok += 1;
+                    total_acked += 1;
+                }
+                ("DEL", true) => {
+                    live.remove(&label);
+                    ok += 1;
+                }
+                // A runtime calls DEL after a failed ADD, and retries a failed DEL.
+                (_, false) => {
+                    redo.push(*i);
+                    if *cmd == "DEL" {
+                        live.remove(&label);
+                    }
+                    failed += 1;
+                }
+                _ => unreachable!(),
+            }
+        }
+        d = spawn_netd(&w, &[]).unwrap();
+        for i in redo {
+            let r = w.cni(
+                "DEL",
+                &cs[i],
+                "eth0",
+                "k",
+                Some(ports(&[(20000 + i as u16, 80)])),
+            );
+            assert!(r.success(), "DEL after restart: {r}");
+        }
+        let bad = invariants(&w, "k", &live, &cs);
+        let lost = bad.iter().filter(|b| b.starts_with("lost")).count();
+        total_lost += lost;
+        total_leaks += bad.len() - lost;
+        println!(
+            "RELIABILITY kill round={round} jobs={} kill_after_ms={} burst_ms={} ok={ok} failed={failed} live={} lost={lost} other_problems={}",
+            jobs.len(),
+            delay.as_millis(),
+            t0.elapsed().as_millis(),
+            live.len(),
+            bad.len() - lost
+        );
+        assert!(
+            bad.is_empty(),
+            "round {round} (seed {seed}): {bad:#?}\n{}",
+            d.log()
+        );
+    }
+    println!(
+        "RELIABILITY kill summary rounds={rounds} acked_adds={total_acked} lost={total_lost} leaks={total_leaks}"
+    );
+    // Traffic works for what is left.
+    if let Some((id, addr)) = live.iter().next() {
+        let c = cs.iter().find(|c| c.label() == id).unwrap();
+        let i: u16 = id[1..].parse().unwrap();
+        let _srv = TcpServer::start_on_port(c, 80);
+        let to: SocketAddr = format!("{HOST_EXT_V4}:{}", 20000 + i).parse().unwrap();
+        assert_tcp_ok(&w.external, to);
+        let _ = addr;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 3. Restart after containers vanished; the plugin without its daemon
+// ---------------------------------------------------------------------------
+
+/// Moves an endpoint's creation time back, as if it had been made long ago.
+fn age_endpoint(w: &World, net: &str, cid: &str) {
+    let p = w
+        .state_dir()
+        .join(format!("endpoints/{net}@{cid}@eth0.json"));
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let mut v: Value = serde_json::from_str(&text).unwrap();
+    v["created"] = json!(1);
+    std::fs::write(&p, v.to_string()).unwrap();
+}
+
+#[test]
+fn plugin_without_daemon_and_restart_after_netns_deleted() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network("r", &["--subnet", "10.89.5.0/24"]);
+    let gone1 = w.container("gone1");
+    let gone2 = w.container("gone2");
+    let deld = w.container("deld");
+    let keep = w.container("keep");
+    let mut want_keep = BTreeMap::new();
+    for (i, c) in [&gone1, &gone2, &deld, &keep].into_iter().enumerate() {
+        let r = w.cni(
+            "ADD",
+            c,
+            "eth0",
+            "r",
+            Some(ports(&[(20000 + i as u16, 80)])),
+        );
+        assert!(r.success(), "{r}");
+        if c.label() == "keep" {
+            want_keep.insert("keep".to_string(), r.ip());
+        }
+    }
+    w.kill_netd();
+
+    // ADD without netd: code 11 naming the socket, nothing left behind.
+    let fresh = w.container("fresh");
+    let before = (w.host.link_names(), fresh.link_names());
+    let r = w.cni("ADD", &fresh, "eth0", "r", None);
+    assert_eq!(r.error_code(), Some(11), "{r}");
+    let msg = r.json.as_ref().unwrap().to_string();
+    assert!(
+        msg.contains(&w.socket().display().to_string()),
+        "message does not name the socket: {msg}"
+    );
+    assert_eq!((w.host.link_names(), fresh.link_names()), before);
+    // STATUS: 50.
+    let r = w.cni("STATUS", &fresh, "eth0", "r", None);
+    assert_eq!(r.error_code(), Some(50), "{r}");
+    // DEL without netd removes the links it can and succeeds.
+    let r = w.cni("DEL", &deld, "eth0", "r", None);
+    assert!(r.success(), "{r}");
+    assert!(!deld.has_link("eth0"));
+    age_endpoint(&w, "r", "deld");
+    // Two containers disappear while netd is down.
+    drop(gone1);
+    drop(gone2);
+
+    w.start_netd();
+    let bad = invariants(&w, "r", &want_keep, std::slice::from_ref(&keep));
+    assert!(bad.is_empty(), "{bad:#?}\n{}", w.netd_log());
+    assert!(w
+        .netd_log()
+        .contains("released: its container netns or host veth is gone"));
+    w.cni_del(&keep, "r");
+}
+
+// ---------------------------------------------------------------------------
+// 4. Hostile input: the plugin and the socket
+// ---------------------------------------------------------------------------
+
+/// Everything a bad request must leave as it was.
+fn everything(w: &World) -> (String, String, String, String) {
+    (
+        w.netctl_ok(&["--format", "json", "endpoint", "ls"]),
+        w.netctl_ok(&["--format", "json", "network", "ls"]),
+        w.host.nft_table("inet", "netd").unwrap_or_default(),
+        w.host.links_detail(),
+    )
+}
+
+#[test]
+fn bad_plugin_input_gets_exact_codes_and_changes_nothing() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network("a", &["--subnet", "10.89.6.0/24"]);
+    let c0 = w.container("c0");
+    w.cni_add(&c0, "a");
+    let c = w.container("bad");
+    let conf = w.cni_conf("a");
+    let env = w.cni_env("ADD", &c, "eth0");
+    let with = |k: &str, v: &str| -> Vec<(String, String)> {
+        env.iter()
+            .map(|(a, b)| {
+                if a == k {
+                    (a.clone(), v.to_string())
+                } else {
+                    (a.clone(), b.clone())
+                }
+            })
+            .collect()
+    };
+    let conf_with = |f: &dyn Fn(&mut Value)| {
+        let mut v = conf.clone();
+        f(&mut v);
+        v.to_string().into_bytes()
+    };
+    let notns = w.dir().join("not-a-netns");
+    std::fs::write(&notns, b"x").unwrap();
+    let good = conf.to_string().into_bytes();
+    let mut huge =
+        b"{\"cniVersion\":\"1.1.0\",\"name\":\"a\",\"type\":\"netd-cni\",\"x\":\"".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 9 << 20));
+    huge.extend(b"\"}");
+    let cases: Vec<(&str, Vec<(String, String)>, Vec<u8>, u64)> = vec![
+        (
+            "malformed JSON",
+            env.clone(),
+            b"{\"cniVersion\":".to_vec(),
+            6,
+        ),
+        ("huge stdin", env.clone(), huge, 6),
+        (
+            "ifname over 15 bytes",
+            with("CNI_IFNAME", "eth0123456789012"),
+            good.clone(),
+            4,
+        ),
+        (
+            "ifname with /",
+            with("CNI_IFNAME", "et/h0"),
+            good.clone(),
+            4,
+        ),
+        (
+            "ifname with :",
+            with("CNI_IFNAME", "eth:0"),
+            good.clone(),
+            4,
+        ),
+        (
+            "ifname with space",
+            with("CNI_IFNAME", "eth 0"),
+            good.clone(),
+            4,
+        ),
+        (
+            "container ID with /",
+            with("CNI_CONTAINERID", "../etc"),
+            good.clone(),
+            4,
+        ),
+        (
+            "netns not a netns",
+            with("CNI_NETNS", &notns.display().to_string()),
+            good.clone(),
+            4,
+        ),
+        (
+            "unknown network",
+            env.clone(),
+            conf_with(&|v| v["network"] = json!("nosuch")),
+            7,
+        ),
+        (
+            "host port out of range",
+            env.clone(),
+            conf_with(
+                &|v| v["runtimeConfig"] = json!({"portMappings": [{"hostPort": 70000, "containerPort": 80, "protocol": "tcp"}]}),
+            ),
+            7,
+        ),
+        (
+            "host port 0",
+            env.clone(),
+            conf_with(&|v| {
+                v["runtimeConfig"] = json!({"portMappings": [{"hostPort": 0, "containerPort": 80, "protocol": "tcp"}]})
+            }),
+            7,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, env, stdin, code) in cases {
+        let before = everything(&w);
+        let before_c = c.link_names();
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let r = w.cni_raw(&pairs, &stdin);
+        let got = r.error_code();
+        if got != Some(code) || r.success() {
+            failures.push(format!(
+                "{name}: want code {code}, got {got:?}: {}",
+                r.stdout
+            ));
+        }
+        if everything(&w) != before || c.link_names() != before_c {
+            failures.push(format!("{name}: something changed"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// One raw request on the socket; returns (status, body).
+fn raw(sock: &Path, req: &[u8]) -> (u16, String) {
+    let mut s = UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let _ = s.write_all(req);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+fn post(path: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "POST {path} HTTP/1.1\r\nHost: netd\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+#[test]
+fn bad_api_requests_get_exact_statuses_and_change_nothing() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network("a", &["--subnet", "10.89.7.0/24"]);
+    let c0 = w.container("c0");
+    w.cni_add(&c0, "a");
+    let sock = w.socket();
+    let attach = |f: &dyn Fn(&mut Value)| {
+        let mut v = json!({"network": "a", "container_id": "x1", "ifname": "eth0",
+                           "netns": "/run/netns/x1", "port_mappings": []});
+        f(&mut v);
+        post("/v1/endpoints", v.to_string().as_bytes())
+    };
+    let mut huge = post("/v1/networks", b"");
+    huge.truncate(huge.len() - 4);
+    let huge = [
+        String::from_utf8(huge)
+            .unwrap()
+            .replace("Content-Length: 0", "Content-Length: 99999999")
+            .into_bytes(),
+        b"\r\n\r\n{".to_vec(),
+    ]
+    .concat();
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("malformed JSON", post("/v1/networks", b"{\"name\": "), 400),
+        ("not HTTP", b"\x00\x01\x02garbage\r\n\r\n".to_vec(), 400),
+        ("huge body", huge, 400),
+        (
+            "huge head",
+            [
+                b"GET /v1/status HTTP/1.1\r\nX: ".to_vec(),
+                vec![b'a'; 20000],
+                b"\r\n\r\n".to_vec(),
+            ]
+            .concat(),
+            400,
+        ),
+        (
+            "unknown field",
+            post(
+                "/v1/networks",
+                br#"{"name":"b","subnet":"10.89.8.0/24","colour":"red"}"#,
+            ),
+            400,
+        ),
+        (
+            "overlapping subnet",
+            post("/v1/networks", br#"{"name":"b","subnet":"10.89.7.128/25"}"#),
+            409,
+        ),
+        (
+            "bad network name",
+            post("/v1/networks", br#"{"name":"../b"}"#),
+            400,
+        ),
+        (
+            "bridge name over 15 bytes",
+            post(
+                "/v1/networks",
+                br#"{"name":"b","bridge":"abcdefghijklmnop"}"#,
+            ),
+            400,
+        ),
+        (
+            "bridge name with /",
+            post("/v1/networks", br#"{"name":"b","bridge":"br/0"}"#),
+            400,
+        ),
+        (
+            "port out of range",
+            attach(&|v| {
+                v["port_mappings"] =
+                    json!([{"host_port": 70000, "container_port": 80, "protocol": "tcp"}])
+            }),
+            400,
+        ),
+        (
+            "ifname over 15 bytes",
+            attach(&|v| v["ifname"] = json!("eth0123456789012")),
+            400,
+        ),
+        (
+            "ifname with :",
+            attach(&|v| v["ifname"] = json!("eth:0")),
+            400,
+        ),
+        (
+            "ifname with space",
+            attach(&|v| v["ifname"] = json!("eth 0")),
+            400,
+        ),
+        (
+            "container ID with /",
+            attach(&|v| v["container_id"] = json!("a/b")),
+            400,
+        ),
+        ("relative netns", attach(&|v| v["netns"] = json!("x1")), 400),
+        (
+            "unknown network",
+            attach(&|v| v["network"] = json!("nosuch")),
+            404,
+        ),
+        ("unknown path", b"GET /v2/x HTTP/1.1\r\n\r\n".to_vec(), 404),
+        (
+            "chunked",
+            b"POST /v1/networks HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            400,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, req, want) in cases {
+        let before = everything(&w);
+        let (status, body) = raw(&sock, &req);
+        if status != want {
+            failures.push(format!("{name}: want {want}, got {status}: {body}"));
+        } else if !body.contains("\"error\"") {
+            failures.push(format!("{name}: no error body: {body}"));
+        }
+        if everything(&w) != before {
+            failures.push(format!("{name}: something changed"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}\n{}", w.netd_log());
+}
+
+#[test]
+fn slow_and_stuck_clients_do_not_block_others() {
+    let mut w = World::new();
+    w.start_netd();
+    let sock = w.socket();
+    // Ten clients that send half a request and then nothing.
+    let stuck: Vec<UnixStream> = (0..10)
+        .map(|_| {
+            let mut s = UnixStream::connect(&sock).unwrap();
+            s.write_all(b"POST /v1/networks HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
+                .unwrap();
+            s
+        })
+        .collect();
+    // One that never sends anything at all.
+    let idle = UnixStream::connect(&sock).unwrap();
+    let t0 = Instant::now();
+    for _ in 0..5 {
+        w.netctl_ok(&["status"]);
+    }
+    w.create_network("a", &["--subnet", "10.89.9.0/24"]);
+    let took = t0.elapsed();
+    println!(
+        "RELIABILITY stuck_clients=11 six_requests_ms={:.0}",
+        took.as_secs_f64() * 1e3
+    );
+    assert!(took < Duration::from_secs(3), "others waited {took:?}");
+    // The stuck ones are cut off after the read timeout with 408.
+    let mut s = stuck.into_iter().next().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    drop(idle);
+}
+
+// ---------------------------------------------------------------------------
+// 5. Socket access
+// ---------------------------------------------------------------------------
+
+struct Group(String);
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = run(&["groupdel", &self.0]);
+    }
+}
+
+fn gid_of(name: &str) -> String {
+    let line = run_ok(&["getent", "group", name]);
+    line.split(':').nth(2).unwrap().to_string()
+}
+
+#[test]
+fn socket_serves_root_and_group_members_only() {
+    let w = World::new();
+    let name = format!("ndt{}", std::process::id());
+    run_ok(&["groupadd", &name]);
+    let _g = Group(name.clone());
+    let gid = gid_of(&name);
+    // The socket directory must be reachable for the unprivileged clients.
+    let dir = w.dir().join("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("netd.sock");
+    let _d = spawn_netd_at(&w, &sock, &["--socket-group", &name]).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o660);
+    assert_eq!(meta.uid(), 0);
+    assert_eq!(meta.gid().to_string(), gid);
+
+    let netctl = |setpriv: &[&str]| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(setpriv)
+            .arg(w.bin("netctl"))
+            .arg("--socket")
+            .arg(&sock)
+            .arg("status");
+        run_cmd(cmd, None, CMD_TIMEOUT)
+    };
+    let root = netctl(&[]);
+    assert!(root.success(), "root: {root}");
+    let member = netctl(&["--reuid", "65534", "--regid", "65534", "--groups", &gid]);
+    assert!(member.success(), "group member: {member}");
+    let outsider = netctl(&["--reuid", "65534", "--regid", "65534", "--clear-groups"]);
+    assert!(!outsider.success(), "non-member was served: {outsider}");
+    assert!(
+        outsider.stderr.to_lowercase().contains("permission denied"),
+        "{outsider}"
+    );
+}
+
+#[test]
+fn socket_group_missing_means_root_only_and_world_writable_dir_is_refused() {
+    let w = World::new();
+    let dir = w.dir().join("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("netd.sock");
+    {
+        let d = spawn_netd_at(&w, &sock, &["--socket-group", "nd-no-such-group"]).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&sock).unwrap().mode() & 0o777, 0o600);
+        assert!(d.log().contains("does not exist: the socket is root-only"));
+    }
+    let open = w.dir().join("open");
+    std::fs::create_dir_all(&open).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = spawn_netd_at(&w, &open.join("netd.sock"), &[])
+        .err()
+        .expect("netd started");
+    assert!(err.contains("world-writable"), "{err}");
+}
+
+#[test]
+fn no_tcp_listener() {
+    let w = World::new();
+    let d = spawn_netd(&w, &[]).unwrap();
+    let pid = d.pid();
+    // Every socket netd holds is a Unix or netlink socket.
+    let tcp = w.host.exec_ok(&["ss", "-Htlnp"]);
+    assert!(
+        !tcp.contains(&format!("pid={pid},")),
+        "netd listens on TCP: {tcp}"
+    );
+    let udp = w.host.exec_ok(&["ss", "-Hulnp"]);
+    assert!(!udp.contains(&format!("pid={pid},")), "{udp}");
+}
