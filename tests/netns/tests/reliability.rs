@@ -659,6 +659,9 @@ fn everything(w: &World) -> (String, String, String, String) {
     )
 }
 
+/// (case, environment, stdin, expected CNI error code)
+type BadCni = (&'static str, Vec<(String, String)>, Vec<u8>, u64);
+
 #[test]
 fn bad_plugin_input_gets_exact_codes_and_changes_nothing() {
     let mut w = World::new();
@@ -692,7 +695,7 @@ fn bad_plugin_input_gets_exact_codes_and_changes_nothing() {
         b"{\"cniVersion\":\"1.1.0\",\"name\":\"a\",\"type\":\"netd-cni\",\"x\":\"".to_vec();
     huge.extend(std::iter::repeat_n(b'a', 9 << 20));
     huge.extend(b"\"}");
-    let cases: Vec<(&str, Vec<(String, String)>, Vec<u8>, u64)> = vec![
+    let cases: Vec<BadCni> = vec![
         (
             "malformed JSON",
             env.clone(),
