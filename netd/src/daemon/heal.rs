@@ -111,6 +111,40 @@ fn is_own_task(pid: u32) -> bool {
     pid == std::process::id() || std::path::Path::new(&format!("/proc/self/task/{pid}")).exists()
 }
 
+/// Netlink port ids of this process's NETLINK_NETFILTER sockets (the Applier's among them):
+/// the inodes of our socket fds, matched against /proc/self/net/netlink. Notifications carry
+/// the sender's port id, which identifies netd's own batches even where the committer's task
+/// id means nothing in our pid namespace.
+fn own_netfilter_portids() -> Vec<u32> {
+    let mut inodes = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        for e in dir.flatten() {
+            if let Ok(t) = std::fs::read_link(e.path()) {
+                let t = t.to_string_lossy();
+                if let Some(n) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                    inodes.extend(n.parse::<u64>().ok());
+                }
+            }
+        }
+    }
+    let text = std::fs::read_to_string("/proc/self/net/netlink").unwrap_or_default();
+    parse_netlink_table(&text, &inodes)
+}
+
+/// Port ids of NETLINK_NETFILTER (12) rows of /proc/net/netlink whose inode is in `inodes`.
+fn parse_netlink_table(text: &str, inodes: &[u64]) -> Vec<u32> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let proto: u32 = f.get(1)?.parse().ok()?;
+            let portid: u32 = f.get(2)?.parse().ok()?;
+            let inode: u64 = f.last()?.parse().ok()?;
+            (proto == 12 && inodes.contains(&inode)).then_some(portid)
+        })
+        .collect()
+}
+
 /// Changes to the operator's chain are theirs to make.
 fn is_operator_event(e: &Event) -> bool {
     matches!(e, Event::Object { object: Some(o), msg, .. }
@@ -162,7 +196,14 @@ pub struct Healer {
     monitor: Monitor,
     inspector: Inspector,
     interval: Duration,
+    own_portids: Vec<u32>,
+    /// When the recent restores happened (a guard against fighting another writer).
+    heals: Vec<Instant>,
 }
+
+/// At most this many restores within [`HEAL_WINDOW`]; beyond, only the periodic check acts.
+const MAX_HEALS: usize = 20;
+const HEAL_WINDOW: Duration = Duration::from_secs(10);
 
 impl Healer {
     /// Opens the sockets in the calling thread's network namespace (the daemon's).
@@ -178,6 +219,8 @@ impl Healer {
             monitor: Monitor::open()?,
             inspector: Inspector::open()?,
             interval,
+            own_portids: own_netfilter_portids(),
+            heals: Vec::new(),
         })
     }
 
@@ -194,6 +237,11 @@ impl Healer {
         let mut next_check = Instant::now();
         let mut pending: Vec<Event> = Vec::new();
         let mut pending_since = Instant::now();
+        // Test knob: behave as if every notification were lost, so only the check acts.
+        let ignore_events = std::env::var_os("NETD_HEAL_IGNORE_EVENTS").is_some_and(|v| v == "1");
+        if ignore_events {
+            warn!("NETD_HEAL_IGNORE_EVENTS=1: ignoring notifications; only the periodic check restores the table");
+        }
         loop {
             let now = Instant::now();
             let mut check = now >= next_check;
@@ -202,21 +250,28 @@ impl Healer {
                     .saturating_duration_since(now)
                     .min(Duration::from_millis(250));
                 match self.monitor.recv(wait) {
+                    Ok(_) if ignore_events => {}
                     Ok(events) => {
                         for e in events {
                             match e {
-                                Event::NewGen { pid, ref name, .. } => {
+                                Event::NewGen {
+                                    pid,
+                                    ref name,
+                                    portid,
+                                    ..
+                                } => {
                                     if pending.is_empty() {
                                         continue;
                                     }
                                     let changes = std::mem::take(&mut pending);
-                                    match pid {
-                                        Some(p) if is_own_task(p) => {
-                                            debug!(events = changes.len(), "own batch committed")
-                                        }
-                                        Some(p) => self.heal(&changes, p, name.as_deref()),
-                                        // Without the committer's pid, compare instead.
-                                        None => check = true,
+                                    if self.is_own(portid, pid) {
+                                        debug!(events = changes.len(), "own batch committed");
+                                    } else if self.heals.len() >= MAX_HEALS {
+                                        // Someone keeps changing the table: stop answering
+                                        // each change and let the periodic check catch up.
+                                        warn!(changes = %summarize(&changes), "table changed again by others; too many restores in a row, leaving it to the next check");
+                                    } else {
+                                        self.heal(&changes, pid.unwrap_or(0), name.as_deref());
                                     }
                                 }
                                 ref ev if ev.touches(&self.table) && !is_operator_event(ev) => {
@@ -245,6 +300,7 @@ impl Healer {
                     check = true;
                 }
             }
+            self.heals.retain(|t| t.elapsed() < HEAL_WINDOW);
             if check {
                 self.check();
                 next_check = Instant::now() + self.interval;
@@ -252,8 +308,25 @@ impl Healer {
         }
     }
 
+    /// Whether a transaction came from netd itself: sent on one of our netfilter sockets, or
+    /// committed by one of our threads.
+    fn is_own(&mut self, portid: u32, pid: Option<u32>) -> bool {
+        if portid != 0 {
+            if self.own_portids.contains(&portid) {
+                return true;
+            }
+            self.own_portids = own_netfilter_portids();
+            if self.own_portids.contains(&portid) {
+                return true;
+            }
+        }
+        pid.is_some_and(is_own_task)
+    }
+
     fn heal(&mut self, changes: &[Event], pid: u32, name: Option<&str>) {
         let t0 = Instant::now();
+        self.heals.retain(|t| t.elapsed() < HEAL_WINDOW);
+        self.heals.push(t0);
         let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
         let what = summarize(changes);
         match engine.resync() {
@@ -373,6 +446,40 @@ mod tests {
             differences(&want, &have),
             vec!["set bridges: 1 element(s) missing, 0 unexpected".to_string()]
         );
+    }
+
+    #[test]
+    fn own_netlink_sockets_are_found() {
+        let text = "sk               Eth Pid        Groups   Rmem     Wmem     Dump  Locks    Drops    Inode\n\
+                    0000000000000000 12  4242       00000000 0        0        0     2        0        777\n\
+                    0000000000000000 0   4243       00000000 0        0        0     2        0        778\n\
+                    0000000000000000 12  4244       00000000 0        0        0     2        0        779\n";
+        assert_eq!(parse_netlink_table(text, &[777, 778]), vec![4242]);
+        // A real netfilter socket of this process is listed.
+        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 12) };
+        if fd >= 0 {
+            let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+            sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+            let rc = unsafe {
+                libc::bind(
+                    fd,
+                    &sa as *const libc::sockaddr_nl as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+                )
+            };
+            let mut len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+            let rc2 = unsafe {
+                libc::getsockname(
+                    fd,
+                    &mut sa as *mut libc::sockaddr_nl as *mut libc::sockaddr,
+                    &mut len,
+                )
+            };
+            if rc == 0 && rc2 == 0 {
+                assert!(own_netfilter_portids().contains(&sa.nl_pid));
+            }
+            unsafe { libc::close(fd) };
+        }
     }
 
     #[test]

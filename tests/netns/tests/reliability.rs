@@ -36,6 +36,15 @@ fn spawn_netd(w: &World, extra: &[&str]) -> Result<Daemon, String> {
 }
 
 fn spawn_netd_at(w: &World, socket: &Path, extra: &[&str]) -> Result<Daemon, String> {
+    spawn_netd_env(w, socket, extra, &[])
+}
+
+fn spawn_netd_env(
+    w: &World,
+    socket: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Daemon, String> {
     let log = w.dir().join("netd-own.log");
     let f = File::options()
         .create(true)
@@ -58,6 +67,7 @@ fn spawn_netd_at(w: &World, socket: &Path, extra: &[&str]) -> Result<Daemon, Str
             "NETD_LOG",
             std::env::var("NETD_LOG").unwrap_or("info".into()),
         )
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(f)
         .stderr(f2);
@@ -172,6 +182,13 @@ fn table_is_restored_within_a_second_and_foreign_tables_are_left_alone() {
     assert_tcp_ok(&w.external, published);
     let _ = srv.port();
 
+    // Every change is logged with the peer's credentials (SO_PEERCRED).
+    let log = d.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("change requested") && l.contains("POST /v1/networks"))
+        .unwrap_or_else(|| panic!("no change line: {log}"));
+    assert!(line.contains("uid=0 gid=0 pid="), "{line}");
     let want = w.host.nft_table("inet", "netd").expect("table");
     let foreign = "table ip foreign {\n\tchain input {\n\t\ttype filter hook input priority 10; policy accept;\n\t\ttcp dport 9999 counter accept\n\t}\n}\n";
     let cases: &[(&str, &[&str], bool)] = &[
@@ -272,6 +289,60 @@ fn table_is_restored_within_a_second_and_foreign_tables_are_left_alone() {
         .contains("dport 7 accept"));
     // The periodic check (1 s here) found the table matching the state all along.
     assert!(!d.log().contains("the table differed"), "{}", d.log());
+    w.cni_del(&c1, "a");
+}
+
+#[test]
+fn changes_missed_by_the_monitor_are_caught_by_the_periodic_check() {
+    let w = World::new();
+    // Test knob: the healer ignores notifications, as if they had all been lost.
+    let d = spawn_netd_env(
+        &w,
+        &w.socket(),
+        &["--check-interval", "1"],
+        &[("NETD_HEAL_IGNORE_EVENTS", "1")],
+    )
+    .unwrap();
+    w.create_network("a", &["--subnet", "10.89.2.0/24"]);
+    let c1 = w.container("c1");
+    let r = w.cni("ADD", &c1, "eth0", "a", Some(ports(&[(8080, 80)])));
+    assert!(r.success(), "{r}");
+    let want = w.host.nft_table("inet", "netd").unwrap();
+    for (name, args) in [
+        (
+            "delete element",
+            &[
+                "delete",
+                "element",
+                "inet",
+                "netd",
+                "dnat4_any",
+                "{",
+                "tcp",
+                ".",
+                "8080",
+                "}",
+            ][..],
+        ),
+        ("delete table", &["delete", "table", "inet", "netd"][..]),
+        (
+            "foreign element",
+            &[
+                "add", "element", "inet", "netd", "bridges", "{", "eth9", "}",
+            ][..],
+        ),
+    ] {
+        nft(&w.host, args);
+        let took = wait_for_table(&w, &want, Duration::from_secs(4))
+            .unwrap_or_else(|| panic!("{name}: not restored by the check\n{}", d.log()));
+        println!(
+            "RELIABILITY check_restore case={name:?} ms={:.0} (check interval 1 s)",
+            took.as_secs_f64() * 1e3
+        );
+    }
+    let log = d.log();
+    assert!(log.contains("the table differed from the state"), "{log}");
+    assert!(log.contains("set dnat4_any: 1 element(s) missing"), "{log}");
     w.cni_del(&c1, "a");
 }
 
