@@ -72,6 +72,12 @@ pub const BRIDGE_PREFIX: &str = "nd-";
 /// that is still building its links is not mistaken for a dead one.
 pub const ATTACH_GRACE_SECS: u64 = 60;
 
+/// After a restart, an endpoint made before netd started whose host veth is still missing
+/// this long after the start is released: an ADD that was building its links when the old
+/// netd stopped has finished (or failed) by then, and a DEL that ran while netd was down
+/// removed the veth without being able to release the endpoint.
+pub const RESTART_GRACE_SECS: u64 = 10;
+
 /// What [`Engine::reconcile_links`] found and did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Reconciled {
@@ -258,13 +264,21 @@ impl Engine {
             .map_err(|e| internal("listing links", e))?;
         let names: BTreeSet<&str> = links.iter().map(|(n, _)| n.as_str()).collect();
         let now = now();
+        let started = self
+            .started
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let settled = |e: &Endpoint| {
+            now.saturating_sub(e.created) >= ATTACH_GRACE_SECS
+                || (e.created < started && now.saturating_sub(started) >= RESTART_GRACE_SECS)
+        };
         let dead: Vec<EndpointKey> = self
             .endpoints
             .values()
             .filter(|e| {
                 !self.kernel.is_netns(&e.netns)
-                    || (!names.contains(e.host_veth.as_str())
-                        && now.saturating_sub(e.created) >= ATTACH_GRACE_SECS)
+                    || (!names.contains(e.host_veth.as_str()) && settled(e))
             })
             .map(Endpoint::key)
             .collect();

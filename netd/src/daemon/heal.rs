@@ -237,6 +237,7 @@ impl Healer {
         let mut next_check = Instant::now();
         let mut pending: Vec<Event> = Vec::new();
         let mut pending_since = Instant::now();
+        let mut first_check = true;
         // Test knob: behave as if every notification were lost, so only the check acts.
         let ignore_events = std::env::var_os("NETD_HEAL_IGNORE_EVENTS").is_some_and(|v| v == "1");
         if ignore_events {
@@ -304,6 +305,14 @@ impl Healer {
             if check {
                 self.check();
                 next_check = Instant::now() + self.interval;
+                if first_check {
+                    // Endpoints left without a veth by a DEL while netd was down are released
+                    // once the restart grace has passed; check then rather than a full
+                    // interval later.
+                    first_check = false;
+                    let grace = Duration::from_secs(super::engine::RESTART_GRACE_SECS + 1);
+                    next_check = next_check.min(Instant::now() + grace);
+                }
             }
         }
     }
