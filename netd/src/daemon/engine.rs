@@ -641,6 +641,12 @@ impl Engine {
                 req.network
             ))
         })?;
+        if !self.kernel.is_netns(&req.netns) {
+            return Err(ApiError::invalid(format!(
+                "netns {:?} is not a network namespace",
+                req.netns
+            )));
+        }
         let key = EndpointKey {
             network: req.network.clone(),
             container_id: req.container_id.clone(),

@@ -799,6 +799,12 @@ fn bad_plugin_input_gets_exact_codes_and_changes_nothing() {
         ),
         ("huge stdin", env.clone(), huge, 6),
         (
+            "unknown field",
+            env.clone(),
+            conf_with(&|v| v["colour"] = json!("red")),
+            2,
+        ),
+        (
             "ifname over 15 bytes",
             with("CNI_IFNAME", "eth0123456789012"),
             good.clone(),
@@ -915,7 +921,7 @@ fn bad_api_requests_get_exact_statuses_and_change_nothing() {
     let sock = w.socket();
     let attach = |f: &dyn Fn(&mut Value)| {
         let mut v = json!({"network": "a", "container_id": "x1", "ifname": "eth0",
-                           "netns": "/run/netns/x1", "port_mappings": []});
+                           "netns": c0.path(), "port_mappings": []});
         f(&mut v);
         post("/v1/endpoints", v.to_string().as_bytes())
     };
@@ -1004,6 +1010,11 @@ fn bad_api_requests_get_exact_statuses_and_change_nothing() {
         ),
         ("relative netns", attach(&|v| v["netns"] = json!("x1")), 400),
         (
+            "netns not a netns",
+            attach(&|v| v["netns"] = json!("/proc/self/status")),
+            400,
+        ),
+        (
             "unknown network",
             attach(&|v| v["network"] = json!("nosuch")),
             404,
@@ -1029,6 +1040,9 @@ fn bad_api_requests_get_exact_statuses_and_change_nothing() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}\n{}", w.netd_log());
+    // The template itself is a good request: each case failed for its own reason.
+    let (status, body) = raw(&sock, &attach(&|_| {}));
+    assert_eq!(status, 201, "{body}");
 }
 
 #[test]
