@@ -252,38 +252,6 @@ impl Settings {
     }
 }
 
-/// The numeric ID of group `name` (a number is taken as it is), looked up through NSS like
-/// any other program would.
-pub fn group_id(name: &str) -> Result<u32, ConfigError> {
-    if let Ok(gid) = name.parse::<u32>() {
-        return Ok(gid);
-    }
-    let not_found = || {
-        ConfigError::Invalid(format!(
-            "socket_group {name:?} does not exist; create it (groupadd --system {name}) or change socket_group"
-        ))
-    };
-    let cname = std::ffi::CString::new(name).map_err(|_| not_found())?;
-    let mut buf = vec![0 as libc::c_char; 16384];
-    // SAFETY: getgrnam_r writes only into `grp` and `buf` (whose length we pass) and sets
-    // `result` to null or to `&grp`.
-    unsafe {
-        let mut grp: libc::group = std::mem::zeroed();
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        let rc = libc::getgrnam_r(
-            cname.as_ptr(),
-            &mut grp,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        );
-        if rc != 0 || result.is_null() {
-            return Err(not_found());
-        }
-        Ok(grp.gr_gid)
-    }
-}
-
 /// The configuration file `scripts/install.sh` installs: every key, commented out at its
 /// default, so the file documents itself (a unit test holds it to the constants above).
 pub const DEFAULT_FILE: &str = include_str!("../netd.toml");
@@ -411,13 +379,5 @@ mod tests {
         assert!(e.to_string().contains("table"), "{e}");
         let e = res("check_interval_secs = 0\n").unwrap_err();
         assert!(e.to_string().contains("at least 1"), "{e}");
-    }
-
-    #[test]
-    fn groups_resolve_by_name_or_number() {
-        assert_eq!(group_id("0").unwrap(), 0);
-        assert_eq!(group_id("root").unwrap(), 0);
-        let e = group_id("no-such-group-netd").unwrap_err();
-        assert!(e.to_string().contains("groupadd"), "{e}");
     }
 }
