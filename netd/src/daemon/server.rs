@@ -69,8 +69,11 @@ static SOCKET_GID: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new()
 /// Default of `--socket-group`.
 pub const DEFAULT_SOCKET_GROUP: &str = "netd";
 
-/// The gid of group `name`, if it exists.
+/// The gid of group `name` (a number is taken as the gid itself), if it exists.
 pub fn group_gid(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Some(gid);
+    }
     let cname = std::ffi::CString::new(name).ok()?;
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     // SAFETY: zeroed group is a valid out-parameter; pointers outlive the call.
