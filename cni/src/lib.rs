@@ -1,6 +1,6 @@
 //! The plugin's input parsers (environment, configuration on stdin) as a library, so that the
-//! fuzz targets in `fuzz/` and the corpus replay test can drive them. The binary compiles the
-//! same modules itself; this target adds nothing to it.
+//! fuzz targets in `fuzz/` and the corpus replay test can drive them; the binary uses them
+//! from here.
 
 pub mod env;
 pub mod error;

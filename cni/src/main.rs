@@ -14,11 +14,11 @@
 //! Error codes are listed in `error.rs`.
 
 mod commands;
-mod env;
-mod error;
 mod links;
 mod shaping;
-mod types;
+
+// The input parsers live in the library target so fuzzing can reach them.
+use netd_cni_input::{env, error, types};
 
 use std::io::{IsTerminal, Read};
 use std::path::Path;
