@@ -120,13 +120,10 @@ impl HostLinks {
                     })?;
             }
 
-            let have = nl::addresses(h, index).await.map_err(|e| {
-                LinkError::from_rtnl(format!("listing addresses of bridge {name}"), e)
-            })?;
+            // Adding an address the bridge has already is EEXIST, which ensure_address accepts:
+            // cheaper than listing, which dumps every address of the host (the kernel has no
+            // per-link filter), one per container veth on a busy host.
             for net in addrs {
-                if have.iter().any(|(a, _)| a == net) {
-                    continue;
-                }
                 nl::ensure_address(h, index, *net).await.map_err(|e| {
                     LinkError::from_rtnl(format!("adding address {net} to bridge {name}"), e)
                 })?;
