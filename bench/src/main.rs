@@ -1,0 +1,485 @@
+//! `bench`: netd side by side with the CNI reference plugins (bridge + portmap + firewall with
+//! host-local IPAM, chained as libcni does) and netavark, each in its own private host netns.
+//! Never touches the machine's root network namespace. Run it through `scripts/bench.sh`.
+//!
+//! ```text
+//! bench [--sizes 10,100,1000] [--sample 20] [--ports 10,1000,10000] [--rate-secs 1]
+//!       [--systems netd,cni,netavark] [--out docs/bench] [--quick]
+//! ```
+
+mod conn;
+mod plot;
+mod report;
+mod runner;
+mod stats;
+mod systems;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use netd_netns_tests::world::HOST_EXT_V4;
+use netd_netns_tests::Netns;
+
+use crate::stats::Summary;
+use crate::systems::{Ctr, Kind, Port, System};
+
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub sizes: Vec<usize>,
+    pub sample: usize,
+    pub ports: Vec<usize>,
+    pub rate_secs: f64,
+    pub systems: Vec<Kind>,
+    pub out: PathBuf,
+}
+
+fn parse_list(s: &str) -> Vec<usize> {
+    s.split(',')
+        .map(|x| x.trim().replace('_', "").parse().expect("a number"))
+        .collect()
+}
+
+fn parse_args() -> Opts {
+    let mut o = Opts {
+        sizes: vec![10, 100, 1000],
+        sample: 20,
+        ports: vec![10, 1000, 10000],
+        rate_secs: 1.0,
+        systems: vec![Kind::Netd, Kind::Cni, Kind::Netavark],
+        out: PathBuf::from("docs/bench"),
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let val = || args.get(i + 1).cloned().expect("option needs a value");
+        match args[i].as_str() {
+            "--sizes" => o.sizes = parse_list(&val()),
+            "--sample" => o.sample = val().parse().expect("--sample N"),
+            "--ports" => o.ports = parse_list(&val()),
+            "--rate-secs" => o.rate_secs = val().parse().expect("--rate-secs S"),
+            "--out" => o.out = PathBuf::from(val()),
+            "--systems" => {
+                o.systems = val()
+                    .split(',')
+                    .map(|s| match s {
+                        "netd" => Kind::Netd,
+                        "cni" => Kind::Cni,
+                        "netavark" => Kind::Netavark,
+                        x => panic!("unknown system {x}"),
+                    })
+                    .collect()
+            }
+            "--quick" => {
+                o.sizes = vec![10, 30];
+                o.sample = 5;
+                o.ports = vec![10, 100];
+                o.rate_secs = 0.5;
+                i += 1;
+                continue;
+            }
+            "-h" | "--help" => {
+                println!("{}", include_str!("usage.txt"));
+                std::process::exit(0);
+            }
+            x => panic!("unknown argument {x} (try --help)"),
+        }
+        i += 2;
+    }
+    o
+}
+
+/// Everything measured, per system.
+#[derive(Debug, Default, Clone)]
+pub struct SysResult {
+    pub version: String,
+    /// N → (ADD sample, DEL sample)
+    pub add: BTreeMap<usize, Vec<f64>>,
+    pub del: BTreeMap<usize, Vec<f64>>,
+    /// Every ADD of the fill phase, in order (ms).
+    pub fill: Vec<f64>,
+    pub ports: BTreeMap<usize, PortResult>,
+    /// netd only: N → VmRSS KiB, CPU ms per fill ADD.
+    pub rss_kib: BTreeMap<usize, u64>,
+    pub cpu_ms_per_add: BTreeMap<usize, f64>,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct PortResult {
+    /// The ADD carrying all the mappings (ms), None if it failed.
+    pub apply_add_ms: Option<f64>,
+    /// From the ADD's start until the last port answered a TCP connect from outside (ms).
+    pub last_port_ms: Option<f64>,
+    /// A second container's ADD with one mapping while these are published (ms).
+    pub one_more_add_ms: Option<f64>,
+    pub one_more_del_ms: Option<f64>,
+    /// DEL of the container with all the mappings (ms).
+    pub del_ms: Option<f64>,
+    pub rate_first: Option<f64>,
+    pub rate_last: Option<f64>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("[bench {:>7.1}s] {}", elapsed(), msg.as_ref());
+}
+
+static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+fn elapsed() -> f64 {
+    START.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+
+fn new_ctr(kind: Kind, tag: &str, i: usize) -> Ctr {
+    let id = format!("bench{}{tag}{i:05}", &kind.name()[..2]);
+    Ctr {
+        ns: Netns::new(&id, "c"),
+        id,
+    }
+}
+
+/// /proc/PID/stat utime+stime in ms.
+fn cpu_ms(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the ")" of comm: state is field 3; utime 14, stime 15.
+    let rest = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let ut: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    let st: f64 = f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    (ut + st) * 1000.0 / tick
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0)
+}
+
+fn host_addr(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(HOST_EXT_V4.parse::<Ipv4Addr>().unwrap()), port)
+}
+
+/// Port phase: one container publishing `k` ports (host 20000+i → container 20000+i), for
+/// each k, systems alternating.
+fn port_phase(o: &Opts, systems: &mut [System], res: &mut [SysResult]) {
+    for &k in &o.ports {
+        log(format!("ports: publishing {k} ports on one container"));
+        let ports: Vec<Port> = (0..k)
+            .map(|i| (20000 + i as u16, 20000 + i as u16))
+            .collect();
+        let first = ports[0].0;
+        let last = ports[k - 1].0;
+        for (s, r) in systems.iter_mut().zip(res.iter_mut()) {
+            let mut pr = PortResult::default();
+            let big = new_ctr(s.kind, "p", k);
+            // Listeners on the first and last container ports, bound before the ADD.
+            let l1 = conn::Listener::start(&big.ns, first);
+            let l2 = (last != first).then(|| conn::Listener::start(&big.ns, last));
+            let t0 = Instant::now();
+            let t = s.add(&big, &ports);
+            if !t.ok {
+                r.errors
+                    .push(format!("ADD with {k} ports: {}", t.error.trim()));
+                log(format!(
+                    "  {}: ADD with {k} ports failed: {}",
+                    s.kind.name(),
+                    t.error
+                ));
+                let _ = s.del(&big);
+                continue;
+            }
+            pr.apply_add_ms = Some(ms(t.elapsed));
+            pr.last_port_ms =
+                conn::wait_answer(&s.world.external, host_addr(last), Duration::from_secs(10))
+                    .map(|_| ms(t0.elapsed()));
+            let one = new_ctr(s.kind, "q", k);
+            let t1 = s.add(&one, &[(40000, 80)]);
+            if t1.ok {
+                pr.one_more_add_ms = Some(ms(t1.elapsed));
+                let d1 = s.del(&one);
+                pr.one_more_del_ms = d1.ok.then(|| ms(d1.elapsed));
+            } else {
+                r.errors.push(format!(
+                    "ADD of one more mapping next to {k}: {}",
+                    t1.error.trim()
+                ));
+            }
+            if pr.last_port_ms.is_some() {
+                // Alternate first/last twice so drift cancels.
+                let half = Duration::from_secs_f64(o.rate_secs / 2.0);
+                let mut f = 0.0;
+                let mut l = 0.0;
+                for _ in 0..2 {
+                    f += conn::rate(&s.world.external, host_addr(first), half);
+                    l += conn::rate(&s.world.external, host_addr(last), half);
+                }
+                pr.rate_first = Some(f / 2.0);
+                pr.rate_last = Some(l / 2.0);
+            } else {
+                r.errors.push(format!(
+                    "port {last} never answered after ADD with {k} ports"
+                ));
+            }
+            drop(l1);
+            drop(l2);
+            let d = s.del(&big);
+            pr.del_ms = d.ok.then(|| ms(d.elapsed));
+            if !d.ok {
+                r.errors
+                    .push(format!("DEL with {k} ports: {}", d.error.trim()));
+            }
+            log(format!(
+                "  {:<12} apply {:>10} last port {:>10} +1 ADD {:>8} rate first {:>8} last {:>8}",
+                s.kind.name(),
+                fmt_opt(pr.apply_add_ms, "ms"),
+                fmt_opt(pr.last_port_ms, "ms"),
+                fmt_opt(pr.one_more_add_ms, "ms"),
+                fmt_opt(pr.rate_first, "/s"),
+                fmt_opt(pr.rate_last, "/s"),
+            ));
+            r.ports.insert(k, pr);
+        }
+    }
+}
+
+pub fn fmt_opt(v: Option<f64>, unit: &str) -> String {
+    match v {
+        Some(x) if x >= 100.0 => format!("{x:.0} {unit}"),
+        Some(x) => format!("{x:.2} {unit}"),
+        None => "—".into(),
+    }
+}
+
+/// Endpoint phase: grow every system to N endpoints (one published port each), then time a
+/// sample of ADD/DEL pairs at N; systems alternate call by call.
+#[allow(clippy::needless_range_loop)] // i indexes one sample per system
+fn endpoint_phase(o: &Opts, systems: &mut [System], res: &mut [SysResult]) {
+    let mut fill: Vec<Vec<Ctr>> = systems.iter().map(|_| Vec::new()).collect();
+    let sample: Vec<Vec<Ctr>> = systems
+        .iter()
+        .map(|s| (0..o.sample).map(|i| new_ctr(s.kind, "s", i)).collect())
+        .collect();
+    let mut broken = vec![false; systems.len()];
+    for &n in &o.sizes {
+        log(format!("endpoints: filling to N = {n}"));
+        let cpu0: Vec<Option<(f64, usize)>> = systems
+            .iter()
+            .zip(&fill)
+            .map(|(s, f)| s.netd_pid().map(|p| (cpu_ms(p), f.len())))
+            .collect();
+        let have = fill[0].len();
+        for i in have..n {
+            for (j, s) in systems.iter_mut().enumerate() {
+                if broken[j] {
+                    continue;
+                }
+                let c = new_ctr(s.kind, "f", i);
+                let t = s.add(&c, &[(10000 + i as u16, 80)]);
+                if !t.ok {
+                    res[j]
+                        .errors
+                        .push(format!("fill ADD #{i}: {}", t.error.trim()));
+                    log(format!(
+                        "  {} fill ADD #{i} failed: {}",
+                        s.kind.name(),
+                        t.error
+                    ));
+                    broken[j] = true;
+                }
+                res[j].fill.push(ms(t.elapsed));
+                fill[j].push(c);
+            }
+            if (i + 1) % 100 == 0 {
+                log(format!("  {} endpoints", i + 1));
+            }
+        }
+        for (j, s) in systems.iter().enumerate() {
+            if let (Some(pid), Some((c0, f0))) = (s.netd_pid(), cpu0[j]) {
+                let added = fill[j].len() - f0;
+                if added > 0 {
+                    res[j]
+                        .cpu_ms_per_add
+                        .insert(n, (cpu_ms(pid) - c0) / added as f64);
+                }
+                res[j].rss_kib.insert(n, rss_kib(pid));
+            }
+        }
+        log(format!(
+            "endpoints: sampling {} ADD/DEL at N = {n}",
+            o.sample
+        ));
+        for i in 0..o.sample {
+            for (j, s) in systems.iter_mut().enumerate() {
+                if broken[j] {
+                    continue;
+                }
+                let c = &sample[j][i];
+                // Same port range as the fill would use next, so the sample looks like it.
+                let t = s.add(c, &[(30000 + i as u16, 80)]);
+                if !t.ok {
+                    res[j]
+                        .errors
+                        .push(format!("sample ADD at N={n}: {}", t.error.trim()));
+                    continue;
+                }
+                res[j].add.entry(n).or_default().push(ms(t.elapsed));
+            }
+            for (j, s) in systems.iter_mut().enumerate() {
+                if broken[j] {
+                    continue;
+                }
+                let t = s.del(&sample[j][i]);
+                if !t.ok {
+                    res[j]
+                        .errors
+                        .push(format!("sample DEL at N={n}: {}", t.error.trim()));
+                    continue;
+                }
+                res[j].del.entry(n).or_default().push(ms(t.elapsed));
+            }
+        }
+        for (s, r) in systems.iter().zip(res.iter()) {
+            let a = Summary::of(r.add.get(&n).map(Vec::as_slice).unwrap_or(&[]));
+            let d = Summary::of(r.del.get(&n).map(Vec::as_slice).unwrap_or(&[]));
+            log(format!(
+                "  {:<12} N={n:<5} ADD p50 {:>8.2} p90 {:>8.2} max {:>8.2} | DEL p50 {:>8.2} p90 {:>8.2} max {:>8.2} ms",
+                s.kind.name(), a.p50, a.p90, a.max, d.p50, d.p90, d.max
+            ));
+        }
+    }
+    // The fill containers' netns go with `fill`; their host-side state goes with each
+    // system's host netns (no DEL needed for cleanup).
+    log("endpoints: removing container netns");
+    drop(fill);
+    drop(sample);
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|x| x.1.trim().to_string())
+        .unwrap_or_default();
+    let os = std::fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("PRETTY_NAME="))
+        .map(|l| {
+            l.trim_start_matches("PRETTY_NAME=")
+                .trim_matches('"')
+                .to_string()
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let nft = std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let iptables = std::process::Command::new("iptables")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    json!({
+        "cpu": cpu,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "os": os,
+        "kernel": kernel,
+        "date": date,
+        "loadavg_at_start": load.trim(),
+        "nft": nft,
+        "iptables": iptables,
+    })
+}
+
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some("runner") {
+        runner::serve();
+        return;
+    }
+    START.get_or_init(Instant::now);
+    let o = parse_args();
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "bench creates network namespaces: run it as root (scripts/bench.sh)"
+    );
+    // netd at its default log level, not the harness's debug.
+    if std::env::var_os("NETD_LOG").is_none() {
+        std::env::set_var("NETD_LOG", "info");
+    }
+    let mach = machine();
+    log(format!("machine: {mach}"));
+    let mut kinds = Vec::new();
+    let mut skipped = Vec::new();
+    for k in &o.systems {
+        match System::available(*k) {
+            Ok(()) => kinds.push(*k),
+            Err(e) => {
+                log(format!("skipping {}: {e}", k.name()));
+                skipped.push(json!({"system": k.name(), "why": e}));
+            }
+        }
+    }
+    let mut systems: Vec<System> = kinds.iter().map(|k| System::new(*k)).collect();
+    let netd_bin = systems[0].world.bin("netd");
+    let mut res: Vec<SysResult> = kinds
+        .iter()
+        .map(|k| SysResult {
+            version: System::version(*k, &netd_bin),
+            ..Default::default()
+        })
+        .collect();
+    for (k, r) in kinds.iter().zip(&res) {
+        log(format!("{}: {}", k.name(), r.version));
+    }
+    port_phase(&o, &mut systems, &mut res);
+    endpoint_phase(&o, &mut systems, &mut res);
+    let load_end = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let total = elapsed();
+    log("removing the systems' namespaces");
+    drop(systems);
+    let mut mach = mach;
+    mach["loadavg_at_end"] = json!(load_end.trim());
+    mach["bench_seconds"] = json!(total.round());
+    std::fs::create_dir_all(&o.out).expect("create output dir");
+    let doc = report::json(&o, &mach, &kinds, &res, &skipped);
+    let jpath = o.out.join("results.json");
+    std::fs::write(&jpath, serde_json::to_string_pretty(&doc).unwrap() + "\n")
+        .expect("write results.json");
+    let md = report::markdown(&o, &mach, &kinds, &res, &skipped);
+    std::fs::write(o.out.join("results.md"), &md).expect("write results.md");
+    let png = o.out.join("add-latency.png");
+    if let Err(e) = plot::add_latency(&png, &o, &kinds, &res) {
+        log(format!("plot failed: {e}"));
+    }
+    println!("{md}");
+    log(format!(
+        "wrote {}, {} and {}",
+        jpath.display(),
+        o.out.join("results.md").display(),
+        png.display()
+    ));
+}

@@ -1,0 +1,305 @@
+//! The markdown table and the JSON file.
+
+use serde_json::{json, Value};
+
+use crate::stats::Summary;
+use crate::systems::Kind;
+use crate::{fmt_opt, Opts, SysResult};
+
+fn sum(v: Option<&Vec<f64>>) -> Summary {
+    Summary::of(v.map(Vec::as_slice).unwrap_or(&[]))
+}
+
+fn f2(x: f64) -> String {
+    if x.is_nan() {
+        "—".into()
+    } else if x >= 100.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if a.is_nan() || b.is_nan() || b == 0.0 {
+        "—".into()
+    } else {
+        format!("{:.1}×", a / b)
+    }
+}
+
+fn sj(s: Summary) -> Value {
+    let n = |x: f64| if x.is_nan() { Value::Null } else { json!(x) };
+    json!({"n": s.n, "p50_ms": n(s.p50), "p90_ms": n(s.p90), "max_ms": n(s.max)})
+}
+
+pub fn json(o: &Opts, mach: &Value, kinds: &[Kind], res: &[SysResult], skipped: &[Value]) -> Value {
+    let mut systems = serde_json::Map::new();
+    for (k, r) in kinds.iter().zip(res) {
+        let mut at = serde_json::Map::new();
+        for n in &o.sizes {
+            at.insert(
+                n.to_string(),
+                json!({
+                    "add": sj(sum(r.add.get(n))),
+                    "del": sj(sum(r.del.get(n))),
+                    "add_samples_ms": r.add.get(n),
+                    "del_samples_ms": r.del.get(n),
+                }),
+            );
+        }
+        let ports: serde_json::Map<String, Value> = r
+            .ports
+            .iter()
+            .map(|(k, p)| {
+                (
+                    k.to_string(),
+                    json!({
+                        "apply_add_ms": p.apply_add_ms,
+                        "last_port_answers_ms": p.last_port_ms,
+                        "one_more_mapping_add_ms": p.one_more_add_ms,
+                        "one_more_mapping_del_ms": p.one_more_del_ms,
+                        "del_ms": p.del_ms,
+                        "conn_per_s_first": p.rate_first,
+                        "conn_per_s_last": p.rate_last,
+                    }),
+                )
+            })
+            .collect();
+        systems.insert(
+            k.name().into(),
+            json!({
+                "version": r.version,
+                "endpoints": at,
+                "fill_add_ms": r.fill,
+                "ports": ports,
+                "rss_kib": r.rss_kib.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                "cpu_ms_per_add": r.cpu_ms_per_add.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                "errors": r.errors,
+            }),
+        );
+    }
+    json!({
+        "machine": mach,
+        "options": {"sizes": o.sizes, "sample": o.sample, "ports": o.ports, "rate_secs": o.rate_secs},
+        "skipped": skipped,
+        "systems": systems,
+    })
+}
+
+pub fn markdown(
+    o: &Opts,
+    mach: &Value,
+    kinds: &[Kind],
+    res: &[SysResult],
+    skipped: &[Value],
+) -> String {
+    let mut m = String::new();
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    m += &format!(
+        "Run of {} on {} ({} CPUs), {}, kernel {}, {}, {}; load average at start {}, at end {}; {} s.\n\n",
+        s(&mach["date"]),
+        s(&mach["cpu"]),
+        mach["cpus"],
+        s(&mach["os"]),
+        s(&mach["kernel"]),
+        s(&mach["nft"]),
+        s(&mach["iptables"]),
+        s(&mach["loadavg_at_start"]),
+        s(&mach["loadavg_at_end"]),
+        mach["bench_seconds"],
+    );
+    for (k, r) in kinds.iter().zip(res) {
+        m += &format!("- {}: {}\n", k.name(), r.version);
+    }
+    for sk in skipped {
+        m += &format!("- {} skipped: {}\n", s(&sk["system"]), s(&sk["why"]));
+    }
+    let netd = kinds.iter().position(|k| *k == Kind::Netd);
+    m += &format!(
+        "\n### CNI ADD and DEL with N endpoints attached (ms, runtime side, {} samples each)\n\n",
+        o.sample
+    );
+    m += "| N | system | ADD p50 | ADD p90 | ADD max | DEL p50 | DEL p90 | DEL max | ADD p50 / netd | DEL p50 / netd |\n";
+    m += "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    for n in &o.sizes {
+        for (k, r) in kinds.iter().zip(res) {
+            let a = sum(r.add.get(n));
+            let d = sum(r.del.get(n));
+            let (ra, rd) = match netd {
+                Some(i) => (
+                    ratio(a.p50, sum(res[i].add.get(n)).p50),
+                    ratio(d.p50, sum(res[i].del.get(n)).p50),
+                ),
+                None => ("—".into(), "—".into()),
+            };
+            m += &format!(
+                "| {n} | {} | {} | {} | {} | {} | {} | {} | {ra} | {rd} |\n",
+                k.name(),
+                f2(a.p50),
+                f2(a.p90),
+                f2(a.max),
+                f2(d.p50),
+                f2(d.p90),
+                f2(d.max)
+            );
+        }
+    }
+    if let (Some(lo), Some(hi)) = (o.sizes.first(), o.sizes.last()) {
+        m += &format!("\n### Slope: p50 at N = {hi} over p50 at N = {lo}\n\n");
+        m += "| system | ADD | DEL |\n|---|---:|---:|\n";
+        for (k, r) in kinds.iter().zip(res) {
+            m += &format!(
+                "| {} | {} | {} |\n",
+                k.name(),
+                ratio(sum(r.add.get(hi)).p50, sum(r.add.get(lo)).p50),
+                ratio(sum(r.del.get(hi)).p50, sum(r.del.get(lo)).p50),
+            );
+        }
+    }
+    m += "\n### Published ports on one container\n\n";
+    m += "apply = the CNI ADD carrying all the mappings; last port = from that ADD's start until a TCP connect from the external netns to the last host port succeeds; +1 ADD = another container's ADD with one mapping while these are published; conn/s = sequential new TCP connections per second from the external netns through DNAT to the first / last host port.\n\n";
+    m += "| ports | system | apply | last port answers | +1 ADD | DEL | conn/s first | conn/s last | last / first |\n";
+    m += "|---:|---|---:|---:|---:|---:|---:|---:|---:|\n";
+    for p in &o.ports {
+        for (k, r) in kinds.iter().zip(res) {
+            let Some(pr) = r.ports.get(p) else {
+                m += &format!("| {p} | {} | failed | | | | | | |\n", k.name());
+                continue;
+            };
+            let lf = match (pr.rate_first, pr.rate_last) {
+                (Some(f), Some(l)) if f > 0.0 => format!("{:.2}", l / f),
+                _ => "—".into(),
+            };
+            m += &format!(
+                "| {p} | {} | {} | {} | {} | {} | {} | {} | {lf} |\n",
+                k.name(),
+                fmt_opt(pr.apply_add_ms, "ms"),
+                fmt_opt(pr.last_port_ms, "ms"),
+                fmt_opt(pr.one_more_add_ms, "ms"),
+                fmt_opt(pr.del_ms, "ms"),
+                pr.rate_first
+                    .map(|x| format!("{x:.0}"))
+                    .unwrap_or("—".into()),
+                pr.rate_last
+                    .map(|x| format!("{x:.0}"))
+                    .unwrap_or("—".into()),
+            );
+        }
+    }
+    if let Some(i) = netd {
+        let r = &res[i];
+        m += "\n### netd's resources\n\n| N | VmRSS | CPU per ADD (fill ADDs up to N) |\n|---:|---:|---:|\n";
+        for n in &o.sizes {
+            m += &format!(
+                "| {n} | {} | {} |\n",
+                r.rss_kib
+                    .get(n)
+                    .map(|k| format!("{:.1} MiB", *k as f64 / 1024.0))
+                    .unwrap_or("—".into()),
+                r.cpu_ms_per_add
+                    .get(n)
+                    .map(|c| format!("{c:.2} ms"))
+                    .unwrap_or("—".into()),
+            );
+        }
+        m += &goals(o, kinds, res, i);
+    }
+    for (k, r) in kinds.iter().zip(res) {
+        if !r.errors.is_empty() {
+            m += &format!("\n{} errors ({}):\n", k.name(), r.errors.len());
+            for e in r.errors.iter().take(5) {
+                let e: String = e.chars().take(300).collect();
+                m += &format!("- `{}`\n", e.replace('`', "'").replace('\n', " "));
+            }
+        }
+    }
+    m
+}
+
+fn goals(o: &Opts, kinds: &[Kind], res: &[SysResult], i: usize) -> String {
+    let r = &res[i];
+    let mut rows: Vec<(String, String, Option<bool>)> = Vec::new();
+    let big = *o.sizes.last().unwrap_or(&0);
+    let small = *o.sizes.first().unwrap_or(&0);
+    let a = sum(r.add.get(&big)).p50;
+    let d = sum(r.del.get(&big)).p50;
+    let ok = |x: f64, lim: f64| (!x.is_nan()).then_some(x <= lim);
+    rows.push((
+        format!("ADD p50 ≤ 3 ms at N = {big}"),
+        format!("{a:.2} ms"),
+        ok(a, 3.0),
+    ));
+    rows.push((
+        format!("DEL p50 ≤ 3 ms at N = {big}"),
+        format!("{d:.2} ms"),
+        ok(d, 3.0),
+    ));
+    let sa = a / sum(r.add.get(&small)).p50;
+    let sd = d / sum(r.del.get(&small)).p50;
+    rows.push((
+        format!("ADD p50 at N = {big} within 1.2× of N = {small}"),
+        format!("{sa:.2}×"),
+        ok(sa, 1.2),
+    ));
+    rows.push((
+        format!("DEL p50 at N = {big} within 1.2× of N = {small}"),
+        format!("{sd:.2}×"),
+        ok(sd, 1.2),
+    ));
+    let mid = if o.sizes.contains(&100) {
+        100
+    } else {
+        *o.sizes.get(o.sizes.len() / 2).unwrap_or(&big)
+    };
+    for (k, pr) in kinds.iter().zip(res) {
+        if *k == Kind::Netd {
+            continue;
+        }
+        for (what, mine, theirs) in [
+            ("ADD", sum(r.add.get(&mid)).p50, sum(pr.add.get(&mid)).p50),
+            ("DEL", sum(r.del.get(&mid)).p50, sum(pr.del.get(&mid)).p50),
+        ] {
+            let x = theirs / mine;
+            rows.push((
+                format!("{what} ≥ 10× faster than {} at N = {mid}", k.name()),
+                format!("{x:.1}×"),
+                (!x.is_nan()).then_some(x >= 10.0),
+            ));
+        }
+    }
+    let pmax = *o.ports.last().unwrap_or(&0);
+    if let Some(p) = r.ports.get(&pmax) {
+        let t = p.last_port_ms.unwrap_or(f64::NAN);
+        rows.push((
+            format!("{pmax} ports answering in ≤ 100 ms"),
+            format!("{t:.1} ms"),
+            ok(t, 100.0),
+        ));
+        if let (Some(f), Some(l)) = (p.rate_first, p.rate_last) {
+            rows.push((
+                format!("conn/s at port #{pmax} ≥ 0.9× port #1"),
+                format!("{:.2}×", l / f),
+                Some(l >= 0.9 * f),
+            ));
+        }
+    }
+    if let Some(kib) = r.rss_kib.get(&big) {
+        let mib = *kib as f64 / 1024.0;
+        rows.push((
+            format!("netd RSS ≤ 20 MiB at N = {big}"),
+            format!("{mib:.1} MiB"),
+            ok(mib, 20.0),
+        ));
+    }
+    let mut m = String::from("\n### Goals\n\n| goal | measured | met |\n|---|---:|:---:|\n");
+    for (g, v, okv) in rows {
+        let mark = match okv {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "—",
+        };
+        m += &format!("| {g} | {v} | {mark} |\n");
+    }
+    m
+}
