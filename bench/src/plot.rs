@@ -55,6 +55,17 @@ pub fn add_latency(
         )?;
     chart
         .configure_mesh()
+        .x_labels(8)
+        .y_labels(10)
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| {
+            if *v >= 10.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.1}")
+            }
+        })
+        .light_line_style(WHITE.mix(0.0))
         .x_desc("N endpoints attached (one published port each)")
         .y_desc("ADD wall time, ms (log)")
         .label_style(("sans-serif", 14))

@@ -62,6 +62,7 @@ pub fn json(o: &Opts, mach: &Value, kinds: &[Kind], res: &[SysResult], skipped: 
                         "del_ms": p.del_ms,
                         "conn_per_s_first": p.rate_first,
                         "conn_per_s_last": p.rate_last,
+                        "skipped": p.skipped,
                     }),
                 )
             })
@@ -81,7 +82,7 @@ pub fn json(o: &Opts, mach: &Value, kinds: &[Kind], res: &[SysResult], skipped: 
     }
     json!({
         "machine": mach,
-        "options": {"sizes": o.sizes, "sample": o.sample, "ports": o.ports, "rate_secs": o.rate_secs},
+        "options": {"sizes": o.sizes, "sample": o.sample, "ports": o.ports, "rate_secs": o.rate_secs, "cni_max_ports": o.cni_max_ports},
         "skipped": skipped,
         "systems": systems,
     })
@@ -167,6 +168,10 @@ pub fn markdown(
                 m += &format!("| {p} | {} | failed | | | | | | |\n", k.name());
                 continue;
             };
+            if let Some(why) = &pr.skipped {
+                m += &format!("| {p} | {} | {why} | | | | | | |\n", k.name());
+                continue;
+            }
             let lf = match (pr.rate_first, pr.rate_last) {
                 (Some(f), Some(l)) if f > 0.0 => format!("{:.2}", l / f),
                 _ => "—".into(),
