@@ -51,7 +51,7 @@ fn parse_args() -> Opts {
         sizes: vec![10, 100, 1000],
         sample: 20,
         ports: vec![10, 1000, 10000],
-        rate_secs: 1.0,
+        rate_secs: 2.0,
         cni_max_ports: 1000,
         systems: vec![Kind::Netd, Kind::Cni, Kind::Netavark],
         out: PathBuf::from("docs/bench"),
@@ -111,6 +111,10 @@ pub struct SysResult {
     pub rss_kib: BTreeMap<usize, u64>,
     pub cpu_ms_per_add: BTreeMap<usize, f64>,
     pub errors: Vec<String>,
+    /// netd only: (VmRSS, VmHWM) KiB at the end of the port phase, before its restart.
+    pub port_phase_mem: Option<(u64, u64)>,
+    /// Process start-to-exit floor: VERSION calls (ms).
+    pub floor: Vec<f64>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -119,6 +123,8 @@ pub struct PortResult {
     pub apply_add_ms: Option<f64>,
     /// From the ADD's start until the last port answered a TCP connect from outside (ms).
     pub last_port_ms: Option<f64>,
+    /// From the ADD's exit until the last port answered (ms).
+    pub after_add_ms: Option<f64>,
     /// A second container's ADD with one mapping while these are published (ms).
     pub one_more_add_ms: Option<f64>,
     pub one_more_del_ms: Option<f64>,
@@ -163,13 +169,22 @@ fn cpu_ms(pid: u32) -> f64 {
     (ut + st) * 1000.0 / tick
 }
 
-fn rss_kib(pid: u32) -> u64 {
+fn status_kib(pid: u32, key: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(key))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|x| x.parse().ok())
         .unwrap_or(0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// (VmRSS, VmHWM) in KiB.
+fn mem_kib(pid: u32) -> (u64, u64) {
+    (status_kib(pid, "VmRSS:"), status_kib(pid, "VmHWM:"))
 }
 
 fn host_addr(port: u16) -> SocketAddr {
@@ -201,7 +216,6 @@ fn port_phase(o: &Opts, systems: &mut [System], res: &mut [SysResult]) {
             // Listeners on the first and last container ports, bound before the ADD.
             let l1 = conn::Listener::start(&big.ns, first);
             let l2 = (last != first).then(|| conn::Listener::start(&big.ns, last));
-            let t0 = Instant::now();
             let t = s.add(&big, &ports);
             if !t.ok {
                 r.errors
@@ -215,9 +229,13 @@ fn port_phase(o: &Opts, systems: &mut [System], res: &mut [SysResult]) {
                 continue;
             }
             pr.apply_add_ms = Some(ms(t.elapsed));
-            pr.last_port_ms =
+            // The ADD's own time (process start to exit, measured by the runner) plus the time
+            // from its exit until the last port answers; the bench's own JSON building and
+            // pipe to the runner are not counted.
+            pr.after_add_ms =
                 conn::wait_answer(&s.world.external, host_addr(last), Duration::from_secs(10))
-                    .map(|_| ms(t0.elapsed()));
+                    .map(ms);
+            pr.last_port_ms = pr.after_add_ms.map(|a| a + ms(t.elapsed));
             let one = new_ctr(s.kind, "q", k);
             let t1 = s.add(&one, &[(40000, 80)]);
             if t1.ok {
@@ -232,15 +250,16 @@ fn port_phase(o: &Opts, systems: &mut [System], res: &mut [SysResult]) {
             }
             if pr.last_port_ms.is_some() {
                 // Alternate first/last twice so drift cancels.
-                let half = Duration::from_secs_f64(o.rate_secs / 2.0);
+                let rounds = 4;
+                let part = Duration::from_secs_f64(o.rate_secs / rounds as f64);
                 let mut f = 0.0;
                 let mut l = 0.0;
-                for _ in 0..2 {
-                    f += conn::rate(&s.world.external, host_addr(first), half);
-                    l += conn::rate(&s.world.external, host_addr(last), half);
+                for _ in 0..rounds {
+                    f += conn::rate(&s.world.external, host_addr(first), part);
+                    l += conn::rate(&s.world.external, host_addr(last), part);
                 }
-                pr.rate_first = Some(f / 2.0);
-                pr.rate_last = Some(l / 2.0);
+                pr.rate_first = Some(f / rounds as f64);
+                pr.rate_last = Some(l / rounds as f64);
             } else {
                 r.errors.push(format!(
                     "port {last} never answered after ADD with {k} ports"
@@ -471,8 +490,44 @@ fn main() {
     for (k, r) in kinds.iter().zip(&res) {
         log(format!("{}: {}", k.name(), r.version));
     }
+    // BENCH_STRACE_NETD=FILE: strace netd for the whole run, to find where its time goes.
+    // It slows netd down, so never for published numbers.
+    let tracer = std::env::var("BENCH_STRACE_NETD").ok().and_then(|file| {
+        let pid = systems.iter().find_map(System::netd_pid)?;
+        let t = std::process::Command::new("strace")
+            .args(["-f", "-tt", "-T", "-o", &file, "-p", &pid.to_string()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok();
+        std::thread::sleep(Duration::from_millis(500));
+        t
+    });
+    log("exec floor: VERSION calls");
+    for _ in 0..o.sample {
+        for (s, r) in systems.iter_mut().zip(res.iter_mut()) {
+            let t = s.version_call();
+            if t.ok {
+                r.floor.push(ms(t.elapsed));
+            } else {
+                r.errors.push(format!("VERSION: {}", t.error.trim()));
+            }
+        }
+    }
     port_phase(&o, &mut systems, &mut res);
+    // Restart netd (its table is rebuilt from the now empty state) so that its memory
+    // figures at N endpoints do not carry the port phase's high-water mark.
+    for (s, r) in systems.iter_mut().zip(res.iter_mut()) {
+        if let Some(pid) = s.netd_pid() {
+            r.port_phase_mem = Some(mem_kib(pid));
+            s.world.restart_netd(libc::SIGTERM);
+        }
+    }
     endpoint_phase(&o, &mut systems, &mut res);
+    if let Some(mut t) = tracer {
+        // SAFETY: SIGINT to our own strace child, which then detaches from netd.
+        unsafe { libc::kill(t.id() as libc::pid_t, libc::SIGINT) };
+        let _ = t.wait();
+    }
     let load_end = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let total = elapsed();
     log("removing the systems' namespaces");

@@ -57,6 +57,7 @@ pub fn json(o: &Opts, mach: &Value, kinds: &[Kind], res: &[SysResult], skipped: 
                     json!({
                         "apply_add_ms": p.apply_add_ms,
                         "last_port_answers_ms": p.last_port_ms,
+                        "after_add_exit_ms": p.after_add_ms,
                         "one_more_mapping_add_ms": p.one_more_add_ms,
                         "one_more_mapping_del_ms": p.one_more_del_ms,
                         "del_ms": p.del_ms,
@@ -73,10 +74,12 @@ pub fn json(o: &Opts, mach: &Value, kinds: &[Kind], res: &[SysResult], skipped: 
                 "version": r.version,
                 "endpoints": at,
                 "fill_add_ms": r.fill,
+                "exec_floor": sj(Summary::of(&r.floor)),
                 "ports": ports,
                 "rss_kib": r.rss_kib.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
                 "cpu_ms_per_add": r.cpu_ms_per_add.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
                 "errors": r.errors,
+                "port_phase_mem_kib": r.port_phase_mem.map(|(rss, hwm)| json!({"rss": rss, "hwm": hwm})),
             }),
         );
     }
@@ -146,6 +149,14 @@ pub fn markdown(
             );
         }
     }
+    m += "\nExec floor (p50 of a CNI `VERSION` call on each plugin of the chain, or `netavark version`): ";
+    m += &kinds
+        .iter()
+        .zip(res)
+        .map(|(k, r)| format!("{} {} ms", k.name(), f2(Summary::of(&r.floor).p50)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    m += ".\n";
     if let (Some(lo), Some(hi)) = (o.sizes.first(), o.sizes.last()) {
         m += &format!("\n### Slope: p50 at N = {hi} over p50 at N = {lo}\n\n");
         m += "| system | ADD | DEL |\n|---|---:|---:|\n";
@@ -160,27 +171,28 @@ pub fn markdown(
     }
     m += "\n### Published ports on one container\n\n";
     m += "apply = the CNI ADD carrying all the mappings; last port = from that ADD's start until a TCP connect from the external netns to the last host port succeeds; +1 ADD = another container's ADD with one mapping while these are published; conn/s = sequential new TCP connections per second from the external netns through DNAT to the first / last host port.\n\n";
-    m += "| ports | system | apply | last port answers | +1 ADD | DEL | conn/s first | conn/s last | last / first |\n";
-    m += "|---:|---|---:|---:|---:|---:|---:|---:|---:|\n";
+    m += "| ports | system | apply | last port answers | of which after ADD exit | +1 ADD | DEL | conn/s first | conn/s last | last / first |\n";
+    m += "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for p in &o.ports {
         for (k, r) in kinds.iter().zip(res) {
             let Some(pr) = r.ports.get(p) else {
-                m += &format!("| {p} | {} | failed | | | | | | |\n", k.name());
+                m += &format!("| {p} | {} | failed | | | | | | | |\n", k.name());
                 continue;
             };
             if let Some(why) = &pr.skipped {
-                m += &format!("| {p} | {} | {why} | | | | | | |\n", k.name());
+                m += &format!("| {p} | {} | {why} | | | | | | | |\n", k.name());
                 continue;
             }
             let lf = match (pr.rate_first, pr.rate_last) {
-                (Some(f), Some(l)) if f > 0.0 => format!("{:.2}", l / f),
+                (Some(f), Some(l)) if f > 0.0 => format!("{:.3}", l / f),
                 _ => "—".into(),
             };
             m += &format!(
-                "| {p} | {} | {} | {} | {} | {} | {} | {} | {lf} |\n",
+                "| {p} | {} | {} | {} | {} | {} | {} | {} | {} | {lf} |\n",
                 k.name(),
                 fmt_opt(pr.apply_add_ms, "ms"),
                 fmt_opt(pr.last_port_ms, "ms"),
+                fmt_opt(pr.after_add_ms, "ms"),
                 fmt_opt(pr.one_more_add_ms, "ms"),
                 fmt_opt(pr.del_ms, "ms"),
                 pr.rate_first
@@ -206,6 +218,14 @@ pub fn markdown(
                     .get(n)
                     .map(|c| format!("{c:.2} ms"))
                     .unwrap_or("—".into()),
+            );
+        }
+        if let Some((rss, hwm)) = r.port_phase_mem {
+            m += &format!(
+                "\nAfter the port phase (largest: {} ports): VmRSS {:.1} MiB, VmHWM {:.1} MiB; netd was then restarted for the endpoint phase.\n",
+                o.ports.last().unwrap_or(&0),
+                rss as f64 / 1024.0,
+                hwm as f64 / 1024.0
             );
         }
         m += &goals(o, kinds, res, i);
@@ -284,7 +304,7 @@ fn goals(o: &Opts, kinds: &[Kind], res: &[SysResult], i: usize) -> String {
         if let (Some(f), Some(l)) = (p.rate_first, p.rate_last) {
             rows.push((
                 format!("conn/s at port #{pmax} ≥ 0.9× port #1"),
-                format!("{:.2}×", l / f),
+                format!("{:.3}×", l / f),
                 Some(l >= 0.9 * f),
             ));
         }

@@ -276,6 +276,25 @@ impl System {
         t
     }
 
+    /// The cost of just starting the system's processes: CNI `VERSION` on every plugin of
+    /// the chain (netd-cni; bridge, portmap, firewall), `netavark version`.
+    pub fn version_call(&mut self) -> Timed {
+        let env = [("CNI_COMMAND", "VERSION")];
+        let stdin = json!({"cniVersion": "1.0.0"});
+        let steps = match self.kind {
+            Kind::Netd => {
+                let bin = self.world.bin("netd-cni").display().to_string();
+                vec![runner::step(&[&bin], &env, stdin, false)]
+            }
+            Kind::Cni => ["bridge", "portmap", "firewall"]
+                .iter()
+                .map(|p| runner::step(&[&format!("{CNI_BIN_DIR}/{p}")], &env, stdin.clone(), false))
+                .collect(),
+            Kind::Netavark => vec![runner::step(&[NETAVARK_BIN, "version"], &[], stdin, false)],
+        };
+        self.runner.call(steps, CALL_TIMEOUT)
+    }
+
     /// DEL `c` (with the cached ADD result as prevResult, as libcni does).
     pub fn del(&mut self, c: &Ctr) -> Timed {
         let a = self.attached.remove(&c.id);
