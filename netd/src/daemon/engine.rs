@@ -72,6 +72,10 @@ pub const BRIDGE_PREFIX: &str = "nd-";
 /// that is still building its links is not mistaken for a dead one.
 pub const ATTACH_GRACE_SECS: u64 = 60;
 
+/// A Linux bridge numbers its ports in 10 bits and port 0 is reserved (the kernel's
+/// BR_MAX_PORTS), so one network holds at most this many endpoints whatever its subnet.
+pub const MAX_BRIDGE_PORTS: usize = 1023;
+
 /// After a restart, an endpoint made before netd started whose host veth is still missing
 /// this long after the start is released: an ADD that was building its links when the old
 /// netd stopped has finished (or failed) by then, and a DEL that ran while netd was down
@@ -658,6 +662,17 @@ impl Engine {
                 key.container_id, key.ifname, key.network
             )));
         }
+        let attached = self
+            .endpoints
+            .values()
+            .filter(|e| e.network == net.name)
+            .count();
+        if attached >= MAX_BRIDGE_PORTS {
+            return Err(ApiError::conflict(format!(
+                "network {} has {attached} endpoints, the most a Linux bridge can hold ({MAX_BRIDGE_PORTS} ports); attach further containers to another network",
+                net.name
+            )));
+        }
         let existing = self
             .endpoints
             .values()
@@ -1151,6 +1166,23 @@ mod tests {
         }
         assert!(e.endpoint(&young.key()).is_ok());
         assert_eq!(fx.table().elems(plan::SetId::Dnat4Any).count(), 0);
+    }
+
+    #[test]
+    fn a_network_holds_no_more_endpoints_than_a_bridge_has_ports() {
+        let fx = Fixture::new("full");
+        let mut e = fx.engine();
+        e.create_network(CreateNetwork {
+            subnet: Some("10.98.0.0/20".parse().unwrap()),
+            ..create("big")
+        })
+        .unwrap();
+        for i in 0..MAX_BRIDGE_PORTS {
+            e.attach(attach("big", &format!("c{i}"), vec![])).unwrap();
+        }
+        let err = e.attach(attach("big", "one-too-many", vec![])).unwrap_err();
+        assert_eq!(err.kind, crate::api::ErrorKind::Conflict);
+        assert!(err.message.contains("1023 ports"), "{}", err.message);
     }
 
     #[test]
