@@ -20,6 +20,8 @@ pub trait Netd {
     fn attach(&self, req: &AttachRequest) -> Result<Attachment, ClientError>;
     fn endpoint(&self, network: &str, cid: &str, ifname: &str) -> Result<Attachment, ClientError>;
     fn detach(&self, network: &str, cid: &str, ifname: &str) -> Result<Released, ClientError>;
+    /// DEL: detach, and netd removes the host veth (and the container's end) after answering.
+    fn release(&self, network: &str, cid: &str, ifname: &str) -> Result<Released, ClientError>;
     fn gc(&self, req: &GcRequest) -> Result<GcResult, ClientError>;
     fn status(&self) -> Result<Status, ClientError>;
 }
@@ -36,6 +38,9 @@ impl Netd for Client {
     }
     fn detach(&self, network: &str, cid: &str, ifname: &str) -> Result<Released, ClientError> {
         Client::detach(self, network, cid, ifname)
+    }
+    fn release(&self, network: &str, cid: &str, ifname: &str) -> Result<Released, ClientError> {
+        Client::release(self, network, cid, ifname)
     }
     fn gc(&self, req: &GcRequest) -> Result<GcResult, ClientError> {
         Client::gc(self, req)
@@ -136,9 +141,10 @@ fn add(
     env.check_args()?;
     let netns = container_netns(env, links)?;
 
-    // A second ADD for an attached interface must fail (spec) without the rollback below
-    // tearing down the working attachment, so look before asking netd.
-    let expected_veth = netd::model::host_veth_name(cid, ifname);
+    // A second ADD of an attached interface fails at netd (it holds the endpoint) before any
+    // rollback could tear the working attachment down. A host link left over without an
+    // endpoint is found after the attach, because netd first finishes removing the veth of a
+    // DEL it has just answered (the runtime may ADD the same interface again at once).
     let exists = |name: &str| {
         links.link_exists(name).map_err(|e| {
             PluginError::link(format!("ADD failed checking for host link {name}"), e.0)
@@ -151,10 +157,6 @@ fn add(
         ),
         details: String::new(),
     };
-    if exists(&expected_veth)? {
-        return Err(already(&expected_veth));
-    }
-
     let req = AttachRequest {
         network: conf.network.clone(),
         container_id: cid.to_string(),
@@ -186,12 +188,10 @@ fn add(
         e.with_note(&notes.join("; "))
     };
 
-    if veth != expected_veth {
-        match exists(&veth) {
-            Ok(false) => {}
-            Ok(true) => return Err(fail(already(&veth), false)),
-            Err(e) => return Err(fail(e, false)),
-        }
+    match exists(&veth) {
+        Ok(false) => {}
+        Ok(true) => return Err(fail(already(&veth), false)),
+        Err(e) => return Err(fail(e, false)),
     }
     let addressing = shaping::addressing(&att).map_err(|d| {
         fail(
@@ -250,14 +250,16 @@ fn add(
     ))
 }
 
-/// Best effort and idempotent: whatever is already gone counts as removed. An unreachable
-/// netd does not block the container's removal; netd's GC releases the endpoint later.
+/// Best effort and idempotent: whatever is already gone counts as removed. When netd answers,
+/// it removes the veth pair itself after answering (the kernel takes 15–30 ms to unregister a
+/// veth, most of a DEL otherwise). An unreachable netd does not block the container's removal:
+/// the plugin removes the links itself and netd releases the endpoint when it is back.
 fn del(env: &Env, conf: &NetConf, netd: &dyn Netd, links: &dyn Links) -> Result<(), PluginError> {
     let cid = env.container_id()?;
     let ifname = env.ifname()?;
     let mut failure: Option<PluginError> = None;
-    match netd.detach(&conf.network, cid, ifname) {
-        Ok(_) => {}
+    match netd.release(&conf.network, cid, ifname) {
+        Ok(_) => return Ok(()),
         Err(ClientError::Unreachable { path, source }) => eprintln!(
             "netd-cni: netd is not reachable at {} ({source}); removing links only, netd GC releases {cid}/{ifname}",
             path.display()
@@ -500,6 +502,10 @@ mod tests {
             self.log(format!("detach {n} {c} {i}"))?;
             Ok(Released { released: true })
         }
+        fn release(&self, n: &str, c: &str, i: &str) -> Result<Released, ClientError> {
+            self.log(format!("release {n} {c} {i}"))?;
+            Ok(Released { released: true })
+        }
         fn gc(&self, req: &GcRequest) -> Result<GcResult, ClientError> {
             self.log(format!("gc {} {}", req.network, req.valid.len()))?;
             Ok(GcResult {
@@ -668,6 +674,9 @@ mod tests {
         fn detach(&self, n: &str, c: &str, i: &str) -> Result<Released, ClientError> {
             self.0.detach(n, c, i)
         }
+        fn release(&self, n: &str, c: &str, i: &str) -> Result<Released, ClientError> {
+            self.0.release(n, c, i)
+        }
         fn gc(&self, r: &GcRequest) -> Result<GcResult, ClientError> {
             self.0.gc(r)
         }
@@ -713,14 +722,15 @@ mod tests {
     }
 
     #[test]
-    fn add_twice_fails_without_touching_the_first() {
+    fn add_over_a_leftover_veth_gives_the_endpoint_back_and_leaves_the_link() {
+        // netd holds no endpoint (else it refuses the attach), yet the host link exists.
         let links = FakeLinks::default();
         links.host.borrow_mut().insert(veth());
         let (out, calls) = go("ADD", NETNS, &conf(json!({})), FakeNetd::default(), &links);
         let e = out.unwrap_err();
         assert_eq!(e.code(), 100);
         assert!(e.to_string().contains("already attached"), "{e}");
-        assert!(calls.is_empty());
+        assert_eq!(calls, vec!["attach c1 0", "detach web c1 eth0"]);
         assert!(links.host.borrow().contains(&veth()));
     }
 
@@ -784,7 +794,16 @@ mod tests {
         out.unwrap();
         let (out, calls) = go("DEL", NETNS, &conf(json!({})), FakeNetd::default(), &links);
         assert_eq!(out.unwrap(), None);
-        assert_eq!(calls, vec!["detach web c1 eth0"]);
+        assert_eq!(calls, vec!["release web c1 eth0"]);
+        // netd removes the veth pair after answering; the plugin leaves it alone.
+        assert!(links.host.borrow().iter().any(|l| *l == veth()));
+        // Without netd the plugin removes the links itself.
+        let netd = FakeNetd {
+            unreachable: true,
+            ..Default::default()
+        };
+        let (out, _) = go("DEL", NETNS, &conf(json!({})), netd, &links);
+        assert_eq!(out.unwrap(), None);
         assert!(links.host.borrow().iter().all(|l| l == "nd-web"));
         assert!(links.container.borrow().is_none());
         // Again, with netd gone and the namespace gone.

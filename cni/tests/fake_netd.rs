@@ -156,6 +156,8 @@ fn conf(netd: &FakeNetd, extra: Value) -> Value {
 }
 
 const DETACH: &str = "DELETE /v1/endpoints/web/c0ffee/eth0";
+/// DEL asks netd to remove the links too ([`netd::api::Client::release`]).
+const RELEASE: &str = "DELETE /v1/endpoints/web/c0ffee/eth0?links=remove";
 
 #[test]
 fn status_with_netd_prints_nothing() {
@@ -259,7 +261,7 @@ fn del_detaches_and_tolerates_an_unknown_endpoint() {
         assert!(out.ok, "{} {}", out.stdout, out.stderr);
         assert_eq!(out.stdout, "");
     }
-    assert_eq!(netd.requests(), [DETACH, DETACH]);
+    assert_eq!(netd.requests(), [RELEASE, RELEASE]);
 }
 
 #[test]

@@ -182,6 +182,21 @@ impl Client {
         )
     }
 
+    /// CNI DEL: releases the endpoint and has netd remove its host veth (and so the
+    /// container's end) once it has answered. Idempotent.
+    pub fn release(
+        &self,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Released, ClientError> {
+        self.call(
+            "DELETE",
+            &format!("/v1/endpoints/{network}/{container_id}/{ifname}?links=remove"),
+            None::<&()>,
+        )
+    }
+
     pub fn gc(&self, req: &GcRequest) -> Result<GcResult, ClientError> {
         self.call("POST", "/v1/gc", Some(req))
     }

@@ -12,6 +12,7 @@
 //! | POST   | /v1/endpoints                                  | [`AttachRequest`] | [`Attachment`]    |
 //! | GET    | /v1/endpoints/{network}/{container}/{ifname}   |                 | [`Attachment`]      |
 //! | DELETE | /v1/endpoints/{network}/{container}/{ifname}   |                 | [`Released`]        |
+//! | DELETE | …/{ifname}?links=remove (CNI DEL: also removes the host veth, after answering) | | [`Released`] |
 //! | POST   | /v1/gc                                         | [`GcRequest`]   | [`GcResult`]        |
 //!
 //! Errors are `{"error": {"kind": ..., "message": ...}}` ([`ApiError`]) with a matching status.

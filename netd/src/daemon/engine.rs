@@ -45,6 +45,15 @@ pub trait Kernel: Send {
     fn clear_udp_conntrack(&mut self, _bindings: &[ports::Binding]) -> Result<usize, KernelError> {
         Ok(0)
     }
+    /// Removes a host link after the current request is answered (see
+    /// [`super::reaper`]); the default removes it at once.
+    fn remove_link_later(&mut self, name: &str) {
+        if let Err(e) = self.delete_link(name) {
+            warn!(link = %name, error = %e, "could not remove link");
+        }
+    }
+    /// Returns once no removal of `name` is pending, so its name can be used again.
+    fn settle_link(&mut self, _name: &str) {}
 }
 
 /// Published ports: ::1 cannot be DNATed to a container (IPv6 has no route_localnet: the
@@ -662,6 +671,9 @@ impl Engine {
                 key.container_id, key.ifname, key.network
             )));
         }
+        // A DEL of the same container interface may still be removing its veth.
+        self.kernel
+            .settle_link(&model::host_veth_name(&key.container_id, &key.ifname));
         let attached = self
             .endpoints
             .values()
@@ -791,6 +803,16 @@ impl Engine {
     }
 
     /// Releases an endpoint with its addresses and ports. Returns false if there was none.
+    /// CNI DEL with netd's help: releases the endpoint (if netd holds it) and removes its host
+    /// veth, and with it the container's end, after the answer. Returns whether an endpoint
+    /// was released.
+    pub fn release(&mut self, key: &EndpointKey) -> Result<bool, ApiError> {
+        let released = self.detach(key)?;
+        self.kernel
+            .remove_link_later(&model::host_veth_name(&key.container_id, &key.ifname));
+        Ok(released)
+    }
+
     pub fn detach(&mut self, key: &EndpointKey) -> Result<bool, ApiError> {
         let Some(ep) = self.endpoints.remove(key) else {
             return Ok(false);

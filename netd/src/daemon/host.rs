@@ -6,6 +6,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::engine::{Kernel, KernelError};
+use std::sync::Arc;
+
+use super::reaper::Reaper;
 use crate::link::HostLinks;
 use crate::plan::{Desired, Diff};
 use crate::ruleset::Applier;
@@ -13,6 +16,7 @@ use crate::ruleset::Applier;
 pub struct HostKernel {
     applier: Applier,
     links: HostLinks,
+    reaper: Arc<Reaper>,
 }
 
 impl HostKernel {
@@ -22,6 +26,7 @@ impl HostKernel {
         Ok(HostKernel {
             applier: Applier::new(table).map_err(|e| KernelError(e.to_string()))?,
             links: HostLinks::new().map_err(|e| KernelError(e.to_string()))?,
+            reaper: Reaper::start().map_err(|e| KernelError(e.to_string()))?,
         })
     }
 }
@@ -71,6 +76,14 @@ impl Kernel for HostKernel {
             .delete_link(name)
             .map(|_| ())
             .map_err(|e| KernelError(e.to_string()))
+    }
+
+    fn remove_link_later(&mut self, name: &str) {
+        self.reaper.schedule(name);
+    }
+
+    fn settle_link(&mut self, name: &str) {
+        self.reaper.settle(name);
     }
 
     fn is_netns(&mut self, path: &str) -> bool {

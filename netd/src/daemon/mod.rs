@@ -5,6 +5,7 @@ pub mod engine;
 pub mod heal;
 pub mod host;
 pub mod notify;
+pub mod reaper;
 pub mod server;
 pub mod sysctl;
 

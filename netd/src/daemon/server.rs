@@ -358,9 +358,11 @@ fn decode<T: for<'de> serde::Deserialize<'de>>(body: &[u8]) -> Result<T, ApiErro
     serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("malformed request: {e}")))
 }
 
-/// Dispatches one request. Paths are `/v1/...`; a query string is ignored.
-pub fn route(engine: &mut Engine, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    let path = path.split('?').next().unwrap_or("");
+/// Dispatches one request. Paths are `/v1/...`; the only query parameter is `links=remove`
+/// on an endpoint's DELETE (netd then removes the host veth too, after answering).
+pub fn route(engine: &mut Engine, method: &str, full_path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let (path, query) = full_path.split_once('?').unwrap_or((full_path, ""));
+    let remove_links = query.split('&').any(|kv| kv == "links=remove");
     let Some(rest) = path.strip_prefix("/v1/") else {
         return error(
             404,
@@ -385,9 +387,15 @@ pub fn route(engine: &mut Engine, method: &str, path: &str, body: &[u8]) -> (u16
         ("GET", ["endpoints", network, container, ifname]) => engine
             .endpoint(&key(network, container, ifname))
             .map(|a| ok(200, &a)),
-        ("DELETE", ["endpoints", network, container, ifname]) => engine
-            .detach(&key(network, container, ifname))
-            .map(|released| ok(200, &Released { released })),
+        ("DELETE", ["endpoints", network, container, ifname]) => {
+            let key = key(network, container, ifname);
+            if remove_links {
+                engine.release(&key)
+            } else {
+                engine.detach(&key)
+            }
+            .map(|released| ok(200, &Released { released }))
+        }
         ("POST", ["gc"]) => decode::<GcRequest>(body)
             .and_then(|req| engine.gc(req))
             .map(|released| ok(200, &crate::api::GcResult { released })),

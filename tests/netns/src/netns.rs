@@ -137,6 +137,21 @@ impl Netns {
         }
     }
 
+    /// Waits up to `timeout` for link `ifname` to be gone (netd removes a DEL's veth pair just
+    /// after answering); true if it is gone.
+    pub fn wait_link_gone(&self, ifname: &str, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if !self.has_link(ifname) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Names of all links in this netns.
     pub fn link_names(&self) -> Vec<String> {
         self.ip_json(&["link", "show"])

@@ -208,7 +208,10 @@ fn same_network_reachable_masquerade_out_networks_isolated() {
     for (c, n) in [(&c1, "a"), (&c2, "a"), (&c3, "b")] {
         w.cni_del(c, n);
     }
-    assert!(!c1.has_link("eth0"), "DEL left eth0 in the container");
+    assert!(
+        c1.wait_link_gone("eth0", Duration::from_secs(5)),
+        "DEL left eth0 in the container"
+    );
     w.netctl_ok(&["network", "rm", "a"]);
     w.netctl_ok(&["network", "rm", "b"]);
     let ls = w.netctl_json(&["network", "ls"]);
@@ -622,4 +625,60 @@ fn dual_stack_network_ipv6_reachable_and_masqueraded() {
     w.cni_del(&c1, "d");
     w.cni_del(&c2, "d");
     w.netctl_ok(&["network", "rm", "d"]);
+}
+
+// ---------------------------------------------------------------------------
+// 6. netd removes a DEL's veth pair after answering; an immediate ADD of the same container
+//    interface still works (netd settles the pending removal first).
+// ---------------------------------------------------------------------------
+
+#[test]
+fn del_then_immediate_add_of_the_same_interface() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network("a", &["--subnet", "10.89.6.0/24"]);
+    let c = w.container("c1");
+    let peer = w.container("c2");
+    let rp = w.cni_add(&peer, "a");
+    let srv = TcpServer::start(&peer);
+    for round in 0..5 {
+        let r = w.cni_add(&c, "a");
+        assert_eq!(
+            assert_tcp_ok(&c, srv.addr(rp.ip())).ip(),
+            r.ip(),
+            "round {round}"
+        );
+        w.cni_del(&c, "a");
+    }
+    let veth = w
+        .host
+        .link_names()
+        .into_iter()
+        .filter(|l| l.starts_with("vn"))
+        .count();
+    assert!(
+        c.wait_link_gone("eth0", Duration::from_secs(5)),
+        "the container's end outlived the DEL"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while w
+        .host
+        .link_names()
+        .iter()
+        .filter(|l| l.starts_with("vn"))
+        .count()
+        > 1
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        w.host
+            .link_names()
+            .iter()
+            .filter(|l| l.starts_with("vn"))
+            .count(),
+        1,
+        "only the peer's host veth remains (was {veth} right after the DEL)"
+    );
 }

@@ -169,7 +169,7 @@ fn ipv6_published_port_reachable_and_ipv6_loopback_refused() {
         "error does not explain ::1: {r}"
     );
     assert_eq!(table(&w), before, "a refused ::1 ADD changed the table");
-    assert!(!c2.has_link("eth0"));
+    assert!(c2.wait_link_gone("eth0", Duration::from_secs(5)));
 }
 
 // ---------------------------------------------------------------------------
@@ -311,7 +311,7 @@ fn conflicting_add_is_refused_naming_the_holder_and_changes_nothing() {
             "refused ADD {map} changed table inet netd"
         );
         assert_eq!(w.host.links_detail(), links, "refused ADD changed links");
-        assert!(!c2.has_link("eth0"));
+        assert!(c2.wait_link_gone("eth0", Duration::from_secs(5)));
     }
     let eps = w.netctl_json(&["endpoint", "ls"]);
     assert_eq!(eps.as_array().map(Vec::len), Some(1), "{eps}");

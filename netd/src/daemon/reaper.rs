@@ -1,0 +1,112 @@
+//! Removes host veths after a DEL has been answered. Deleting a veth waits for the kernel to
+//! unregister both ends (an RCU grace period: 15–30 ms here, most of a DEL otherwise), and
+//! nothing the runtime does next depends on it: the endpoint is already released, and an ADD
+//! that reuses the name first settles the pending removal ([`Reaper::settle`]). A removal lost
+//! to a crash is found by the start-up reconciliation, which removes veths no endpoint claims.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+
+use tracing::{debug, warn};
+
+use crate::link::HostLinks;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Removal {
+    Queued,
+    Running,
+}
+
+pub struct Reaper {
+    pending: Mutex<BTreeMap<String, Removal>>,
+    done: Condvar,
+    links: HostLinks,
+    queue: Mutex<Sender<String>>,
+}
+
+impl Reaper {
+    /// Opens its netlink socket in the calling thread's netns (the daemon's) and starts the
+    /// worker thread.
+    pub fn start() -> Result<Arc<Reaper>, crate::link::LinkError> {
+        let (tx, rx) = channel::<String>();
+        let reaper = Arc::new(Reaper {
+            pending: Mutex::new(BTreeMap::new()),
+            done: Condvar::new(),
+            links: HostLinks::new()?,
+            queue: Mutex::new(tx),
+        });
+        let worker = Arc::downgrade(&reaper);
+        std::thread::Builder::new()
+            .name("netd-reaper".into())
+            .spawn(move || {
+                while let Ok(name) = rx.recv() {
+                    let Some(reaper) = worker.upgrade() else {
+                        break;
+                    };
+                    reaper.run(&name);
+                }
+            })
+            .map_err(|e| crate::link::LinkError::Os {
+                step: "starting the link reaper thread".into(),
+                err: e,
+            })?;
+        Ok(reaper)
+    }
+
+    /// Queues the removal of host link `name`.
+    pub fn schedule(&self, name: &str) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.contains_key(name) {
+            return;
+        }
+        pending.insert(name.to_string(), Removal::Queued);
+        drop(pending);
+        let sent = self
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(name.to_string());
+        if sent.is_err() {
+            // The worker is gone (shutdown): remove it here instead.
+            self.run(name);
+        }
+    }
+
+    /// Returns once no removal of `name` is pending: a queued one is done here and now, a
+    /// running one is waited for.
+    pub fn settle(&self, name: &str) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match pending.get(name) {
+                None => return,
+                Some(Removal::Queued) => {
+                    drop(pending);
+                    self.run(name);
+                    return;
+                }
+                Some(Removal::Running) => {
+                    pending = self.done.wait(pending).unwrap_or_else(|p| p.into_inner());
+                }
+            }
+        }
+    }
+
+    fn run(&self, name: &str) {
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            match pending.get_mut(name) {
+                Some(state @ Removal::Queued) => *state = Removal::Running,
+                // Settled or being removed by someone else already.
+                _ => return,
+            }
+        }
+        match self.links.delete_link(name) {
+            Ok(removed) => debug!(link = %name, removed, "host veth removed after DEL"),
+            Err(e) => warn!(link = %name, error = %e, "could not remove host veth after DEL"),
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.remove(name);
+        self.done.notify_all();
+    }
+}
