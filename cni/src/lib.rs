@@ -6,34 +6,37 @@ pub mod env;
 pub mod error;
 pub mod types;
 
-/// Replays `fuzz/corpus/cni_input` and deterministic mutations of it through the parsers the
-/// `cni_input` fuzz target drives (a plain `cargo test` needs no nightly cargo-fuzz).
+/// Feeds one fuzz input to every parser of the plugin's input: the first line, if it starts
+/// with `CNI_`, is `KEY=VALUE;...` for the environment, the rest the configuration. Used by
+/// the `cni_input` fuzz target and the corpus replay below; it must never panic.
+pub fn fuzz_input(data: &[u8]) {
+    let (vars, conf) = match data.iter().position(|b| *b == b'\n') {
+        Some(i) if data.starts_with(b"CNI_") => (&data[..i], &data[i + 1..]),
+        _ => (&b""[..], data),
+    };
+    let _ = types::requested_version(conf);
+    if let Ok(c) = types::NetConf::parse(conf) {
+        let _ = format!("{c:?}");
+    }
+    let vars = String::from_utf8_lossy(vars).into_owned();
+    let pairs: Vec<(String, String)> = vars
+        .split(';')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let _ = env::Env::from_lookup(|k| {
+        pairs
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone().into())
+    });
+}
+
+/// Replays `fuzz/corpus/cni_input` and deterministic mutations of it through
+/// [`fuzz_input`] (a plain `cargo test` needs no nightly cargo-fuzz).
 #[cfg(test)]
 mod corpus_replay {
-    use super::{env, types};
-
-    fn drive(data: &[u8]) {
-        let (vars, conf) = match data.iter().position(|b| *b == b'\n') {
-            Some(i) if data.starts_with(b"CNI_") => (&data[..i], &data[i + 1..]),
-            _ => (&b""[..], data),
-        };
-        let _ = types::requested_version(conf);
-        if let Ok(c) = types::NetConf::parse(conf) {
-            let _ = format!("{c:?}");
-        }
-        let vars = String::from_utf8_lossy(vars).into_owned();
-        let pairs: Vec<(String, String)> = vars
-            .split(';')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let _ = env::Env::from_lookup(|k| {
-            pairs
-                .iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.clone().into())
-        });
-    }
+    use super::fuzz_input as drive;
 
     #[test]
     fn cni_corpus_and_mutations_parse_without_panic() {

@@ -169,17 +169,15 @@ impl Client {
         )
     }
 
+    /// Releases the endpoint; the caller removes the links. Idempotent.
     pub fn detach(
         &self,
         network: &str,
         container_id: &str,
         ifname: &str,
     ) -> Result<Released, ClientError> {
-        self.call(
-            "DELETE",
-            &format!("/v1/endpoints/{network}/{container_id}/{ifname}"),
-            None::<&()>,
-        )
+        let path = format!("/v1/endpoints/{network}/{container_id}/{ifname}");
+        self.call("DELETE", &path, None::<&()>)
     }
 
     /// CNI DEL: releases the endpoint and has netd remove its host veth (and so the
@@ -190,11 +188,8 @@ impl Client {
         container_id: &str,
         ifname: &str,
     ) -> Result<Released, ClientError> {
-        self.call(
-            "DELETE",
-            &format!("/v1/endpoints/{network}/{container_id}/{ifname}?links=remove"),
-            None::<&()>,
-        )
+        let path = format!("/v1/endpoints/{network}/{container_id}/{ifname}?links=remove");
+        self.call("DELETE", &path, None::<&()>)
     }
 
     pub fn gc(&self, req: &GcRequest) -> Result<GcResult, ClientError> {

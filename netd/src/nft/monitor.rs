@@ -7,14 +7,14 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use super::batch::{ElemData, SetElem, SET_ELEM_F_INTERVAL_END};
 use super::expr::Verdict;
+use super::socket::open_netfilter;
 use super::NftError;
 
-const NETLINK_NETFILTER: libc::c_int = 12;
 const SOL_NETLINK: libc::c_int = 270;
 const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
 /// `NFNLGRP_NFTABLES`.
@@ -240,36 +240,6 @@ pub enum RecvError {
     Overrun,
     #[error("recv(nf_tables notifications): {0}")]
     Io(io::Error),
-}
-
-fn open_netfilter() -> Result<OwnedFd, NftError> {
-    // SAFETY: plain syscall; the fd is owned right after.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            NETLINK_NETFILTER,
-        )
-    };
-    if fd < 0 {
-        return Err(NftError::io("socket(NETLINK_NETFILTER)"));
-    }
-    // SAFETY: fd is fresh and owned by nothing else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    // SAFETY: sa is a valid sockaddr_nl of the size passed.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &sa as *const libc::sockaddr_nl as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(NftError::io("bind(netlink)"));
-    }
-    Ok(fd)
 }
 
 fn setsockopt_raw<T>(fd: &OwnedFd, level: libc::c_int, opt: libc::c_int, v: &T) -> io::Result<()> {

@@ -20,6 +20,37 @@ const NLMSGERR_ATTR_OFFS: u16 = 2;
 /// How long to wait for the kernel's answer to a batch before giving up.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A NETLINK_NETFILTER socket, bound, in the network namespace of the calling thread.
+pub(crate) fn open_netfilter() -> Result<OwnedFd, NftError> {
+    // SAFETY: plain syscall; the fd is owned right after creation.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            NETLINK_NETFILTER,
+        )
+    };
+    if fd < 0 {
+        return Err(NftError::io("socket(NETLINK_NETFILTER)"));
+    }
+    // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: sa is a valid sockaddr_nl of the size passed.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &sa as *const libc::sockaddr_nl as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(NftError::io("bind(netlink)"));
+    }
+    Ok(fd)
+}
+
 /// A netlink socket bound to the network namespace of the thread that opened it.
 pub struct Socket {
     fd: OwnedFd,
@@ -37,32 +68,7 @@ pub struct Rejection {
 
 impl Socket {
     pub fn open() -> Result<Socket, NftError> {
-        // SAFETY: plain syscalls; the fd is owned right after creation.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
-            return Err(NftError::io("socket(NETLINK_NETFILTER)"));
-        }
-        // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: sa is a valid sockaddr_nl of the size passed.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &sa as *const libc::sockaddr_nl as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(NftError::io("bind(netlink)"));
-        }
+        let fd = open_netfilter()?;
         // Capped acks keep an error from echoing a 60 KiB element message back; extended
         // acks tell which attribute (element) was rejected. Both are optional extras.
         let _ = setsockopt_int(&fd, SOL_NETLINK, NETLINK_CAP_ACK, 1);
