@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use crate::model::{Endpoint, GatewayMode, Network, Proto};
+use crate::model::{Endpoint, GatewayMode, Network, PortMapping, Proto};
 use crate::ports::{self, Family};
 
 /// The named sets and maps of netd's table. The names are the ones in `nft-templates/netd.nft`.
@@ -342,76 +342,74 @@ pub fn desired<'a>(
         }
         for pm in &ep.ports {
             for b in ports::bindings(net, pm) {
-                match (b.family, b.addr) {
-                    (Family::V4, addr) => {
-                        let Some(ip) = ep.addr4 else { continue };
-                        let host_addr = match addr {
-                            Some(IpAddr::V4(a)) => Some(a),
-                            _ => None,
-                        };
-                        match net.gateway_mode4 {
-                            GatewayMode::Nat => d.insert(
-                                if host_addr.is_some() {
-                                    SetId::Dnat4Bound
-                                } else {
-                                    SetId::Dnat4Any
-                                },
-                                Elem::Dnat4 {
-                                    proto: pm.protocol,
-                                    host_addr,
-                                    host_port: pm.host_port,
-                                    addr: ip,
-                                    port: pm.container_port,
-                                },
-                            ),
-                            GatewayMode::Routed => d.insert(
-                                SetId::Open4,
-                                Elem::Open4 {
-                                    addr: ip,
-                                    proto: pm.protocol,
-                                    port: pm.container_port,
-                                },
-                            ),
-                            GatewayMode::Isolated => {}
-                        }
-                    }
-                    (Family::V6, addr) => {
-                        let Some(ip) = ep.addr6 else { continue };
-                        let host_addr = match addr {
-                            Some(IpAddr::V6(a)) => Some(a),
-                            _ => None,
-                        };
-                        match net.gateway_mode6 {
-                            GatewayMode::Nat => d.insert(
-                                if host_addr.is_some() {
-                                    SetId::Dnat6Bound
-                                } else {
-                                    SetId::Dnat6Any
-                                },
-                                Elem::Dnat6 {
-                                    proto: pm.protocol,
-                                    host_addr,
-                                    host_port: pm.host_port,
-                                    addr: ip,
-                                    port: pm.container_port,
-                                },
-                            ),
-                            GatewayMode::Routed => d.insert(
-                                SetId::Open6,
-                                Elem::Open6 {
-                                    addr: ip,
-                                    proto: pm.protocol,
-                                    port: pm.container_port,
-                                },
-                            ),
-                            GatewayMode::Isolated => {}
-                        }
-                    }
+                let (mode, ctr) = match b.family {
+                    Family::V4 => (net.gateway_mode4, ep.addr4.map(IpAddr::V4)),
+                    Family::V6 => (net.gateway_mode6, ep.addr6.map(IpAddr::V6)),
+                };
+                if let Some((set, elem)) = ctr.and_then(|ctr| port_elem(mode, pm, b.addr, ctr)) {
+                    d.insert(set, elem);
                 }
             }
         }
     }
     d
+}
+
+/// What a published port becomes for one address family: a DNAT map element in nat mode
+/// (bound to one host address or to all), an open container port in routed mode, nothing in
+/// isolated mode.
+fn port_elem(
+    mode: GatewayMode,
+    pm: &PortMapping,
+    host: Option<IpAddr>,
+    ctr: IpAddr,
+) -> Option<(SetId, Elem)> {
+    let (proto, host_port, port) = (pm.protocol, pm.host_port, pm.container_port);
+    match (mode, ctr) {
+        (GatewayMode::Nat, IpAddr::V4(addr)) => {
+            let host_addr = match host {
+                Some(IpAddr::V4(a)) => Some(a),
+                _ => None,
+            };
+            let set = match host_addr {
+                Some(_) => SetId::Dnat4Bound,
+                None => SetId::Dnat4Any,
+            };
+            let elem = Elem::Dnat4 {
+                proto,
+                host_addr,
+                host_port,
+                addr,
+                port,
+            };
+            Some((set, elem))
+        }
+        (GatewayMode::Nat, IpAddr::V6(addr)) => {
+            let host_addr = match host {
+                Some(IpAddr::V6(a)) => Some(a),
+                _ => None,
+            };
+            let set = match host_addr {
+                Some(_) => SetId::Dnat6Bound,
+                None => SetId::Dnat6Any,
+            };
+            let elem = Elem::Dnat6 {
+                proto,
+                host_addr,
+                host_port,
+                addr,
+                port,
+            };
+            Some((set, elem))
+        }
+        (GatewayMode::Routed, IpAddr::V4(addr)) => {
+            Some((SetId::Open4, Elem::Open4 { addr, proto, port }))
+        }
+        (GatewayMode::Routed, IpAddr::V6(addr)) => {
+            Some((SetId::Open6, Elem::Open6 { addr, proto, port }))
+        }
+        (GatewayMode::Isolated, _) => None,
+    }
 }
 
 #[cfg(test)]
