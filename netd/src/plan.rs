@@ -192,6 +192,10 @@ impl Desired {
     pub fn insert(&mut self, set: SetId, elem: Elem) {
         self.sets.entry(set).or_default().insert(elem);
     }
+
+    pub fn insert_all(&mut self, set: SetId, elems: impl IntoIterator<Item = Elem>) {
+        self.sets.entry(set).or_default().extend(elems);
+    }
 }
 
 /// Element changes that turn one [`Desired`] into another.
@@ -334,25 +338,34 @@ pub fn desired<'a>(
         }
     }
     for ep in endpoints {
-        let Some(net) = by_name.get(ep.network.as_str()) else {
-            continue;
-        };
-        if net.internal {
-            continue;
-        }
-        for pm in &ep.ports {
-            for b in ports::bindings(net, pm) {
-                let (mode, ctr) = match b.family {
-                    Family::V4 => (net.gateway_mode4, ep.addr4.map(IpAddr::V4)),
-                    Family::V6 => (net.gateway_mode6, ep.addr6.map(IpAddr::V6)),
-                };
-                if let Some((set, elem)) = ctr.and_then(|ctr| port_elem(mode, pm, b.addr, ctr)) {
-                    d.insert(set, elem);
-                }
+        if let Some(net) = by_name.get(ep.network.as_str()) {
+            for (set, elem) in endpoint_elems(net, ep) {
+                d.insert(set, elem);
             }
         }
     }
     d
+}
+
+/// The elements one endpoint contributes (its published ports), each once. No two endpoints
+/// share one: DNAT keys are host bindings, which [`ports::check`] keeps unique, and open-port
+/// keys start with the container's own address. So an endpoint's elements can be added and
+/// removed on their own, without recomputing the table.
+pub fn endpoint_elems(net: &Network, ep: &Endpoint) -> BTreeSet<(SetId, Elem)> {
+    let mut out = BTreeSet::new();
+    if net.internal {
+        return out;
+    }
+    for pm in &ep.ports {
+        for b in ports::bindings(net, pm) {
+            let (mode, ctr) = match b.family {
+                Family::V4 => (net.gateway_mode4, ep.addr4.map(IpAddr::V4)),
+                Family::V6 => (net.gateway_mode6, ep.addr6.map(IpAddr::V6)),
+            };
+            out.extend(ctr.and_then(|ctr| port_elem(mode, pm, b.addr, ctr)));
+        }
+    }
+    out
 }
 
 /// What a published port becomes for one address family: a DNAT map element in nat mode

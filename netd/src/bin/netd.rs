@@ -89,6 +89,14 @@ impl Args {
 }
 
 fn main() {
+    // glibc gives every thread that allocates (async workers, the blocking pool, the healer,
+    // the link reaper) its own malloc arena, whose freed memory stays resident; netd applies
+    // one change at a time, so two arenas are plenty and keep its footprint flat.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let args = Args::parse();
     if args.man {
         let mut out = Vec::new();

@@ -254,6 +254,64 @@ impl Engine {
         Ok(desired)
     }
 
+    /// Adds (or removes) one endpoint's elements in one batch: O(its elements), however large
+    /// the table (see [`plan::endpoint_elems`]). Returns the diff for [`Self::commit_diff`] or
+    /// [`Self::undo_diff`].
+    fn apply_endpoint(
+        &mut self,
+        net: &Network,
+        ep: &Endpoint,
+        add: bool,
+    ) -> Result<Diff, ApiError> {
+        let mut diff = Diff::default();
+        for (set, elem) in plan::endpoint_elems(net, ep) {
+            let present = self
+                .applied
+                .sets
+                .get(&set)
+                .is_some_and(|s| s.contains(&elem));
+            match (add, present) {
+                (true, false) => diff.add.entry(set).or_default().push(elem),
+                (false, true) => diff.remove.entry(set).or_default().push(elem),
+                _ => {}
+            }
+        }
+        if !diff.is_empty() {
+            self.kernel
+                .apply_diff(&diff)
+                .map_err(|e| internal("updating the nftables table", e))?;
+        }
+        Ok(diff)
+    }
+
+    /// Records an applied diff in `self.applied`.
+    fn commit_diff(&mut self, diff: &Diff) {
+        for (set, elems) in &diff.remove {
+            if let Some(s) = self.applied.sets.get_mut(set) {
+                for e in elems {
+                    s.remove(e);
+                }
+            }
+        }
+        for (set, elems) in &diff.add {
+            self.applied.insert_all(*set, elems.iter().cloned());
+        }
+    }
+
+    /// Takes back an applied diff after a later step failed.
+    fn undo_diff(&mut self, diff: &Diff) {
+        let back = Diff {
+            remove: diff.add.clone(),
+            add: diff.remove.clone(),
+        };
+        if let Err(e) = self.kernel.apply_diff(&back) {
+            warn!(error = %e, "could not revert the table; re-applying it whole");
+            if let Err(e) = self.kernel.sync_full(&self.applied) {
+                warn!(error = %e, "re-applying the table failed too");
+            }
+        }
+    }
+
     /// Reverts the table to `self.applied` after a later step failed.
     fn revert_table(&mut self, attempted: &Desired) {
         let back = attempted.diff(&self.applied);
@@ -736,20 +794,13 @@ impl Engine {
             ports: port_mappings,
             created: now(),
         };
-        self.endpoints.insert(key.clone(), ep.clone());
-        let desired = match self.apply_current() {
-            Ok(d) => d,
-            Err(e) => {
-                self.endpoints.remove(&key);
-                return Err(e);
-            }
-        };
+        let diff = self.apply_endpoint(&net, &ep, true)?;
         if let Err(e) = self.store.put_endpoint(&ep) {
-            self.revert_table(&desired);
-            self.endpoints.remove(&key);
+            self.undo_diff(&diff);
             return Err(internal("saving the endpoint", e));
         }
-        self.applied = desired;
+        self.commit_diff(&diff);
+        self.endpoints.insert(key.clone(), ep.clone());
         self.clear_stale_udp_flows(&net, &ep);
         if let Some(a) = addr4 {
             self.last4.insert(net.name.clone(), a);
@@ -814,22 +865,17 @@ impl Engine {
     }
 
     pub fn detach(&mut self, key: &EndpointKey) -> Result<bool, ApiError> {
-        let Some(ep) = self.endpoints.remove(key) else {
+        let Some(ep) = self.endpoints.get(key).cloned() else {
             return Ok(false);
         };
-        let desired = match self.apply_current() {
-            Ok(d) => d,
-            Err(e) => {
-                self.endpoints.insert(key.clone(), ep);
-                return Err(e);
-            }
-        };
+        let net = self.network(&ep.network)?;
+        let diff = self.apply_endpoint(&net, &ep, false)?;
         if let Err(e) = self.store.delete_endpoint(key) {
-            self.revert_table(&desired);
-            self.endpoints.insert(key.clone(), ep);
+            self.undo_diff(&diff);
             return Err(internal("removing the endpoint from state", e));
         }
-        self.applied = desired;
+        self.commit_diff(&diff);
+        self.endpoints.remove(key);
         info!(endpoint = %key, "endpoint detached");
         Ok(true)
     }
@@ -1081,6 +1127,15 @@ mod tests {
         assert_ne!(three.endpoint.addr4, one.endpoint.addr4);
         let table = fx.table();
         assert_eq!(table.elems(plan::SetId::Dnat4Any).count(), 1);
+        // Applying endpoints one by one gives the table the planner computes for the state.
+        let whole = plan::desired(e.networks(), e.endpoints());
+        assert!(table.diff(&whole).is_empty(), "{:?}", table.diff(&whole));
+        drop(e);
+        let e = fx.engine();
+        assert!(fx
+            .table()
+            .diff(&plan::desired(e.networks(), e.endpoints()))
+            .is_empty());
     }
 
     #[test]
