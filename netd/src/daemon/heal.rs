@@ -374,6 +374,16 @@ impl Healer {
             Ok(_) => {}
             Err(e) => warn!(error = %e, "periodic link reconciliation failed"),
         }
+        drop(engine);
+        // The check parses a dump of the table and of every link (thousands of messages on a
+        // busy host) and frees it again; give that memory back to the system rather than keep
+        // it resident until the next check (measured: RSS 26.9 MiB with, 16 MiB without the
+        // check at 1,000 endpoints).
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases free heap memory.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 
     fn check_table(&mut self) {
