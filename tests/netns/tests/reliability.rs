@@ -1156,7 +1156,18 @@ fn socket_group_missing_means_root_only_and_world_writable_dir_is_refused() {
         let d = spawn_netd_at(&w, &sock, &["--socket-group", "nd-no-such-group"]).unwrap();
         use std::os::unix::fs::MetadataExt;
         assert_eq!(std::fs::metadata(&sock).unwrap().mode() & 0o777, 0o600);
-        assert!(d.log().contains("does not exist: the socket is root-only"));
+        // netd logs this right after binding, so the line may trail the first connection.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !d.log().contains("does not exist: the socket is root-only")
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            d.log().contains("does not exist: the socket is root-only"),
+            "{}",
+            d.log()
+        );
     }
     let open = w.dir().join("open");
     std::fs::create_dir_all(&open).unwrap();
