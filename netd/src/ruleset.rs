@@ -684,6 +684,25 @@ fn addr_port(addr: &[u8], port: u16) -> Vec<u8> {
 }
 
 /// The kernel element(s) of one plan element: one, or two for an interval.
+/// A DNAT map element, or None when the element's binding does not match the map (a bound
+/// binding belongs in the `_bound` map, an any-address one in the `_any` map).
+fn dnat_elem(
+    bound_map: bool,
+    proto: Proto,
+    host: Option<Vec<u8>>,
+    host_port: u16,
+    addr: &[u8],
+    port: u16,
+) -> Option<Vec<SetElem>> {
+    if host.is_some() != bound_map {
+        return None;
+    }
+    Some(vec![elem(
+        dnat_key(proto, host.as_deref(), host_port),
+        Some(ElemData::Value(addr_port(addr, port))),
+    )])
+}
+
 pub fn encode_elem(set: SetId, e: &Elem) -> Result<Vec<SetElem>, ApplyError> {
     let wrong = || invalid(set, format!("element {e:?} does not belong in this set"));
     Ok(match (set, e) {
@@ -718,14 +737,16 @@ pub fn encode_elem(set: SetId, e: &Elem) -> Result<Vec<SetElem>, ApplyError> {
                 port,
             },
         ) => {
-            if host_addr.is_some() != (set == SetId::Dnat4Bound) {
-                return Err(wrong());
-            }
-            let h = host_addr.map(|a| a.octets());
-            vec![elem(
-                dnat_key(*proto, h.as_ref().map(|a| &a[..]), *host_port),
-                Some(ElemData::Value(addr_port(&addr.octets(), *port))),
-            )]
+            let host = host_addr.map(|a| a.octets().to_vec());
+            dnat_elem(
+                set == SetId::Dnat4Bound,
+                *proto,
+                host,
+                *host_port,
+                &addr.octets(),
+                *port,
+            )
+            .ok_or_else(wrong)?
         }
         (
             SetId::Dnat6Any | SetId::Dnat6Bound,
@@ -737,14 +758,16 @@ pub fn encode_elem(set: SetId, e: &Elem) -> Result<Vec<SetElem>, ApplyError> {
                 port,
             },
         ) => {
-            if host_addr.is_some() != (set == SetId::Dnat6Bound) {
-                return Err(wrong());
-            }
-            let h = host_addr.map(|a| a.octets());
-            vec![elem(
-                dnat_key(*proto, h.as_ref().map(|a| &a[..]), *host_port),
-                Some(ElemData::Value(addr_port(&addr.octets(), *port))),
-            )]
+            let host = host_addr.map(|a| a.octets().to_vec());
+            dnat_elem(
+                set == SetId::Dnat6Bound,
+                *proto,
+                host,
+                *host_port,
+                &addr.octets(),
+                *port,
+            )
+            .ok_or_else(wrong)?
         }
         (SetId::Open4, Elem::Open4 { addr, proto, port }) => {
             let mut k = addr.octets().to_vec();

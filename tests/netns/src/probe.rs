@@ -205,75 +205,62 @@ pub fn ping(ns: &Netns, addr: IpAddr) -> bool {
         .success()
 }
 
-/// Asserts a TCP connection from `ns` to `dst` succeeds; returns the source
-/// address the server saw. Retries briefly (3 × PROBE_TIMEOUT at most) to
-/// ride out neighbour discovery / DAD right after setup.
-pub fn assert_tcp_ok(ns: &Netns, dst: SocketAddr) -> SocketAddr {
+type Probe = fn(&Netns, SocketAddr, Duration) -> Result<SocketAddr, String>;
+
+/// Retries a probe briefly (3 × PROBE_TIMEOUT at most) to ride out neighbour discovery / DAD
+/// right after setup; returns the source address the server saw.
+fn expect_ok(what: &str, probe: Probe, ns: &Netns, dst: SocketAddr) -> SocketAddr {
     let mut last = String::new();
     for _ in 0..3 {
-        match tcp_probe(ns, dst, PROBE_TIMEOUT) {
+        match probe(ns, dst, PROBE_TIMEOUT) {
             Ok(a) => return a,
             Err(e) => last = e,
         }
     }
     panic!(
-        "TCP from netns {} ({}) to {dst} should work: {last}",
+        "{what} from netns {} ({}) to {dst} should work: {last}",
         ns.name(),
         ns.label()
     )
+}
+
+/// One probe that must fail, and within the probe timeout (a refusal, not a slow success).
+fn expect_blocked(what: &str, probe: Probe, ns: &Netns, dst: SocketAddr) {
+    let t = Instant::now();
+    let r = probe(ns, dst, PROBE_TIMEOUT);
+    let el = t.elapsed();
+    assert!(
+        r.is_err(),
+        "{what} from netns {} ({}) to {dst} should be blocked, but the server saw {:?}",
+        ns.name(),
+        ns.label(),
+        r
+    );
+    assert!(
+        el < PROBE_TIMEOUT + SCHEDULING_SLACK,
+        "blocked probe took {el:?}"
+    );
+}
+
+/// Asserts a TCP connection from `ns` to `dst` succeeds; returns the source address the
+/// server saw.
+pub fn assert_tcp_ok(ns: &Netns, dst: SocketAddr) -> SocketAddr {
+    expect_ok("TCP", tcp_probe, ns, dst)
 }
 
 /// Asserts a TCP connection from `ns` to `dst` fails, within the probe timeout.
 pub fn assert_tcp_blocked(ns: &Netns, dst: SocketAddr) {
-    let t = Instant::now();
-    let r = tcp_probe(ns, dst, PROBE_TIMEOUT);
-    let el = t.elapsed();
-    assert!(
-        r.is_err(),
-        "TCP from netns {} ({}) to {dst} should be blocked, but the server saw {:?}",
-        ns.name(),
-        ns.label(),
-        r
-    );
-    assert!(
-        el < PROBE_TIMEOUT + SCHEDULING_SLACK,
-        "blocked probe took {el:?}"
-    );
+    expect_blocked("TCP", tcp_probe, ns, dst)
 }
 
-/// Asserts a UDP request/response from `ns` to `dst` works; returns the seen
-/// source address.
+/// Asserts a UDP request/response from `ns` to `dst` works; returns the seen source address.
 pub fn assert_udp_ok(ns: &Netns, dst: SocketAddr) -> SocketAddr {
-    let mut last = String::new();
-    for _ in 0..3 {
-        match udp_probe(ns, dst, PROBE_TIMEOUT) {
-            Ok(a) => return a,
-            Err(e) => last = e,
-        }
-    }
-    panic!(
-        "UDP from netns {} ({}) to {dst} should work: {last}",
-        ns.name(),
-        ns.label()
-    )
+    expect_ok("UDP", udp_probe, ns, dst)
 }
 
 /// Asserts no UDP answer comes back from `dst` within the probe timeout.
 pub fn assert_udp_blocked(ns: &Netns, dst: SocketAddr) {
-    let t = Instant::now();
-    let r = udp_probe(ns, dst, PROBE_TIMEOUT);
-    let el = t.elapsed();
-    assert!(
-        r.is_err(),
-        "UDP from netns {} ({}) to {dst} should be blocked, but the server saw {:?}",
-        ns.name(),
-        ns.label(),
-        r
-    );
-    assert!(
-        el < PROBE_TIMEOUT + SCHEDULING_SLACK,
-        "blocked probe took {el:?}"
-    );
+    expect_blocked("UDP", udp_probe, ns, dst)
 }
 
 /// Asserts `ping` from `ns` to `addr` gets a reply (up to 3 tries).
