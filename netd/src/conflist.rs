@@ -4,8 +4,10 @@
 
 use serde_json::json;
 
-/// The CNI version netd's conflists declare (the newest the plugin implements).
-pub const CNI_VERSION: &str = "1.1.0";
+/// The CNI version netd's conflists declare by default. Not the newest the plugin implements
+/// (1.1.0): libcni before 1.2 (Podman 4, containerd 1.6/1.7) refuses results newer than 1.0.0,
+/// so a 1.1.0 conflist breaks every ADD there.
+pub const CNI_VERSION: &str = "1.0.0";
 
 /// The plugin's `type`, i.e. the binary name runtimes look up in their CNI bin dirs.
 pub const PLUGIN_TYPE: &str = "netd-cni";
@@ -45,7 +47,7 @@ mod tests {
     fn conflist_names_the_plugin_socket_and_capability() {
         let text = render("blue", "/run/netd/netd.sock");
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["cniVersion"], "1.1.0");
+        assert_eq!(v["cniVersion"], "1.0.0");
         assert_eq!(v["name"], "blue");
         let p = &v["plugins"][0];
         assert_eq!(p["type"], "netd-cni");

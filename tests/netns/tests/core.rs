@@ -57,7 +57,7 @@ fn assert_container_addr(c: &Netns, r: &CniOutput) {
 fn check_cni_result_shape(w: &World, network: &str, r: &CniOutput, subnet_prefix: &str) {
     let j = r.json.as_ref().expect("JSON result");
     let conf_version = w.cni_conf(network)["cniVersion"].clone();
-    assert_eq!(conf_version, "1.1.0", "conflist cniVersion");
+    assert_eq!(conf_version, "1.0.0", "conflist cniVersion");
     assert_eq!(j["cniVersion"], conf_version, "result cniVersion: {j}");
     let addr = j["ips"][0]["address"].as_str().expect("ips[0].address");
     assert!(
