@@ -8,6 +8,9 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "scripts/test.sh: the integration tests create network namespaces; run as root (sudo)" >&2
   exit 1
 fi
+# Formatting and lints first: they are cheap and end style debates before review.
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 # The netns tests run the binaries as a runtime would, so build them first.
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast -- --test-threads="${NETD_TEST_THREADS:-4}"
