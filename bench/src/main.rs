@@ -163,6 +163,7 @@ fn cpu_ms(pid: u32) -> f64 {
     // Fields after the ")" of comm: state is field 3; utime 14, stime 15.
     let rest = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
+    // SAFETY: sysconf(3) only reads a configuration value.
     let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let ut: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0);
     let st: f64 = f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
@@ -457,6 +458,7 @@ fn main() {
     START.get_or_init(Instant::now);
     let o = parse_args();
     assert_eq!(
+        // SAFETY: geteuid(2) has no preconditions and cannot fail.
         unsafe { libc::geteuid() },
         0,
         "bench creates network namespaces: run it as root (scripts/bench.sh)"

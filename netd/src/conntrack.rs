@@ -373,6 +373,7 @@ impl Sock {
         // SAFETY: sending a buffer we own to the kernel (connected by default to pid 0).
         let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         sa.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: msg outlives the call and sa is a valid sockaddr_nl of the size passed.
         let n = unsafe {
             libc::sendto(
                 self.0,

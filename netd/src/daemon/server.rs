@@ -79,6 +79,7 @@ pub fn group_gid(name: &str) -> Option<u32> {
     // SAFETY: zeroed group is a valid out-parameter; pointers outlive the call.
     let mut grp: libc::group = unsafe { std::mem::zeroed() };
     let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer refers to a live local; buf.len() is the buffer passed.
     let rc = unsafe {
         libc::getgrnam_r(
             cname.as_ptr(),

@@ -48,6 +48,7 @@ pub fn is_netns(path: impl AsRef<Path>) -> bool {
 fn is_netns_fd(fd: RawFd) -> io::Result<bool> {
     // SAFETY: fstatfs writes only into the zeroed struct we pass; fd is open for the call.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: st is a live, writable statfs; fd stays open for the call.
     if unsafe { libc::fstatfs(fd, &mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }

@@ -35,6 +35,7 @@ pub(crate) fn open_netfilter() -> Result<OwnedFd, NftError> {
     }
     // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_nl is plain old data; all zeroes is a valid value.
     let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
     // SAFETY: sa is a valid sockaddr_nl of the size passed.
@@ -116,12 +117,14 @@ impl Socket {
         set_buf(&self.fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, snd)?;
         set_buf(&self.fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, rcv)?;
 
+        // SAFETY: sockaddr_nl is plain old data; all zeroes is a valid value.
         let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
         let mut iov = libc::iovec {
             iov_base: enc.bytes.as_ptr() as *mut libc::c_void,
             iov_len: enc.bytes.len(),
         };
+        // SAFETY: msghdr is plain old data; the null pointers of all zeroes are set below.
         let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
         mh.msg_name = &mut sa as *mut libc::sockaddr_nl as *mut libc::c_void;
         mh.msg_namelen = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;

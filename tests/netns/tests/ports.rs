@@ -760,8 +760,8 @@ fn sctp_listen(ns: &Netns, port: u16) -> Result<i32, String> {
 }
 
 fn sctp_connect(ns: &Netns, dst: std::net::SocketAddrV4) -> Result<(), String> {
+    // SAFETY: plain socket calls on a fresh fd, closed before returning.
     ns.run_in(|| unsafe {
-        // SAFETY: plain socket calls on a fresh fd, closed before returning.
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP);
         if fd < 0 {
             return Err(format!("socket: {}", std::io::Error::last_os_error()));
@@ -806,8 +806,8 @@ fn sctp_connect(ns: &Netns, dst: std::net::SocketAddrV4) -> Result<(), String> {
 
 /// Accepts one connection on `fd` in a thread and writes "ok\n".
 fn sctp_serve_once(fd: i32) -> std::thread::JoinHandle<bool> {
+    // SAFETY: poll/accept/write/close on fds this thread owns.
     std::thread::spawn(move || unsafe {
-        // SAFETY: poll/accept/write/close on fds this thread owns.
         let mut p = libc::pollfd {
             fd,
             events: libc::POLLIN,

@@ -42,6 +42,7 @@ impl Demo {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!(
             "netd-demo needs root: it creates network namespaces (it never changes the host's own)"
