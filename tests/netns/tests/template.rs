@@ -50,6 +50,28 @@ fn live_table_equals_the_rendered_template() {
     let live = w.host.nft_table("inet", "netd").expect("netd's table");
     assert_eq!(live, want, "live table differs from the rendered template");
 
+    // `netctl plan` is that renderer as users run it: from the daemon, and from the state dir.
+    assert_eq!(w.netctl_ok(&["plan"]), live);
+    let state = w.state_dir();
+    let state = state.to_str().unwrap();
+    assert_eq!(w.netctl_ok(&["plan", "--state-dir", state]), live);
+    let same = w.netctl(&["plan", "--diff"]);
+    assert!(same.success(), "{same}");
+    assert_eq!(same.stdout.trim(), "the live table matches the plan");
+    // Against the plan of another state (no networks), --diff names the live table's elements
+    // as extra lines and fails.
+    let empty = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../nft-templates/scenarios/empty"
+    );
+    let other = w.netctl(&["plan", "--diff", "--state-dir", empty]);
+    assert_eq!(other.code, Some(1), "{other}");
+    assert!(other.stdout.contains("\"nd-web\""), "{other}");
+    assert!(
+        other.stdout.lines().all(|l| l.starts_with('-')),
+        "the empty plan adds nothing: {other}"
+    );
+
     // Detaching empties the endpoint maps again, and the template follows.
     w.cni_del(&c1, "web");
     let endpoints: Vec<Endpoint> =

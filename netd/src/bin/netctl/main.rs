@@ -5,6 +5,7 @@
 //! attached).
 
 mod doctor;
+mod plan;
 mod render;
 
 use std::io::Write;
@@ -63,6 +64,8 @@ enum Command {
     Status,
     /// Check the host for what stops container traffic, and say how to fix each finding.
     Doctor(doctor::DoctorArgs),
+    /// Print the table netd would write (nft list form), or --diff it against the live table.
+    Plan(plan::PlanArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion {
         #[arg(value_enum)]
@@ -329,6 +332,7 @@ fn run(client: &Client, format: Format, command: Command) -> Result<(), Failure>
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "netctl", &mut std::io::stdout());
         }
+        Command::Plan(args) => plan::run(client, args)?,
         Command::Man { dir } => man(dir).map_err(|e| Failure::Other(format!("man: {e}")))?,
     }
     Ok(())
