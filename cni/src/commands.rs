@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use netd::api::{
+use netd_api::{
     AttachRequest, Attachment, Client, ClientError, ErrorKind, GcAttachment, GcRequest, GcResult,
     Released, Status,
 };
@@ -126,7 +126,7 @@ fn container_netns<'a>(env: &'a Env, links: &dyn Links) -> Result<&'a Path, Plug
 pub fn temp_peer_name(host_veth: &str) -> String {
     format!(
         "vt{:013x}",
-        netd::model::fnv1a(&[host_veth.as_bytes()]) >> 12
+        netd_core::model::fnv1a(&[host_veth.as_bytes()]) >> 12
     )
 }
 
@@ -276,7 +276,7 @@ fn del(env: &Env, conf: &NetConf, netd: &dyn Netd, links: &dyn Links) -> Result<
             }
         }
     }
-    let veth = netd::model::host_veth_name(cid, ifname);
+    let veth = netd_core::model::host_veth_name(cid, ifname);
     match links.link_exists(&veth) {
         Ok(false) => {}
         Ok(true) => {
@@ -446,7 +446,7 @@ mod tests {
     use super::*;
     use crate::links::{ContainerIface, LinkError, Route as LinkRoute};
     use crate::shaping::tests::attachment;
-    use netd::api::ApiError;
+    use netd_api::ApiError;
     use serde_json::{json, Value};
     use std::cell::RefCell;
     use std::collections::BTreeSet;
@@ -461,7 +461,7 @@ mod tests {
         attach_err: Option<ApiError>,
         unreachable: bool,
         endpoint: Option<Attachment>,
-        released: Vec<netd::model::Endpoint>,
+        released: Vec<netd_core::model::Endpoint>,
     }
 
     impl FakeNetd {
@@ -686,7 +686,7 @@ mod tests {
     }
 
     fn veth() -> String {
-        netd::model::host_veth_name("c1", "eth0")
+        netd_core::model::host_veth_name("c1", "eth0")
     }
 
     #[test]
@@ -942,8 +942,8 @@ mod tests {
         assert_ne!(a, veth());
         assert_ne!(
             a,
-            temp_peer_name(&netd::model::host_veth_name("c2", "eth0"))
+            temp_peer_name(&netd_core::model::host_veth_name("c2", "eth0"))
         );
-        netd::model::validate_ifname(&a).unwrap();
+        netd_core::model::validate_ifname(&a).unwrap();
     }
 }

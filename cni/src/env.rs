@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::error::PluginError;
-use netd::model;
+use netd_core::model;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {

@@ -10,7 +10,7 @@
 //! | 102  | a kernel link operation failed (bridge, veth, addresses, routes) |
 //! | 103  | CHECK found the attachment differing from what netd and prevResult say |
 
-use netd::api::{ClientError, ErrorKind};
+use netd_api::{ClientError, ErrorKind};
 
 pub const CODE_INCOMPATIBLE_VERSION: u32 = 1;
 pub const CODE_UNSUPPORTED_FIELD: u32 = 2;
@@ -198,7 +198,7 @@ impl PluginError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netd::api::ApiError;
+    use netd_api::ApiError;
     use std::path::PathBuf;
 
     #[test]

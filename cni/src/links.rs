@@ -1,7 +1,7 @@
 //! Everything the plugin does to kernel links goes through [`Links`], so the commands can be
 //! tested with a fake and the link layer's final names only matter in this file.
 //!
-//! [`SystemLinks`] is the real implementation on `netd::link`.
+//! [`SystemLinks`] is the real implementation on `netd_link`.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -83,7 +83,7 @@ mod system {
     use std::path::Path;
 
     use ipnet::IpNet;
-    use netd::link as nl;
+    use netd_link as nl;
 
     use super::{ContainerIface, LinkError, Links, Route};
 
@@ -91,7 +91,7 @@ mod system {
         LinkError(e.to_string())
     }
 
-    /// netd::link takes namespace paths as text (netd stores them so); the commands refuse a
+    /// netd_link takes namespace paths as text (netd stores them so); the commands refuse a
     /// non-UTF-8 CNI_NETNS before any link call.
     fn text(netns: &Path) -> Result<&str, LinkError> {
         netns

@@ -64,7 +64,7 @@ fn main() -> ExitCode {
     let outcome = env.and_then(|env| {
         let input = input?;
         let connect =
-            |path: &Path| -> Box<dyn commands::Netd> { Box::new(netd::api::Client::new(path)) };
+            |path: &Path| -> Box<dyn commands::Netd> { Box::new(netd_api::Client::new(path)) };
         commands::run(&env, &input, &connect, &links::SystemLinks::default())
     });
     match outcome {

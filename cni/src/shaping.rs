@@ -9,7 +9,7 @@ use serde_json::Map;
 
 use crate::links::{ContainerIface, Route as LinkRoute};
 use crate::types::{CniResult, CniVersion, Dns, Interface, IpConfig, Route};
-use netd::api::Attachment;
+use netd_api::Attachment;
 
 /// One address the container gets, with its gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +127,7 @@ pub fn add_result(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use netd::model::{Endpoint, GatewayMode, Network};
+    use netd_core::model::{Endpoint, GatewayMode, Network};
     use serde_json::json;
 
     pub fn attachment(v4: bool, v6: bool, internal: bool) -> Attachment {
@@ -151,7 +151,7 @@ pub(crate) mod tests {
                 container_id: "c1".into(),
                 ifname: "eth0".into(),
                 netns: "/run/netns/c1".into(),
-                host_veth: netd::model::host_veth_name("c1", "eth0"),
+                host_veth: netd_core::model::host_veth_name("c1", "eth0"),
                 addr4: v4.then(|| "10.88.0.5".parse().unwrap()),
                 addr6: v6.then(|| "fd00:88::5".parse().unwrap()),
                 ports: vec![],

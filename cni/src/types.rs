@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::PluginError;
-use netd::model::{self, PortMapping, Proto};
+use netd_core::model::{self, PortMapping, Proto};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum CniVersion {
@@ -281,7 +281,7 @@ impl NetConf {
         }
         let socket = raw
             .socket
-            .unwrap_or_else(|| PathBuf::from(netd::api::DEFAULT_SOCKET));
+            .unwrap_or_else(|| PathBuf::from(netd_api::DEFAULT_SOCKET));
         if socket.as_os_str().is_empty() {
             return Err(PluginError::invalid_config("\"socket\" is empty"));
         }
@@ -518,7 +518,7 @@ mod tests {
             let conf = parse(base(v.as_str())).unwrap();
             assert_eq!(conf.version, v);
             assert_eq!(conf.network, "web");
-            assert_eq!(conf.socket, PathBuf::from(netd::api::DEFAULT_SOCKET));
+            assert_eq!(conf.socket, PathBuf::from(netd_api::DEFAULT_SOCKET));
             assert!(conf.port_mappings.is_empty());
             assert!(conf.prev_result.is_none());
         }

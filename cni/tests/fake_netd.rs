@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use netd::api::http;
+use netd_api::http;
 use serde_json::{json, Value};
 
 type Handler = dyn Fn(&str, &str, &Value) -> (u16, Value) + Send + Sync;
@@ -99,7 +99,7 @@ fn network(subnet4: Option<&str>) -> Value {
 fn endpoint(cid: &str) -> Value {
     json!({
         "network": "web", "container_id": cid, "ifname": "eth0", "netns": "/proc/self/ns/net",
-        "host_veth": netd::model::host_veth_name(cid, "eth0"), "addr4": "10.88.0.5", "created": 0
+        "host_veth": netd_core::model::host_veth_name(cid, "eth0"), "addr4": "10.88.0.5", "created": 0
     })
 }
 
@@ -156,7 +156,7 @@ fn conf(netd: &FakeNetd, extra: Value) -> Value {
 }
 
 const DETACH: &str = "DELETE /v1/endpoints/web/c0ffee/eth0";
-/// DEL asks netd to remove the links too ([`netd::api::Client::release`]).
+/// DEL asks netd to remove the links too ([`netd_api::Client::release`]).
 const RELEASE: &str = "DELETE /v1/endpoints/web/c0ffee/eth0?links=remove";
 
 #[test]

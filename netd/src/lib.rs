@@ -1,22 +1,23 @@
-//! netd: a container network firewall manager.
+//! netd: the daemon's library (its engine, server, healer, state store and configuration) and
+//! the crates it is built from, re-exported under the names the daemon and its tests use.
 //!
-//! The crate is split into a pure core and kernel-facing edges (see docs/ARCHITECTURE.md):
+//! The layers are crates, so Cargo enforces them (see docs/ARCHITECTURE.md):
 //!
-//! * core (no netlink, no tokio, no filesystem): [`model`], [`ipam`], [`plan`], [`conflist`]
-//! * edges: [`nft`] (nf_tables netlink), [`ruleset`] (netd's table expressed for [`nft`]),
-//!   [`link`] (rtnetlink: bridges, veths, netns), [`api`] (socket protocol and client),
-//!   [`store`] (state on disk), [`config`] (netd.toml and flags)
+//! * `netd-core` (pure: no netlink, no tokio, no filesystem): [`model`], [`ipam`], [`ports`],
+//!   [`plan`], [`conflist`]
+//! * `netd-nft`: [`nft`] (nf_tables netlink) and [`ruleset`] (netd's table expressed for it)
+//! * `netd-link`: [`link`] (rtnetlink: bridges, veths, netns)
+//! * `netd-api`: [`api`] (socket protocol and client)
+//! * here: [`daemon`], [`store`] (state on disk), [`config`] (netd.toml and flags),
+//!   [`conntrack`] (ctnetlink)
 
-pub mod api;
+pub use netd_api as api;
+pub use netd_core::{conflist, ipam, model, plan, ports};
+pub use netd_link as link;
+pub use netd_nft as nft;
+pub use netd_nft::ruleset;
+
 pub mod config;
-pub mod conflist;
 pub mod conntrack;
 pub mod daemon;
-pub mod ipam;
-pub mod link;
-pub mod model;
-pub mod nft;
-pub mod plan;
-pub mod ports;
-pub mod ruleset;
 pub mod store;

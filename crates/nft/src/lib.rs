@@ -2,8 +2,8 @@
 //!
 //! netd owns this small layer instead of using a crate because what its table needs (named
 //! maps and verdict maps, intervals, concatenations on 32-bit registers, `fib`, `ct status`,
-//! batches of any size) is not covered by the available ones (see
-//! `/work/shared/research/crates-evaluation.md` §1).
+//! batches of any size) is not covered by the available ones (docs/ARCHITECTURE.md says what
+//! was measured).
 //!
 //! * [`attr`]-level TLV encoding and [`expr`] expressions are pure;
 //! * [`Batch`] builds a transaction (pure; [`Batch::encode`] gives the wire bytes);
@@ -14,6 +14,7 @@ mod attr;
 mod batch;
 pub mod expr;
 pub mod monitor;
+pub mod ruleset;
 mod socket;
 
 pub use batch::{

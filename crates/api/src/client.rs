@@ -14,7 +14,7 @@ use super::{
     ApiError, AttachRequest, Attachment, CreateNetwork, ErrorBody, GcRequest, GcResult, Released,
     Status,
 };
-use crate::model::{Endpoint, Network};
+use netd_core::model::{Endpoint, Network};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -25,7 +25,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Endpoint, GatewayMode, Network, PortMapping};
+use netd_core::model::{Endpoint, GatewayMode, Network, PortMapping};
 
 pub use client::{Client, ClientError};
 

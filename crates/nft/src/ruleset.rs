@@ -1,5 +1,5 @@
 //! netd's table for the nf_tables layer: the fixed chains and set declarations of
-//! `nft-templates/netd.nft`, and the encoding of [`crate::plan::Elem`]s.
+//! `nft-templates/netd.nft`, and the encoding of [`netd_core::plan::Elem`]s.
 //!
 //! The chains and rules never change at run time, so a full sync re-creates them from the
 //! code below and a diff only touches set elements. [`render_template`] gives the text
@@ -11,17 +11,17 @@ use std::net::Ipv6Addr;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use crate::model::Proto;
-use crate::nft::expr::{build::*, *};
-use crate::nft::{
+use crate::expr::{build::*, *};
+use crate::{
     BaseChain, Batch, ChainType, ElemData, ElemGroup, Family, HookNum, NftError, Policy, SetElem,
     SetSpec, Socket, DATA_TYPE_VERDICT, SET_ELEM_F_INTERVAL_END, SET_F_INTERVAL, SET_F_MAP,
 };
-use crate::plan::{ChainId, Desired, Diff, Elem, SetId, Verdict};
+use netd_core::model::Proto;
+use netd_core::plan::{ChainId, Desired, Diff, Elem, SetId, Verdict};
 
 /// `nft-templates/netd.nft`: what `nft list table inet netd` prints for an empty state, with
 /// one `@elements NAME@` line per set where its elements go (see [`render_template`]).
-pub const TEMPLATE: &str = include_str!("../../nft-templates/netd.nft");
+pub const TEMPLATE: &str = include_str!("../../../nft-templates/netd.nft");
 
 pub const DEFAULT_TABLE: &str = "netd";
 
@@ -237,15 +237,15 @@ fn nfproto(p: u8) -> [Expr; 2] {
 }
 
 fn accept() -> Expr {
-    verdict(crate::nft::Verdict::Accept)
+    verdict(crate::Verdict::Accept)
 }
 
 fn drop_() -> Expr {
-    verdict(crate::nft::Verdict::Drop)
+    verdict(crate::Verdict::Drop)
 }
 
 fn goto(chain: &str) -> Expr {
-    verdict(crate::nft::Verdict::Goto(chain.to_string()))
+    verdict(crate::Verdict::Goto(chain.to_string()))
 }
 
 fn ct_dnat() -> Vec<Expr> {
@@ -423,7 +423,7 @@ pub fn rules() -> Vec<(&'static str, &'static str, Vec<Expr>)> {
     add(
         "forward",
         "jump user_forward",
-        vec![verdict(crate::nft::Verdict::Jump(USER_CHAIN.into()))],
+        vec![verdict(crate::Verdict::Jump(USER_CHAIN.into()))],
     );
     let mut est = vec![ct(CtKey::State, R0)];
     est.extend(bits_set(R0, CT_STATE_ESTABLISHED | CT_STATE_RELATED));
@@ -521,12 +521,12 @@ pub fn rules() -> Vec<(&'static str, &'static str, Vec<Expr>)> {
     let mut lo4 = nfproto(NFPROTO_IPV4).to_vec();
     lo4.push(payload(PayloadBase::Network, 16, 1, R0));
     lo4.push(cmp_eq(R0, [127]));
-    lo4.push(verdict(crate::nft::Verdict::Return));
+    lo4.push(verdict(crate::Verdict::Return));
     add("prerouting", "ip daddr 127.0.0.0/8 return", lo4);
     let mut lo6 = nfproto(NFPROTO_IPV6).to_vec();
     lo6.push(payload(PayloadBase::Network, 24, 16, R0));
     lo6.push(cmp_eq(R0, Ipv6Addr::LOCALHOST.octets()));
-    lo6.push(verdict(crate::nft::Verdict::Return));
+    lo6.push(verdict(crate::Verdict::Return));
     add("prerouting", "ip6 daddr ::1 return", lo6.clone());
     add(
         "prerouting",
@@ -625,11 +625,11 @@ fn pad4(v: &mut Vec<u8>, field: &[u8]) {
     v.resize((v.len() + 3) & !3, 0);
 }
 
-fn verdict_of(v: Verdict) -> crate::nft::Verdict {
+fn verdict_of(v: Verdict) -> crate::Verdict {
     match v {
-        Verdict::Accept => crate::nft::Verdict::Accept,
-        Verdict::Drop => crate::nft::Verdict::Drop,
-        Verdict::Goto(c) => crate::nft::Verdict::Goto(c.name().to_string()),
+        Verdict::Accept => crate::Verdict::Accept,
+        Verdict::Drop => crate::Verdict::Drop,
+        Verdict::Goto(c) => crate::Verdict::Goto(c.name().to_string()),
     }
 }
 

@@ -193,7 +193,7 @@ fn sysctl_path(name: &str) -> io::Result<String> {
 /// explicit address takes the lowest of its ports' addresses, which changes as containers
 /// come and go and makes every neighbour cache on the bridge go stale.
 pub fn bridge_mac(bridge: &str) -> [u8; 6] {
-    let h = crate::model::fnv1a(&[b"netd-bridge-mac/", bridge.as_bytes()]).to_be_bytes();
+    let h = netd_core::model::fnv1a(&[b"netd-bridge-mac/", bridge.as_bytes()]).to_be_bytes();
     let mut mac = [h[0], h[1], h[2], h[3], h[4], h[5]];
     mac[0] = (mac[0] & 0xfe) | 0x02;
     mac
@@ -208,7 +208,7 @@ pub(crate) fn format_mac(bytes: &[u8]) -> String {
 }
 
 pub(crate) fn check_ifname(what: &str, name: &str) -> Result<()> {
-    crate::model::validate_ifname(name)
+    netd_core::model::validate_ifname(name)
         .map_err(|e| LinkError::invalid(format!("checking {what} name {name:?}"), e.to_string()))
 }
 
