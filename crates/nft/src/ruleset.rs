@@ -547,7 +547,7 @@ pub fn rules() -> Vec<(&'static str, &'static str, Vec<Expr>)> {
     );
     add(
         "published",
-        "dnat ip to meta l4proto . th dport map @dnat4_any",
+        "meta nfproto ipv4 dnat ip to meta l4proto . th dport map @dnat4_any",
         dnat_rule(false, false),
     );
     add(
@@ -557,7 +557,7 @@ pub fn rules() -> Vec<(&'static str, &'static str, Vec<Expr>)> {
     );
     add(
         "published",
-        "dnat ip6 to meta l4proto . th dport map @dnat6_any",
+        "meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @dnat6_any",
         dnat_rule(true, false),
     );
 
@@ -1070,6 +1070,99 @@ fn push_elems(
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------
+// The template, from the one source
+// ---------------------------------------------------------------------------------------
+
+impl Field {
+    /// The datatype's name as nft prints it in a `type` line.
+    fn nft_name(self) -> &'static str {
+        match self {
+            Field::Ifname => "ifname",
+            Field::Ip4 => "ipv4_addr",
+            Field::Ip6 => "ipv6_addr",
+            Field::Proto => "inet_proto",
+            Field::Port => "inet_service",
+        }
+    }
+}
+
+fn fields_text(fields: &[Field]) -> String {
+    fields
+        .iter()
+        .map(|f| f.nft_name())
+        .collect::<Vec<_>>()
+        .join(" . ")
+}
+
+/// A base chain's first line as nft prints it (nft names the standard priorities).
+fn base_chain_text(b: &BaseChain) -> String {
+    let (ty, hook) = match (b.chain_type, b.hook) {
+        (ChainType::Filter, h) => ("filter", h),
+        (ChainType::Nat, h) => ("nat", h),
+        (ChainType::Route, h) => ("route", h),
+    };
+    let hook_name = match hook {
+        HookNum::Prerouting => "prerouting",
+        HookNum::Input => "input",
+        HookNum::Forward => "forward",
+        HookNum::Output => "output",
+        HookNum::Postrouting => "postrouting",
+    };
+    let prio = match (ty, hook, b.priority) {
+        ("filter", _, 0) => "filter".to_string(),
+        ("nat", HookNum::Prerouting, -100) => "dstnat".to_string(),
+        ("nat", HookNum::Postrouting, 100) => "srcnat".to_string(),
+        (_, _, p) => p.to_string(),
+    };
+    let policy = match b.policy {
+        Policy::Accept => "accept",
+        Policy::Drop => "drop",
+    };
+    format!("type {ty} hook {hook_name} priority {prio}; policy {policy};")
+}
+
+/// `nft-templates/netd.nft` as the set declarations, chains and rules above define it: the one
+/// source of the table. The file is checked against this (and regenerated from it) without
+/// root; the netns tests check the kernel's own listing of the table netd writes against the
+/// file, which ties each rule's text to its expressions.
+pub fn render_skeleton() -> String {
+    let mut out = format!("table inet {DEFAULT_TABLE} {{\n");
+    let mut blocks = Vec::new();
+    for set in SetId::ALL {
+        let d = decl(set);
+        let (kind, ty) = match d.data {
+            Data::None => ("set", fields_text(d.key)),
+            Data::Verdict => ("map", format!("{} : verdict", fields_text(d.key))),
+            Data::Fields(v) => (
+                "map",
+                format!("{} : {}", fields_text(d.key), fields_text(v)),
+            ),
+        };
+        let mut b = format!("\t{kind} {} {{\n\t\ttype {ty}\n", set.name());
+        if d.interval {
+            b.push_str("\t\tflags interval\n");
+        }
+        b.push_str(&format!("\t\t@elements {}@\n\t}}\n", set.name()));
+        blocks.push(b);
+    }
+    let rules = rules();
+    for (chain, base) in chains() {
+        let mut b = format!("\tchain {chain} {{\n");
+        if let Some(base) = base {
+            b.push_str(&format!("\t\t{}\n", base_chain_text(&base)));
+        }
+        for (_, text, _) in rules.iter().filter(|(c, _, _)| *c == chain) {
+            b.push_str(&format!("\t\t{text}\n"));
+        }
+        b.push_str("\t}\n");
+        blocks.push(b);
+    }
+    out.push_str(&blocks.join("\n"));
+    out.push_str("}\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1263,6 +1356,25 @@ mod tests {
             full_batch("netd", &bad),
             Err(ApplyError::Invalid { set: "bridges", .. })
         ));
+    }
+
+    #[test]
+    fn the_template_is_rendered_from_the_rules() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../nft-templates/netd.nft");
+        let have = render_skeleton();
+        if std::env::var_os("NETD_UPDATE_GOLDEN").is_some() {
+            // The file is compiled in (TEMPLATE): the next build compares the new one.
+            std::fs::write(path, &have).unwrap();
+            return;
+        }
+        assert!(
+            TEMPLATE == have,
+            "nft-templates/netd.nft differs from the rules in ruleset.rs; after an intended change \
+             run NETD_UPDATE_GOLDEN=1 cargo test -p netd-nft\n--- file ---\n{TEMPLATE}\n--- rules ---\n{have}"
+        );
+        // Every chain that has rules is declared, so no rule text is left out of the file.
+        let names: Vec<_> = chains().iter().map(|(c, _)| *c).collect();
+        assert!(rules().iter().all(|(c, _, _)| names.contains(c)));
     }
 
     #[test]
