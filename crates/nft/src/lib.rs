@@ -54,13 +54,6 @@ pub enum NftError {
 }
 
 impl NftError {
-    fn io(op: &'static str) -> NftError {
-        NftError::Io {
-            op,
-            source: io::Error::last_os_error(),
-        }
-    }
-
     /// The errno of a kernel rejection.
     pub fn errno(&self) -> Option<i32> {
         match self {

@@ -7,24 +7,20 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
+
+use netd_netlink::{
+    NetfilterSocket, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+};
 
 use super::batch::{ElemData, SetElem, SET_ELEM_F_INTERVAL_END};
 use super::expr::Verdict;
 use super::socket::open_netfilter;
 use super::NftError;
 
-const SOL_NETLINK: libc::c_int = 270;
-const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
 /// `NFNLGRP_NFTABLES`.
 pub const NFNLGRP_NFTABLES: u32 = 7;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLM_F_DUMP_INTR: u16 = 0x10;
 
 pub const NFT_MSG_NEWTABLE: u8 = 0;
 pub const NFT_MSG_GETTABLE: u8 = 1;
@@ -136,28 +132,9 @@ fn msg_text(msg: u8) -> (&'static str, &'static str) {
     (verb, what)
 }
 
-/// Iterates the netlink attributes of `data` as (type without flags, value). Stops at the
-/// first malformed one.
-pub(crate) fn attrs(data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut off = 0usize;
-    std::iter::from_fn(move || {
-        if off + 4 > data.len() {
-            return None;
-        }
-        let len = u16::from_ne_bytes([data[off], data[off + 1]]) as usize;
-        let ty = u16::from_ne_bytes([data[off + 2], data[off + 3]]) & 0x3fff;
-        if len < 4 || off + len > data.len() {
-            return None;
-        }
-        let val = &data[off + 4..off + len];
-        off += (len + 3) & !3;
-        Some((ty, val))
-    })
-}
+pub(crate) use netd_netlink::attrs;
 
-fn attr(data: &[u8], want: u16) -> Option<&[u8]> {
-    attrs(data).find(|(t, _)| *t == want).map(|(_, v)| v)
-}
+use netd_netlink::attr;
 
 fn attr_str(data: &[u8], want: u16) -> Option<String> {
     let v = attr(data, want)?;
@@ -172,22 +149,7 @@ fn attr_be32(data: &[u8], want: u16) -> Option<u32> {
 
 /// One netlink message: (type, flags, portid, payload after the nlmsghdr).
 fn messages(data: &[u8]) -> impl Iterator<Item = (u16, u16, u32, &[u8])> {
-    let mut off = 0usize;
-    std::iter::from_fn(move || {
-        if off + 16 > data.len() {
-            return None;
-        }
-        let len = u32::from_ne_bytes(data[off..off + 4].try_into().ok()?) as usize;
-        if len < 16 || off + len > data.len() {
-            return None;
-        }
-        let ty = u16::from_ne_bytes(data[off + 4..off + 6].try_into().ok()?);
-        let flags = u16::from_ne_bytes(data[off + 6..off + 8].try_into().ok()?);
-        let portid = u32::from_ne_bytes(data[off + 12..off + 16].try_into().ok()?);
-        let payload = &data[off + 16..off + len];
-        off += (len + 3) & !3;
-        Some((ty, flags, portid, payload))
-    })
+    netd_netlink::messages(data).map(|(h, _, payload)| (h.ty, h.flags, h.portid, payload))
 }
 
 /// Parses the nf_tables notifications in one datagram. Anything else is skipped.
@@ -228,7 +190,7 @@ pub fn parse_events(data: &[u8]) -> Vec<Event> {
 /// A socket subscribed to nf_tables notifications in the network namespace of the thread that
 /// opened it.
 pub struct Monitor {
-    fd: OwnedFd,
+    sock: NetfilterSocket,
     buf: Vec<u8>,
 }
 
@@ -242,77 +204,30 @@ pub enum RecvError {
     Io(io::Error),
 }
 
-fn setsockopt_raw<T>(fd: &OwnedFd, level: libc::c_int, opt: libc::c_int, v: &T) -> io::Result<()> {
-    // SAFETY: v points at a live value of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            opt,
-            v as *const T as *const libc::c_void,
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-fn set_timeout(fd: &OwnedFd, t: Duration) -> io::Result<()> {
-    // A zero timeval means "block forever"; keep at least 1 ms.
-    let t = t.max(Duration::from_millis(1));
-    let tv = libc::timeval {
-        tv_sec: t.as_secs() as libc::time_t,
-        tv_usec: t.subsec_micros() as libc::suseconds_t,
-    };
-    setsockopt_raw(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
-}
-
 impl Monitor {
     pub fn open() -> Result<Monitor, NftError> {
-        let fd = open_netfilter()?;
-        let group = NFNLGRP_NFTABLES as libc::c_int;
-        setsockopt_raw(&fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &group).map_err(|source| {
-            NftError::Io {
+        let sock = open_netfilter()?;
+        sock.join_group(NFNLGRP_NFTABLES)
+            .map_err(|source| NftError::Io {
                 op: "joining NFNLGRP_NFTABLES",
                 source,
-            }
-        })?;
-        let size = MONITOR_RCVBUF as libc::c_int;
-        if setsockopt_raw(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &size).is_err() {
-            let _ = setsockopt_raw(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &size);
-        }
+            })?;
+        // Best effort: without the larger buffer an overrun is reported and a check follows.
+        let _ = sock.set_recv_buffer(MONITOR_RCVBUF);
         Ok(Monitor {
-            fd,
-            buf: vec![0u8; 256 * 1024],
+            sock,
+            buf: Vec::with_capacity(256 * 1024),
         })
     }
 
     /// Waits up to `timeout` for notifications; an empty list means none arrived in time.
     pub fn recv(&mut self, timeout: Duration) -> Result<Vec<Event>, RecvError> {
-        set_timeout(&self.fd, timeout).map_err(RecvError::Io)?;
-        loop {
-            // SAFETY: buf is writable for its length.
-            let got = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr() as *mut libc::c_void,
-                    self.buf.len(),
-                    0,
-                )
-            };
-            if got >= 0 {
-                return Ok(parse_events(&self.buf[..got as usize]));
-            }
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::EAGAIN) => Ok(Vec::new()),
-                Some(libc::EINTR) => continue,
-                Some(libc::ENOBUFS) => Err(RecvError::Overrun),
-                _ => Err(RecvError::Io(e)),
-            };
+        self.sock.set_recv_timeout(timeout).map_err(RecvError::Io)?;
+        match self.sock.recv(&mut self.buf) {
+            Ok(data) => Ok(parse_events(data)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Vec::new()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Err(RecvError::Overrun),
+            Err(e) => Err(RecvError::Io(e)),
         }
     }
 }
@@ -411,22 +326,23 @@ pub struct TableView {
 
 /// A socket for dumping table contents.
 pub struct Inspector {
-    fd: OwnedFd,
+    sock: NetfilterSocket,
     seq: u32,
     buf: Vec<u8>,
 }
 
 impl Inspector {
     pub fn open() -> Result<Inspector, NftError> {
-        let fd = open_netfilter()?;
-        set_timeout(&fd, Duration::from_secs(5)).map_err(|source| NftError::Io {
-            op: "setsockopt(SO_RCVTIMEO)",
-            source,
-        })?;
+        let sock = open_netfilter()?;
+        sock.set_recv_timeout(Duration::from_secs(5))
+            .map_err(|source| NftError::Io {
+                op: "setsockopt(SO_RCVTIMEO)",
+                source,
+            })?;
         Ok(Inspector {
-            fd,
+            sock,
             seq: 1,
-            buf: vec![0u8; 256 * 1024],
+            buf: Vec::with_capacity(256 * 1024),
         })
     }
 
@@ -449,50 +365,28 @@ impl Inspector {
     fn dump_once(&mut self, msg: u8, body: &[u8]) -> Result<Dumped, NftError> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        let len = 16 + 4 + body.len();
-        let mut req = Vec::with_capacity(len);
-        req.extend_from_slice(&(len as u32).to_ne_bytes());
-        req.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | msg as u16).to_ne_bytes());
-        req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-        req.extend_from_slice(&seq.to_ne_bytes());
-        req.extend_from_slice(&0u32.to_ne_bytes());
-        req.extend_from_slice(&[1, 0, 0, 0]); // NFPROTO_INET, NFNETLINK_V0, res_id 0
-        req.extend_from_slice(body);
-        // SAFETY: req is a live buffer of the length passed.
-        let sent = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                req.as_ptr() as *const libc::c_void,
-                req.len(),
-                0,
-            )
-        };
-        if sent < 0 {
-            return Err(NftError::io("send(dump request)"));
-        }
+        let req = netd_netlink::nfnl_request(
+            NFNL_SUBSYS_NFTABLES,
+            msg as u16,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            seq,
+            1, // NFPROTO_INET
+            body,
+        );
+        self.sock.send(&req).map_err(|source| NftError::Io {
+            op: "send(dump request)",
+            source,
+        })?;
         let mut out = Vec::new();
         let mut interrupted = false;
         loop {
-            // SAFETY: buf is writable for its length.
-            let got = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr() as *mut libc::c_void,
-                    self.buf.len(),
-                    0,
-                )
-            };
-            if got < 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                return Err(NftError::Io {
+            let data = self
+                .sock
+                .recv(&mut self.buf)
+                .map_err(|source| NftError::Io {
                     op: "recv(dump)",
-                    source: e,
-                });
-            }
-            let data = &self.buf[..got as usize];
+                    source,
+                })?;
             if data.is_empty() {
                 return Err(NftError::Io {
                     op: "recv(dump)",
