@@ -144,6 +144,7 @@ pub(crate) mod tests {
                 gateway_mode4: GatewayMode::Nat,
                 gateway_mode6: GatewayMode::Nat,
                 mtu: 1500,
+                cni_version: "1.0.0".into(),
                 created: 0,
             },
             endpoint: Endpoint {

@@ -525,6 +525,15 @@ mod tests {
     }
 
     #[test]
+    fn netd_offers_exactly_the_versions_the_plugin_answers() {
+        assert_eq!(CniVersion::supported_list(), netd::conflist::CNI_VERSIONS);
+        assert_eq!(
+            CniVersion::parse(netd::conflist::CNI_VERSION),
+            Some(CniVersion::V1_0_0)
+        );
+    }
+
+    #[test]
     fn full_config_parses() {
         let conf = parse(json!({
             "cniVersion": "1.1.0",

@@ -136,8 +136,16 @@ pub struct Network {
     pub gateway_mode4: GatewayMode,
     pub gateway_mode6: GatewayMode,
     pub mtu: u32,
+    /// The `cniVersion` the network's conflist declares. State written before netd kept it
+    /// has none; those networks get the default of that time.
+    #[serde(default = "default_cni_version")]
+    pub cni_version: String,
     /// Seconds since the Unix epoch.
     pub created: u64,
+}
+
+fn default_cni_version() -> String {
+    crate::conflist::CNI_VERSION.to_string()
 }
 
 impl Network {
@@ -330,6 +338,15 @@ mod tests {
             Err(NameError::BadChar { .. })
         ));
         assert!(validate_container_id("ABC123_x.y-z").is_ok());
+    }
+
+    #[test]
+    fn networks_saved_before_cni_version_was_kept_load_with_the_default() {
+        let old = r#"{"name":"a","bridge":"nd-a","subnet4":"10.1.0.0/24","gateway4":"10.1.0.1",
+            "internal":false,"icc":true,"gateway_mode4":"nat","gateway_mode6":"nat","mtu":1500,
+            "created":1}"#;
+        let n: Network = serde_json::from_str(old).unwrap();
+        assert_eq!(n.cni_version, crate::conflist::CNI_VERSION);
     }
 
     #[test]

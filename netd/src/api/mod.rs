@@ -64,6 +64,9 @@ pub struct CreateNetwork {
     pub gateway_mode_ipv6: Option<GatewayMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// The conflist's `cniVersion`; None: the daemon's default (`cni_version` in netd.toml).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_version: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

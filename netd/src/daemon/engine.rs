@@ -109,6 +109,8 @@ pub struct EngineConfig {
     pub pool4_prefix: u8,
     /// A ULA /48 for automatic IPv6 subnets; None: a random one, persisted on first use.
     pub ula_base: Option<Ipv6Net>,
+    /// The `cniVersion` of conflists of networks created without one.
+    pub cni_version: String,
 }
 
 pub struct Engine {
@@ -474,6 +476,10 @@ impl Engine {
                 "an IPv6 gateway mode needs an IPv6 network (--ipv6)",
             ));
         }
+        let cni_version = req
+            .cni_version
+            .unwrap_or_else(|| self.cfg.cni_version.clone());
+        conflist::check_version(&cni_version).map_err(|e| inv(&e))?;
         let mtu = req.mtu.unwrap_or(1500);
         if !(68..=65535).contains(&mtu) {
             return Err(ApiError::invalid(format!(
@@ -591,6 +597,7 @@ impl Engine {
             gateway_mode4: mode4,
             gateway_mode6: mode6,
             mtu,
+            cni_version,
             created: now(),
         })
     }
@@ -664,7 +671,7 @@ impl Engine {
         let dir = &self.cfg.cni_conf_dir;
         std::fs::create_dir_all(dir)
             .map_err(|e| internal(&format!("creating {}", dir.display()), e))?;
-        let text = conflist::render(&net.name, &self.cfg.socket.to_string_lossy());
+        let text = conflist::render(net, &self.cfg.socket.to_string_lossy());
         store::write_atomic(&dir.join(conflist::file_name(&net.name)), text.as_bytes())
             .map_err(|e| internal("writing the conflist", e))
     }
@@ -674,7 +681,7 @@ impl Engine {
     fn sync_conflists(&mut self) -> Result<(), ApiError> {
         for net in self.networks.values() {
             let path = self.cfg.cni_conf_dir.join(conflist::file_name(&net.name));
-            let want = conflist::render(&net.name, &self.cfg.socket.to_string_lossy());
+            let want = conflist::render(net, &self.cfg.socket.to_string_lossy());
             if std::fs::read_to_string(&path).ok().as_deref() != Some(want.as_str()) {
                 self.write_conflist(net)?;
             }
@@ -1007,6 +1014,7 @@ mod tests {
                 pool4: "10.99.0.0/16".parse().unwrap(),
                 pool4_prefix: 24,
                 ula_base: None,
+                cni_version: "1.0.0".into(),
             };
             let store = Store::open(&self.dir.join("state")).unwrap();
             Engine::start(cfg, store, Box::new(FakeKernel(self.table.clone()))).unwrap()
@@ -1096,6 +1104,42 @@ mod tests {
         let e = fx.engine();
         assert_eq!(e.networks().count(), 2);
         assert_eq!(fx.table(), table);
+    }
+
+    #[test]
+    fn a_network_keeps_its_cni_version_across_restarts() {
+        let fx = Fixture::new("cniver");
+        let mut e = fx.engine();
+        let conflist = |name: &str| -> serde_json::Value {
+            let p = fx.dir.join(format!("cni/netd-{name}.conflist"));
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+        };
+        let new = e
+            .create_network(CreateNetwork {
+                cni_version: Some("1.1.0".into()),
+                ..create("new")
+            })
+            .unwrap();
+        assert_eq!(new.cni_version, "1.1.0");
+        let old = e.create_network(create("old")).unwrap();
+        assert_eq!(old.cni_version, "1.0.0", "the daemon's default");
+        let err = e
+            .create_network(CreateNetwork {
+                cni_version: Some("1.2.0".into()),
+                ..create("bad")
+            })
+            .unwrap_err();
+        assert_eq!(err.kind, crate::api::ErrorKind::Invalid);
+        assert!(err.message.contains("\"1.2.0\""), "{}", err.message);
+        assert!(!fx.dir.join("cni/netd-bad.conflist").exists());
+        drop(e);
+
+        // A stale conflist is rewritten at start with the version the network remembers.
+        std::fs::write(fx.dir.join("cni/netd-new.conflist"), "{}").unwrap();
+        let e = fx.engine();
+        assert_eq!(e.network("new").unwrap().cni_version, "1.1.0");
+        assert_eq!(conflist("new")["cniVersion"], "1.1.0");
+        assert_eq!(conflist("old")["cniVersion"], "1.0.0");
     }
 
     #[test]
