@@ -156,6 +156,7 @@ pub(crate) mod tests {
                 addr4: v4.then(|| "10.88.0.5".parse().unwrap()),
                 addr6: v6.then(|| "fd00:88::5".parse().unwrap()),
                 ports: vec![],
+                mac: None,
                 created: 0,
             },
         }

@@ -150,6 +150,12 @@ struct RawConf {
 struct RawRuntimeConfig {
     #[serde(default)]
     port_mappings: Option<Vec<RawPortMapping>>,
+    /// The `ips` capability: "ADDR" or "ADDR/PREFIX" strings, either family.
+    #[serde(default)]
+    ips: Option<Vec<String>>,
+    /// The `mac` capability.
+    #[serde(default)]
+    mac: Option<String>,
     // Runtimes pass only capabilities the conflist declares; one we do not implement is the
     // conflist author's business, so other keys are tolerated (and reported on stderr).
     #[serde(flatten)]
@@ -187,6 +193,10 @@ pub struct NetConf {
     pub network: String,
     pub socket: PathBuf,
     pub port_mappings: Vec<PortMapping>,
+    /// Fixed addresses from `runtimeConfig.ips`.
+    pub ips: Vec<model::RequestedAddr>,
+    /// The MAC from `runtimeConfig.mac`.
+    pub mac: Option<model::MacAddr>,
     pub prev_result: Option<CniResult>,
     pub dns: Option<Dns>,
     /// Only on GC: the union of both keys; None when neither was sent (not the same as empty).
@@ -294,6 +304,25 @@ impl NetConf {
             .enumerate()
             .map(|(i, pm)| port_mapping(i, pm))
             .collect::<Result<Vec<_>, _>>()?;
+        let ips = rc
+            .ips
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                a.parse().map_err(|e| {
+                    PluginError::invalid_config(format!("runtimeConfig.ips[{i}]: {e}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // Runtimes that leave the MAC unset may still send the key empty.
+        let mac = match rc.mac.as_deref() {
+            None | Some("") => None,
+            Some(m) => Some(
+                m.parse()
+                    .map_err(|e| PluginError::invalid_config(format!("runtimeConfig.mac: {e}")))?,
+            ),
+        };
 
         let prev_result = match raw.prev_result {
             None => None,
@@ -320,6 +349,8 @@ impl NetConf {
             network,
             socket,
             port_mappings,
+            ips,
+            mac,
             prev_result,
             dns: raw.dns,
             valid_attachments,
@@ -622,6 +653,31 @@ mod tests {
         v["runtimeConfig"] = json!({"bandwidth": {"ingressRate": 1}});
         let conf = parse(v).unwrap();
         assert_eq!(conf.ignored_runtime_config, vec!["bandwidth"]);
+    }
+
+    #[test]
+    fn fixed_addresses_and_mac_come_from_runtime_config() {
+        let mut v = base("1.0.0");
+        v["runtimeConfig"] = json!({"ips": ["10.1.0.5/24", "fd00::5"], "mac": "02:42:AC:11:00:02"});
+        let conf = parse(v).unwrap();
+        let ips: Vec<String> = conf.ips.iter().map(|i| i.to_string()).collect();
+        assert_eq!(ips, vec!["10.1.0.5/24", "fd00::5"]);
+        assert_eq!(conf.mac.unwrap().to_string(), "02:42:ac:11:00:02");
+        assert!(conf.ignored_runtime_config.is_empty());
+
+        let mut v = base("1.0.0");
+        v["runtimeConfig"] = json!({"ips": ["10.1.0.5", "nope"]});
+        let e = parse(v).unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("runtimeConfig.ips[1]"), "{e}");
+        let mut v = base("1.0.0");
+        v["runtimeConfig"] = json!({"mac": "ff:ff:ff:ff:ff:ff"});
+        let e = parse(v).unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("multicast"), "{e}");
+        let mut v = base("1.0.0");
+        v["runtimeConfig"] = json!({"mac": ""});
+        assert_eq!(parse(v).unwrap().mac, None);
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub fn render(net: &Network, socket: &str) -> String {
             "type": PLUGIN_TYPE,
             "network": net.name,
             "socket": socket,
-            "capabilities": { "portMappings": true }
+            "capabilities": { "portMappings": true, "ips": true, "mac": true }
         }]
     });
     let mut s = serde_json::to_string_pretty(&doc).expect("a JSON value serializes");
@@ -95,6 +95,8 @@ mod tests {
         assert_eq!(p["network"], "blue");
         assert_eq!(p["socket"], "/run/netd/netd.sock");
         assert_eq!(p["capabilities"]["portMappings"], true);
+        assert_eq!(p["capabilities"]["ips"], true);
+        assert_eq!(p["capabilities"]["mac"], true);
         assert_eq!(v["plugins"].as_array().unwrap().len(), 1);
     }
 

@@ -458,6 +458,7 @@ mod tests {
             addr4: Some(addr.parse().unwrap()),
             addr6: None,
             ports,
+            mac: None,
             created: 0,
         }
     }

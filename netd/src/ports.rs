@@ -204,6 +204,7 @@ mod tests {
             addr4: None,
             addr6: None,
             ports,
+            mac: None,
             created: 0,
         }
     }

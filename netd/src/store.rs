@@ -231,6 +231,7 @@ mod tests {
             addr4: Some("10.1.0.2".parse().unwrap()),
             addr6: None,
             ports: vec![],
+            mac: None,
             created: 2,
         };
         store.put_endpoint(&ep).unwrap();

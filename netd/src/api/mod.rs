@@ -25,7 +25,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Endpoint, GatewayMode, Network, PortMapping};
+use crate::model::{Endpoint, GatewayMode, MacAddr, Network, PortMapping, RequestedAddr};
 
 pub use client::{Client, ClientError};
 
@@ -79,6 +79,13 @@ pub struct AttachRequest {
     pub netns: String,
     #[serde(default)]
     pub port_mappings: Vec<PortMapping>,
+    /// Fixed addresses (at most one per family, inside the network's subnets); a family
+    /// without one gets an allocated address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<RequestedAddr>,
+    /// The container interface's MAC; None: the kernel picks one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
 }
 
 /// What the plugin needs to build the links: the network (bridge, gateway, flags) and the

@@ -5,7 +5,7 @@
 //! Either way the state, the table and the disk agree when the call returns.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -758,34 +758,76 @@ impl Engine {
             .map_err(|e| ApiError::conflict(e.to_string()))?;
         refuse_ipv6_loopback(&req.port_mappings)?;
 
-        let addr4 = match (net.subnet4, net.gateway4) {
-            (Some(s), Some(g)) => {
-                let used: BTreeSet<Ipv4Addr> = self
-                    .endpoints
-                    .values()
-                    .filter(|e| e.network == net.name)
-                    .filter_map(|e| e.addr4)
-                    .collect();
-                Some(
-                    ipam::allocate4(s, g, &used, self.last4.get(&net.name).copied())
-                        .map_err(|e| ApiError::conflict(e.to_string()))?,
-                )
+        let (fixed4, fixed6) = requested_addrs(&net, &req.ips)?;
+        let holders = |family_v4: bool| -> BTreeMap<IpAddr, String> {
+            self.endpoints
+                .values()
+                .filter(|e| e.network == net.name)
+                .filter_map(|e| {
+                    let a = if family_v4 {
+                        e.addr4.map(IpAddr::V4)
+                    } else {
+                        e.addr6.map(IpAddr::V6)
+                    }?;
+                    Some((a, format!("container {} {}", e.container_id, e.ifname)))
+                })
+                .collect()
+        };
+        let ipam_err = |e: ipam::IpamError| {
+            if e.is_conflict() {
+                ApiError::conflict(e.to_string())
+            } else {
+                ApiError::invalid(e.to_string())
             }
+        };
+        let addr4 = match (net.subnet4, net.gateway4) {
+            (Some(s), Some(g)) => Some(match fixed4 {
+                Some(a) => {
+                    ipam::check_requested(
+                        IpNet::V4(s),
+                        IpAddr::V4(g),
+                        IpAddr::V4(a),
+                        &holders(true),
+                    )
+                    .map_err(ipam_err)?;
+                    a
+                }
+                None => {
+                    let used: BTreeSet<Ipv4Addr> = self
+                        .endpoints
+                        .values()
+                        .filter(|e| e.network == net.name)
+                        .filter_map(|e| e.addr4)
+                        .collect();
+                    ipam::allocate4(s, g, &used, self.last4.get(&net.name).copied())
+                        .map_err(|e| ApiError::conflict(e.to_string()))?
+                }
+            }),
             _ => None,
         };
         let addr6 = match (net.subnet6, net.gateway6) {
-            (Some(s), Some(g)) => {
-                let used: BTreeSet<Ipv6Addr> = self
-                    .endpoints
-                    .values()
-                    .filter(|e| e.network == net.name)
-                    .filter_map(|e| e.addr6)
-                    .collect();
-                Some(
+            (Some(s), Some(g)) => Some(match fixed6 {
+                Some(a) => {
+                    ipam::check_requested(
+                        IpNet::V6(s),
+                        IpAddr::V6(g),
+                        IpAddr::V6(a),
+                        &holders(false),
+                    )
+                    .map_err(ipam_err)?;
+                    a
+                }
+                None => {
+                    let used: BTreeSet<Ipv6Addr> = self
+                        .endpoints
+                        .values()
+                        .filter(|e| e.network == net.name)
+                        .filter_map(|e| e.addr6)
+                        .collect();
                     ipam::allocate6(s, g, &used, self.last6.get(&net.name).copied())
-                        .map_err(|e| ApiError::conflict(e.to_string()))?,
-                )
-            }
+                        .map_err(|e| ApiError::conflict(e.to_string()))?
+                }
+            }),
             _ => None,
         };
         let mut port_mappings = req.port_mappings;
@@ -799,6 +841,7 @@ impl Engine {
             addr4,
             addr6,
             ports: port_mappings,
+            mac: req.mac,
             created: now(),
         };
         let diff = self.apply_endpoint(&net, &ep, true)?;
@@ -809,10 +852,12 @@ impl Engine {
         self.commit_diff(&diff);
         self.endpoints.insert(key.clone(), ep.clone());
         self.clear_stale_udp_flows(&net, &ep);
-        if let Some(a) = addr4 {
+        // Only allocated addresses move the allocator on; a fixed one says nothing about where
+        // the next free address is.
+        if let (Some(a), None) = (addr4, fixed4) {
             self.last4.insert(net.name.clone(), a);
         }
-        if let Some(a) = addr6 {
+        if let (Some(a), None) = (addr6, fixed6) {
             self.last6.insert(net.name.clone(), a);
         }
         info!(endpoint = %key, addr4 = ?addr4, addr6 = ?addr6, ports = ep.ports.len(), "endpoint attached");
@@ -914,6 +959,41 @@ impl Engine {
 }
 
 /// `nd-NAME` when that fits an interface name, else `nd-` and a hash of the name.
+/// Splits the fixed addresses of an attach request by family, refusing two of one family, a
+/// family the network does not have, and a prefix that is not the subnet's.
+fn requested_addrs(
+    net: &Network,
+    ips: &[model::RequestedAddr],
+) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), ApiError> {
+    let (mut v4, mut v6) = (None, None);
+    for r in ips {
+        let (subnet, slot_taken) = match r.addr {
+            IpAddr::V4(a) => (net.subnet4.map(IpNet::V4), v4.replace(a).is_some()),
+            IpAddr::V6(a) => (net.subnet6.map(IpNet::V6), v6.replace(a).is_some()),
+        };
+        let family = if r.addr.is_ipv4() { "IPv4" } else { "IPv6" };
+        if slot_taken {
+            return Err(ApiError::invalid(format!(
+                "two {family} addresses asked for; network {} gives a container one address per family",
+                net.name
+            )));
+        }
+        let Some(subnet) = subnet else {
+            return Err(ApiError::invalid(format!(
+                "address {} asked for, but network {} has no {family} subnet",
+                r.addr, net.name
+            )));
+        };
+        if let Some(p) = r.prefix.filter(|p| *p != subnet.prefix_len()) {
+            return Err(ApiError::invalid(format!(
+                "address {r} asked for with prefix /{p}, but network {}'s subnet is {subnet}",
+                net.name
+            )));
+        }
+    }
+    Ok((v4, v6))
+}
+
 pub fn default_bridge_name(network: &str) -> String {
     let plain = format!("nd-{network}");
     if model::validate_ifname(&plain).is_ok() {
@@ -1044,6 +1124,8 @@ mod tests {
             ifname: "eth0".into(),
             netns: format!("/run/netns/{cid}"),
             port_mappings: ports,
+            ips: vec![],
+            mac: None,
         }
     }
 
@@ -1180,6 +1262,90 @@ mod tests {
             .table()
             .diff(&plan::desired(e.networks(), e.endpoints()))
             .is_empty());
+    }
+
+    #[test]
+    fn fixed_addresses_are_checked_kept_and_never_handed_out_again() {
+        use crate::api::ErrorKind;
+        let fx = Fixture::new("fixed");
+        let mut e = fx.engine();
+        e.create_network(CreateNetwork {
+            subnet: Some("10.50.0.0/24".parse().unwrap()),
+            ..create("a")
+        })
+        .unwrap();
+        let fixed = |cid: &str, ips: &[&str]| AttachRequest {
+            ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+            ..attach("a", cid, vec![])
+        };
+        let one = e
+            .attach(AttachRequest {
+                mac: Some("02:42:0a:32:00:02".parse().unwrap()),
+                ..fixed("c1", &["10.50.0.2/24"])
+            })
+            .unwrap();
+        assert_eq!(one.endpoint.addr4.unwrap().to_string(), "10.50.0.2");
+        // (IPv6 needs forwarding in the netns: tests/netns/tests/fixed_ip.rs covers it.)
+        let two = e.attach(fixed("c2", &["10.50.0.200"])).unwrap();
+        assert_eq!(two.endpoint.addr4.unwrap().to_string(), "10.50.0.200");
+        // A dynamic allocation skips both fixed addresses.
+        let three = e.attach(attach("a", "c3", vec![])).unwrap();
+        assert_eq!(three.endpoint.addr4.unwrap().to_string(), "10.50.0.3");
+
+        let before = fx.table();
+        let refused = [
+            (
+                vec!["10.50.0.2"],
+                ErrorKind::Conflict,
+                "taken by container c1 eth0",
+            ),
+            (
+                vec!["10.50.0.200"],
+                ErrorKind::Conflict,
+                "taken by container c2 eth0",
+            ),
+            (
+                vec!["fd00:50::3"],
+                ErrorKind::Invalid,
+                "network a has no IPv6 subnet",
+            ),
+            (vec!["10.50.0.1"], ErrorKind::Invalid, "is the gateway"),
+            (vec!["10.50.0.0"], ErrorKind::Invalid, "network address"),
+            (vec!["10.50.0.255"], ErrorKind::Invalid, "broadcast address"),
+            (
+                vec!["10.50.1.9"],
+                ErrorKind::Invalid,
+                "outside the network's subnet 10.50.0.0/24",
+            ),
+            (vec!["10.50.0.9/16"], ErrorKind::Invalid, "prefix /16"),
+            (
+                vec!["10.50.0.9", "10.50.0.10"],
+                ErrorKind::Invalid,
+                "two IPv4 addresses",
+            ),
+        ];
+        for (ips, kind, text) in refused {
+            let err = e.attach(fixed("c9", &ips)).unwrap_err();
+            assert_eq!(err.kind, kind, "{ips:?}: {}", err.message);
+            assert!(err.message.contains(text), "{ips:?}: {}", err.message);
+            assert_eq!(fx.table(), before, "{ips:?} changed the table");
+            let c9 = EndpointKey {
+                network: "a".into(),
+                container_id: "c9".into(),
+                ifname: "eth0".into(),
+            };
+            assert!(e.endpoint(&c9).is_err());
+        }
+        // After a restart the fixed addresses and the MAC are still held.
+        drop(e);
+        let mut e = fx.engine();
+        let key = one.endpoint.key();
+        let again = e.endpoint(&key).unwrap().endpoint;
+        assert_eq!(again.mac.unwrap().to_string(), "02:42:0a:32:00:02");
+        let err = e.attach(fixed("c9", &["10.50.0.200"])).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Conflict);
+        let four = e.attach(attach("a", "c4", vec![])).unwrap();
+        assert_eq!(four.endpoint.addr4.unwrap().to_string(), "10.50.0.4");
     }
 
     #[test]
