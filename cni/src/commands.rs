@@ -167,10 +167,17 @@ fn add(
         port_mappings: conf.port_mappings.clone(),
         ips,
         mac,
+        ensure_network: conf
+            .ensure
+            .as_ref()
+            .map(|e| e.request(&conf.network, conf.version)),
     };
     let att = netd.attach(&req).map_err(|e| match e {
         ClientError::Api(api) if api.kind == ErrorKind::NotFound => PluginError::InvalidConfig {
-            msg: format!("network {} is not known to netd", conf.network),
+            msg: format!(
+                "network {} is not known to netd: create it (netctl network create {}) or give the configuration \"subnets\" so netd creates it",
+                conf.network, conf.network
+            ),
             details: api.message,
         },
         e => PluginError::from_netd("attach", e),

@@ -93,6 +93,9 @@ const KNOWN_KEYS: &[&str] = &[
     "dns",
     "network",
     "socket",
+    "subnets",
+    "gatewayModeIpv4",
+    "gatewayModeIpv6",
 ];
 
 const VALID_ATTACHMENTS: &str = "cni.dev/valid-attachments";
@@ -124,6 +127,9 @@ struct RawConf {
     plugin_type: Option<String>,
     network: Option<String>,
     socket: Option<PathBuf>,
+    subnets: Option<Vec<String>>,
+    gateway_mode_ipv4: Option<String>,
+    gateway_mode_ipv6: Option<String>,
     #[serde(default)]
     runtime_config: Option<RawRuntimeConfig>,
     prev_result: Option<Value>,
@@ -192,6 +198,9 @@ pub struct NetConf {
     /// The netd network to attach to.
     pub network: String,
     pub socket: PathBuf,
+    /// The network as the configuration describes it, for netd to create on first use
+    /// (`subnets` and the gateway modes); None without `subnets`.
+    pub ensure: Option<EnsureNetwork>,
     pub port_mappings: Vec<PortMapping>,
     /// Fixed addresses from `runtimeConfig.ips`.
     pub ips: Vec<model::RequestedAddr>,
@@ -203,6 +212,97 @@ pub struct NetConf {
     pub valid_attachments: Option<Vec<GcAttachment>>,
     /// runtimeConfig keys we ignore, for a note on stderr.
     pub ignored_runtime_config: Vec<String>,
+}
+
+/// A network described by its configuration (Kubernetes nodes: containerd renders the node's
+/// pod CIDRs into `subnets` from its `conf_template`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnsureNetwork {
+    pub subnet4: Option<ipnet::Ipv4Net>,
+    pub subnet6: Option<ipnet::Ipv6Net>,
+    pub gateway_mode4: Option<model::GatewayMode>,
+    pub gateway_mode6: Option<model::GatewayMode>,
+}
+
+impl EnsureNetwork {
+    /// The create request netd gets with the attach: a network named `network`, declaring
+    /// the configuration's own `cniVersion` in the conflist netd writes for it.
+    pub fn request(&self, network: &str, version: CniVersion) -> netd::api::CreateNetwork {
+        netd::api::CreateNetwork {
+            name: network.to_string(),
+            subnet: self.subnet4,
+            ipv6: self.subnet6.is_some(),
+            subnet6: self.subnet6,
+            no_ipv4: self.subnet4.is_none(),
+            gateway_mode_ipv4: self.gateway_mode4,
+            gateway_mode_ipv6: self.gateway_mode6,
+            cni_version: Some(version.as_str().to_string()),
+            ..Default::default()
+        }
+    }
+}
+
+fn ensure_network(raw: &RawConf) -> Result<Option<EnsureNetwork>, PluginError> {
+    let mode = |key: &str, v: &Option<String>| -> Result<Option<model::GatewayMode>, PluginError> {
+        v.as_deref()
+            .map(|m| {
+                m.parse()
+                    .map_err(|e| PluginError::invalid_config(format!("{key}: {e}")))
+            })
+            .transpose()
+    };
+    let gateway_mode4 = mode("gatewayModeIpv4", &raw.gateway_mode_ipv4)?;
+    let gateway_mode6 = mode("gatewayModeIpv6", &raw.gateway_mode_ipv6)?;
+    let subnets = raw.subnets.as_deref().unwrap_or_default();
+    if subnets.is_empty() {
+        if gateway_mode4.is_some() || gateway_mode6.is_some() {
+            return Err(PluginError::invalid_config(
+                "gatewayModeIpv4/gatewayModeIpv6 describe a network to create and need \"subnets\"",
+            ));
+        }
+        return Ok(None);
+    }
+    let mut e = EnsureNetwork {
+        subnet4: None,
+        subnet6: None,
+        gateway_mode4,
+        gateway_mode6,
+    };
+    for (i, s) in subnets.iter().enumerate() {
+        let at = format!("subnets[{i}]");
+        let net: IpNet = s.parse().map_err(|_| {
+            PluginError::invalid_config(format!(
+                "{at}: {s:?} is not a subnet (CIDR, e.g. 10.244.1.0/24)"
+            ))
+        })?;
+        if net != net.trunc() {
+            return Err(PluginError::invalid_config(format!(
+                "{at}: {s} has host bits set; did you mean {}?",
+                net.trunc()
+            )));
+        }
+        let twice = match net {
+            IpNet::V4(n) => e.subnet4.replace(n).is_some(),
+            IpNet::V6(n) => e.subnet6.replace(n).is_some(),
+        };
+        if twice {
+            return Err(PluginError::invalid_config(format!(
+                "{at}: a second {} subnet; a netd network has at most one per family",
+                if net.addr().is_ipv4() { "IPv4" } else { "IPv6" }
+            )));
+        }
+    }
+    if e.subnet4.is_none() && e.gateway_mode4.is_some() {
+        return Err(PluginError::invalid_config(
+            "gatewayModeIpv4 is set but \"subnets\" has no IPv4 subnet",
+        ));
+    }
+    if e.subnet6.is_none() && e.gateway_mode6.is_some() {
+        return Err(PluginError::invalid_config(
+            "gatewayModeIpv6 is set but \"subnets\" has no IPv6 subnet",
+        ));
+    }
+    Ok(Some(e))
 }
 
 /// The `cniVersion` the caller asked for, if the input says; errors echo it.
@@ -266,6 +366,7 @@ impl NetConf {
         let has_gc_key = map.contains_key(VALID_ATTACHMENTS) || map.contains_key(OLD_ATTACHMENTS);
         let raw: RawConf = serde_json::from_value(Value::Object(map))
             .map_err(|e| PluginError::decode("invalid network configuration", e.to_string()))?;
+        let ensure = ensure_network(&raw)?;
 
         let name = raw
             .name
@@ -348,6 +449,7 @@ impl NetConf {
             name,
             network,
             socket,
+            ensure,
             port_mappings,
             ips,
             mac,
@@ -678,6 +780,65 @@ mod tests {
         let mut v = base("1.0.0");
         v["runtimeConfig"] = json!({"mac": ""});
         assert_eq!(parse(v).unwrap().mac, None);
+    }
+
+    #[test]
+    fn subnets_describe_a_network_to_create() {
+        let mut v = base("1.0.0");
+        v["network"] = json!("pods");
+        v["subnets"] = json!(["10.244.1.0/24", "fd00:10:244:1::/64"]);
+        v["gatewayModeIpv6"] = json!("routed");
+        let conf = parse(v).unwrap();
+        let e = conf.ensure.unwrap();
+        let req = e.request("pods", conf.version);
+        assert_eq!(req.name, "pods");
+        assert_eq!(req.subnet.unwrap().to_string(), "10.244.1.0/24");
+        assert_eq!(req.subnet6.unwrap().to_string(), "fd00:10:244:1::/64");
+        assert!(req.ipv6 && !req.no_ipv4);
+        assert_eq!(req.gateway_mode_ipv6, Some(model::GatewayMode::Routed));
+        assert_eq!(req.gateway_mode_ipv4, None);
+        assert_eq!(req.cni_version.as_deref(), Some("1.0.0"));
+
+        let mut v = base("1.0.0");
+        v["subnets"] = json!(["fd00:10:244:1::/64"]);
+        let req = parse(v)
+            .unwrap()
+            .ensure
+            .unwrap()
+            .request("web", CniVersion::V1_1_0);
+        assert!(req.no_ipv4 && req.ipv6);
+
+        // An empty list (a template rendered before the node had a pod CIDR) is no spec.
+        let mut v = base("1.0.0");
+        v["subnets"] = json!([]);
+        assert_eq!(parse(v).unwrap().ensure, None);
+        assert_eq!(parse(base("1.0.0")).unwrap().ensure, None);
+
+        for (subnets, mode4, want) in [
+            (
+                json!(["10.244.1.5/24"]),
+                None,
+                "host bits set; did you mean 10.244.1.0/24",
+            ),
+            (
+                json!(["10.244.1.0/24", "10.244.2.0/24"]),
+                None,
+                "second IPv4 subnet",
+            ),
+            (json!(["nope"]), None, "subnets[0]"),
+            (json!(["fd00::/64"]), Some("nat"), "no IPv4 subnet"),
+            (json!([]), Some("nat"), "need \"subnets\""),
+            (json!(["10.244.1.0/24"]), Some("bogus"), "gatewayModeIpv4"),
+        ] {
+            let mut v = base("1.0.0");
+            v["subnets"] = subnets.clone();
+            if let Some(m) = mode4 {
+                v["gatewayModeIpv4"] = json!(m);
+            }
+            let e = parse(v).unwrap_err();
+            assert_eq!(e.code(), 7, "{subnets}");
+            assert!(e.to_string().contains(want), "{subnets}: {e}");
+        }
     }
 
     #[test]

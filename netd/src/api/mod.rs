@@ -86,6 +86,10 @@ pub struct AttachRequest {
     /// The container interface's MAC; None: the kernel picks one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<MacAddr>,
+    /// Create the network like this if it does not exist yet (a conflist that carries its
+    /// subnets, as on Kubernetes nodes). If it exists, its subnets must be these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensure_network: Option<CreateNetwork>,
 }
 
 /// What the plugin needs to build the links: the network (bridge, gateway, flags) and the

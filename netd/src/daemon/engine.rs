@@ -703,7 +703,33 @@ impl Engine {
 
     // ---- endpoints ----
 
-    pub fn attach(&mut self, req: AttachRequest) -> Result<Attachment, ApiError> {
+    /// Attaches an endpoint; with `ensure_network`, creates the network first if it does not
+    /// exist. The engine runs one request at a time, so parallel first ADDs make one network
+    /// and all attach to it. If the attach fails, a network created for it is removed again.
+    pub fn attach(&mut self, mut req: AttachRequest) -> Result<Attachment, ApiError> {
+        let Some(spec) = req.ensure_network.take() else {
+            return self.attach_existing(req);
+        };
+        if spec.name != req.network {
+            return Err(ApiError::invalid(format!(
+                "the network to ensure is {:?}, but the attach is to {:?}",
+                spec.name, req.network
+            )));
+        }
+        if let Some(net) = self.networks.get(&req.network) {
+            same_subnets(&spec, net)?;
+            return self.attach_existing(req);
+        }
+        let net = self.create_network(spec)?;
+        info!(network = %net.name, "network created on first attach");
+        self.attach_existing(req).inspect_err(|_| {
+            if let Err(e) = self.remove_network(&net.name) {
+                warn!(network = %net.name, error = %e.message, "could not remove the network made for a failed attach");
+            }
+        })
+    }
+
+    fn attach_existing(&mut self, req: AttachRequest) -> Result<Attachment, ApiError> {
         let inv = |e: &dyn std::fmt::Display| ApiError::invalid(e.to_string());
         model::validate_container_id(&req.container_id).map_err(|e| inv(&e))?;
         model::validate_ifname(&req.ifname).map_err(|e| inv(&e))?;
@@ -959,6 +985,35 @@ impl Engine {
 }
 
 /// `nd-NAME` when that fits an interface name, else `nd-` and a hash of the name.
+/// An existing network matches a conflist's subnets when it has exactly those, per family.
+/// Anything else is refused, naming both: attaching pods to a network other than the one the
+/// node's configuration describes would give them addresses nobody routes.
+fn same_subnets(spec: &CreateNetwork, net: &Network) -> Result<(), ApiError> {
+    let list = |v4: Option<Ipv4Net>, v6: Option<Ipv6Net>| {
+        let v: Vec<String> = v4
+            .map(|s| s.to_string())
+            .into_iter()
+            .chain(v6.map(|s| s.to_string()))
+            .collect();
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    if spec.subnet != net.subnet4 || spec.subnet6 != net.subnet6 {
+        return Err(ApiError::conflict(format!(
+            "network {} exists with subnets {}, but the CNI configuration asks for {}; \
+             fix the configuration's \"subnets\" or remove the network (netctl network rm {})",
+            net.name,
+            list(net.subnet4, net.subnet6),
+            list(spec.subnet, spec.subnet6),
+            net.name
+        )));
+    }
+    Ok(())
+}
+
 /// Splits the fixed addresses of an attach request by family, refusing two of one family, a
 /// family the network does not have, and a prefix that is not the subnet's.
 fn requested_addrs(
@@ -1126,6 +1181,7 @@ mod tests {
             port_mappings: ports,
             ips: vec![],
             mac: None,
+            ensure_network: None,
         }
     }
 
@@ -1346,6 +1402,80 @@ mod tests {
         assert_eq!(err.kind, ErrorKind::Conflict);
         let four = e.attach(attach("a", "c4", vec![])).unwrap();
         assert_eq!(four.endpoint.addr4.unwrap().to_string(), "10.50.0.4");
+    }
+
+    #[test]
+    fn an_attach_may_create_its_network_once_and_refuses_other_subnets() {
+        use crate::api::ErrorKind;
+        let fx = Fixture::new("ensure");
+        let mut e = fx.engine();
+        let spec = |subnet: &str| CreateNetwork {
+            subnet: Some(subnet.parse().unwrap()),
+            cni_version: Some("1.1.0".into()),
+            ..create("pods")
+        };
+        let ensure = |cid: &str, subnet: &str, ports: Vec<PortMapping>| AttachRequest {
+            ensure_network: Some(spec(subnet)),
+            ..attach("pods", cid, ports)
+        };
+        // Without the spec an unknown network is still an error.
+        let err = e.attach(attach("pods", "c0", vec![])).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NotFound);
+
+        let one = e.attach(ensure("c1", "10.244.1.0/24", vec![])).unwrap();
+        assert_eq!(one.network.subnet4.unwrap().to_string(), "10.244.1.0/24");
+        assert_eq!(one.network.cni_version, "1.1.0");
+        assert!(fx.dir.join("cni/netd-pods.conflist").exists());
+        let two = e.attach(ensure("c2", "10.244.1.0/24", vec![])).unwrap();
+        assert_eq!(
+            two.network, one.network,
+            "the same network, not a second one"
+        );
+        assert_eq!(e.networks().count(), 1);
+
+        let before = fx.table();
+        let err = e.attach(ensure("c3", "10.244.2.0/24", vec![])).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Conflict);
+        assert!(
+            err.message.contains("exists with subnets 10.244.1.0/24")
+                && err.message.contains("asks for 10.244.2.0/24"),
+            "{}",
+            err.message
+        );
+        assert_eq!(fx.table(), before);
+        let err = e
+            .attach(AttachRequest {
+                ensure_network: Some(CreateNetwork {
+                    name: "other".into(),
+                    ..spec("10.244.1.0/24")
+                }),
+                ..attach("pods", "c3", vec![])
+            })
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Invalid);
+
+        // A failed attach takes the network it created with it.
+        e.create_network(create("web")).unwrap();
+        e.attach(attach("web", "w1", vec![tcp(8080)])).unwrap();
+        let before = fx.table();
+        let err = e
+            .attach(AttachRequest {
+                ensure_network: Some(CreateNetwork {
+                    name: "fresh".into(),
+                    ..spec("10.245.0.0/24")
+                }),
+                ..attach("fresh", "f1", vec![tcp(8080)])
+            })
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Conflict);
+        assert!(e.network("fresh").is_err());
+        assert!(!fx.dir.join("cni/netd-fresh.conflist").exists());
+        assert_eq!(fx.table(), before);
+
+        drop(e);
+        let e = fx.engine();
+        assert_eq!(e.network("pods").unwrap().subnet4, one.network.subnet4);
+        assert!(e.network("fresh").is_err());
     }
 
     #[test]
