@@ -138,8 +138,10 @@ fn add(
 ) -> Result<types::CniResult, PluginError> {
     let cid = env.container_id()?;
     let ifname = env.ifname()?;
-    env.check_args()?;
+    let args = env.args()?;
     let netns = container_netns(env, links)?;
+    let (ips, mac) = fixed_addressing(conf, &args)?;
+    refuse_taken_ifname(conf, netns, ifname)?;
 
     // A second ADD of an attached interface fails at netd (it holds the endpoint) before any
     // rollback could tear the working attachment down. A host link left over without an
@@ -163,10 +165,19 @@ fn add(
         ifname: ifname.to_string(),
         netns: netns.display().to_string(),
         port_mappings: conf.port_mappings.clone(),
+        ips,
+        mac,
+        ensure_network: conf
+            .ensure
+            .as_ref()
+            .map(|e| e.request(&conf.network, conf.version)),
     };
     let att = netd.attach(&req).map_err(|e| match e {
         ClientError::Api(api) if api.kind == ErrorKind::NotFound => PluginError::InvalidConfig {
-            msg: format!("network {} is not known to netd", conf.network),
+            msg: format!(
+                "network {} is not known to netd: create it (netctl network create {}) or give the configuration \"subnets\" so netd creates it",
+                conf.network, conf.network
+            ),
             details: api.message,
         },
         e => PluginError::from_netd("attach", e),
@@ -223,7 +234,15 @@ fn add(
             )
         })?;
     let container = links
-        .configure_container(netns, &tmp, ifname, &addrs, &routes, net.mtu)
+        .configure_container(
+            netns,
+            &tmp,
+            ifname,
+            &addrs,
+            &routes,
+            net.mtu,
+            att.endpoint.mac.map(|m| m.0),
+        )
         .map_err(|e| {
             fail(
                 step(
@@ -248,6 +267,69 @@ fn add(
         conf.dns.as_ref(),
         &out,
     ))
+}
+
+/// The fixed addresses and MAC of an ADD: from the `ips`/`mac` capabilities or CNI_ARGS
+/// `IP=`/`MAC=`. Both may be sent (a runtime that knows both conventions); when they disagree
+/// there is no telling which the operator meant, so the ADD is refused.
+fn fixed_addressing(
+    conf: &NetConf,
+    args: &crate::env::CniArgs,
+) -> Result<
+    (
+        Vec<netd_core::model::RequestedAddr>,
+        Option<netd_core::model::MacAddr>,
+    ),
+    PluginError,
+> {
+    let ips = match (conf.ips.is_empty(), args.ips.is_empty()) {
+        (_, true) => conf.ips.clone(),
+        (true, false) => args.ips.clone(),
+        (false, false) if conf.ips == args.ips => conf.ips.clone(),
+        (false, false) => {
+            let list = |v: &[netd_core::model::RequestedAddr]| {
+                v.iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            return Err(PluginError::invalid_config(format!(
+                "runtimeConfig.ips ({}) and CNI_ARGS IP ({}) ask for different addresses",
+                list(&conf.ips),
+                list(&args.ips)
+            )));
+        }
+    };
+    let mac = match (conf.mac, args.mac) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(PluginError::invalid_config(format!(
+                "runtimeConfig.mac ({a}) and CNI_ARGS MAC ({b}) ask for different MACs"
+            )))
+        }
+        (a, b) => a.or(b),
+    };
+    Ok((ips, mac))
+}
+
+/// In a chain where another plugin ran first, prevResult lists what it made. If it already put
+/// an interface named CNI_IFNAME into this container, netd-cni cannot add its own under that
+/// name: refuse before netd holds anything, rather than fail half-way at the rename.
+fn refuse_taken_ifname(conf: &NetConf, netns: &Path, ifname: &str) -> Result<(), PluginError> {
+    let Some(prev) = &conf.prev_result else {
+        return Ok(());
+    };
+    let sandbox = netns.display().to_string();
+    if prev
+        .interfaces
+        .iter()
+        .any(|i| i.name == ifname && i.sandbox.as_deref() == Some(sandbox.as_str()))
+    {
+        return Err(PluginError::invalid_config(format!(
+            "an earlier plugin in the chain already made interface {ifname} in {sandbox} (prevResult); \
+             netd-cni needs its own interface: put it first in the conflist or give it another CNI_IFNAME"
+        )));
+    }
+    Ok(())
 }
 
 /// Best effort and idempotent: whatever is already gone counts as removed. When netd answers,
@@ -338,6 +420,15 @@ fn check(env: &Env, conf: &NetConf, netd: &dyn Netd, links: &dyn Links) -> Resul
                 netns.display()
             ))
         })?;
+    if let Some(mac) = att.endpoint.mac {
+        if !iface.mac.eq_ignore_ascii_case(&mac.to_string()) {
+            return Err(PluginError::check(format!(
+                "interface {ifname} in {} has MAC {}, not the {mac} asked for",
+                netns.display(),
+                iface.mac
+            )));
+        }
+    }
     let expected = shaping::addressing(&att).map_err(|d| PluginError::NetdInternal {
         msg: "CHECK: netd's attachment is inconsistent".into(),
         details: d,
@@ -462,6 +553,7 @@ mod tests {
         unreachable: bool,
         endpoint: Option<Attachment>,
         released: Vec<netd_core::model::Endpoint>,
+        last_attach: RefCell<Option<AttachRequest>>,
     }
 
     impl FakeNetd {
@@ -487,9 +579,14 @@ mod tests {
                 req.container_id,
                 req.port_mappings.len()
             ))?;
+            *self.last_attach.borrow_mut() = Some(req.clone());
             match &self.attach_err {
                 Some(e) => Err(ClientError::Api(e.clone())),
-                None => Ok(attachment(true, true, false)),
+                None => {
+                    let mut a = attachment(true, true, false);
+                    a.endpoint.mac = req.mac;
+                    Ok(a)
+                }
             }
         }
         fn endpoint(&self, n: &str, c: &str, i: &str) -> Result<Attachment, ClientError> {
@@ -591,12 +688,15 @@ mod tests {
             addrs: &[ipnet::IpNet],
             routes: &[LinkRoute],
             _: u32,
+            mac: Option<[u8; 6]>,
         ) -> Result<ContainerIface, LinkError> {
             self.step("configure_container")?;
             assert_eq!(routes.len(), 2);
             let c = ContainerIface {
                 ifname: ifname.into(),
-                mac: "02:00:00:00:00:02".into(),
+                mac: mac
+                    .map(|m| netd_core::model::MacAddr(m).to_string())
+                    .unwrap_or_else(|| "02:00:00:00:00:02".into()),
                 index: 3,
                 addrs: addrs.to_vec(),
                 routes: routes.to_vec(),
@@ -703,6 +803,94 @@ mod tests {
         assert_eq!(out["interfaces"][1]["sandbox"], NETNS);
         assert_eq!(out["ips"][0]["interface"], 1);
         assert!(links.host.borrow().contains(&veth()));
+    }
+
+    /// ADD with CNI_ARGS; returns the outcome and what the plugin asked netd for.
+    fn add_with_args(
+        cni_args: &str,
+        input: &[u8],
+    ) -> (Result<Option<String>, PluginError>, Option<AttachRequest>) {
+        let vars = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", NETNS),
+            ("CNI_ARGS", cni_args),
+        ];
+        let env = Env::from_lookup(|k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| OsString::from(v))
+        })
+        .unwrap();
+        let netd = std::rc::Rc::new(FakeNetd::default());
+        let shared = netd.clone();
+        let connect = move |_: &Path| -> Box<dyn Netd> { Box::new(Shared(shared.clone())) };
+        let out = run(&env, input, &connect, &FakeLinks::default());
+        let req = netd.last_attach.borrow().clone();
+        (out, req)
+    }
+
+    #[test]
+    fn fixed_addresses_and_mac_reach_netd_and_the_interface() {
+        let input =
+            conf(json!({"runtimeConfig": {"ips": ["10.88.0.9"], "mac": "02:42:00:00:00:09"}}));
+        let (out, req) = add_with_args("", &input);
+        let out: Value = serde_json::from_str(&out.unwrap().unwrap()).unwrap();
+        let req = req.unwrap();
+        assert_eq!(req.ips[0].to_string(), "10.88.0.9");
+        assert_eq!(req.mac.unwrap().to_string(), "02:42:00:00:00:09");
+        assert_eq!(out["interfaces"][1]["mac"], "02:42:00:00:00:09");
+
+        // The Kubernetes convention: CNI_ARGS, with other keys ignored under IgnoreUnknown.
+        let (out, req) = add_with_args(
+            "IgnoreUnknown=1;K8S_POD_NAME=p;IP=10.88.0.9,fd00:88::9;MAC=02:42:00:00:00:0a",
+            &conf(json!({})),
+        );
+        out.unwrap();
+        let req = req.unwrap();
+        assert_eq!(req.ips.len(), 2);
+        assert_eq!(req.mac.unwrap().to_string(), "02:42:00:00:00:0a");
+        // The same address both ways is fine; different ones are refused before netd is asked.
+        let (out, _) = add_with_args("IP=10.88.0.9", &input);
+        out.unwrap();
+        let (out, req) = add_with_args("IP=10.88.0.10", &input);
+        let e = out.unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(
+            e.to_string().contains("10.88.0.9") && e.to_string().contains("10.88.0.10"),
+            "{e}"
+        );
+        assert!(req.is_none());
+        let (out, req) = add_with_args("MAC=02:42:00:00:00:0b", &input);
+        assert_eq!(out.unwrap_err().code(), 7);
+        assert!(req.is_none());
+        let (out, req) = add_with_args("K8S_POD_NAME=p", &conf(json!({})));
+        assert_eq!(out.unwrap_err().code(), 4);
+        assert!(req.is_none());
+    }
+
+    #[test]
+    fn add_after_a_plugin_that_made_the_interface_is_refused_up_front() {
+        let prev = json!({"cniVersion": "1.1.0",
+            "interfaces": [{"name": "eth0", "sandbox": NETNS}],
+            "ips": [{"address": "10.0.0.2/24", "interface": 0}]});
+        let (out, req) = add_with_args("", &conf(json!({"prevResult": prev})));
+        let e = out.unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("already made interface eth0"), "{e}");
+        assert!(req.is_none(), "netd was not asked");
+
+        // Another interface of the chain (say a macvlan net1) is kept, and ours appended.
+        let prev = json!({"cniVersion": "1.1.0",
+            "interfaces": [{"name": "net1", "sandbox": NETNS}],
+            "ips": [{"address": "10.0.0.2/24", "interface": 0}]});
+        let (out, _) = add_with_args("", &conf(json!({"prevResult": prev})));
+        let out: Value = serde_json::from_str(&out.unwrap().unwrap()).unwrap();
+        assert_eq!(out["interfaces"][0]["name"], "net1");
+        assert_eq!(out["interfaces"][2]["name"], "eth0");
+        assert_eq!(out["ips"][0]["address"], "10.0.0.2/24");
+        assert_eq!(out["ips"][1]["interface"], 2);
     }
 
     #[test]

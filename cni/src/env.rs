@@ -106,12 +106,14 @@ impl Env {
             .ok_or_else(|| PluginError::env("CNI_NETNS", "not set"))
     }
 
-    /// CNI_ARGS as `K=V;K2=V2`. netd-cni takes no keys; by the CNI convention a plugin refuses
-    /// keys it does not know unless `IgnoreUnknown` is true, so a request for, say, a fixed
-    /// `IP=` is not silently ignored.
-    pub fn check_args(&self) -> Result<(), PluginError> {
+    /// CNI_ARGS as `K=V;K2=V2`. netd-cni knows `IP` (fixed addresses, comma-separated, one
+    /// per family) and `MAC`, the keys of the Kubernetes convention that the static IPAM and
+    /// the reference plugins read. By the CNI convention a plugin refuses keys it does not know
+    /// unless `IgnoreUnknown` is true, so a request nobody honours is not silently dropped.
+    pub fn args(&self) -> Result<CniArgs, PluginError> {
+        let mut out = CniArgs::default();
         let Some(args) = self.args.as_deref() else {
-            return Ok(());
+            return Ok(out);
         };
         let mut pairs = Vec::new();
         for part in args.split(';').filter(|p| !p.is_empty()) {
@@ -123,17 +125,40 @@ impl Env {
         let ignore_unknown = pairs
             .iter()
             .any(|(k, v)| *k == "IgnoreUnknown" && (*v == "1" || v.eq_ignore_ascii_case("true")));
-        if ignore_unknown {
-            return Ok(());
+        for (k, v) in pairs {
+            match k {
+                "IgnoreUnknown" => {}
+                "IP" => {
+                    for a in v.split(',').filter(|a| !a.is_empty()) {
+                        out.ips.push(a.parse().map_err(|e| {
+                            PluginError::env("CNI_ARGS", format!("IP: {e}"))
+                        })?);
+                    }
+                }
+                "MAC" => {
+                    out.mac = Some(
+                        v.parse()
+                            .map_err(|e| PluginError::env("CNI_ARGS", format!("MAC: {e}")))?,
+                    );
+                }
+                _ if ignore_unknown => {}
+                _ => {
+                    return Err(PluginError::env(
+                        "CNI_ARGS",
+                        format!("unknown key {k:?}: netd-cni takes IP and MAC (add IgnoreUnknown=1 to ignore other keys)"),
+                    ))
+                }
+            }
         }
-        match pairs.iter().find(|(k, _)| *k != "IgnoreUnknown") {
-            Some((k, _)) => Err(PluginError::env(
-                "CNI_ARGS",
-                format!("unknown key {k:?}: netd-cni takes no CNI_ARGS (add IgnoreUnknown=1 to ignore them)"),
-            )),
-            None => Ok(()),
-        }
+        Ok(out)
     }
+}
+
+/// What netd-cni takes from CNI_ARGS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CniArgs {
+    pub ips: Vec<model::RequestedAddr>,
+    pub mac: Option<model::MacAddr>,
 }
 
 #[cfg(test)]
@@ -192,17 +217,39 @@ mod tests {
     #[test]
     fn cni_args_follow_the_ignore_unknown_convention() {
         let with = |a: &str| env(&[("CNI_COMMAND", "ADD"), ("CNI_ARGS", a)]).unwrap();
-        assert!(with("").check_args().is_ok());
+        assert_eq!(with("").args().unwrap(), CniArgs::default());
         assert!(with("IgnoreUnknown=1;K8S_POD_NAME=x;K8S_POD_NAMESPACE=y")
-            .check_args()
+            .args()
             .is_ok());
-        assert!(with("K8S_POD_NAME=x;IgnoreUnknown=true")
-            .check_args()
-            .is_ok());
-        let e = with("IP=10.0.0.5").check_args().unwrap_err();
+        assert!(with("K8S_POD_NAME=x;IgnoreUnknown=true").args().is_ok());
+        let e = with("K8S_POD_NAME=x").args().unwrap_err();
         assert_eq!(e.code(), 4);
         assert!(e.to_string().contains("CNI_ARGS"), "{e}");
-        assert_eq!(with("garbage").check_args().unwrap_err().code(), 4);
-        assert!(with("IgnoreUnknown=0").check_args().is_ok());
+        assert!(e.to_string().contains("K8S_POD_NAME"), "{e}");
+        assert_eq!(with("garbage").args().unwrap_err().code(), 4);
+        assert!(with("IgnoreUnknown=0").args().is_ok());
+        assert!(with("IgnoreUnknown=0;X=1").args().is_err());
+    }
+
+    #[test]
+    fn cni_args_carry_fixed_addresses_and_a_mac() {
+        let with = |a: &str| env(&[("CNI_COMMAND", "ADD"), ("CNI_ARGS", a)]).unwrap();
+        let a = with("IgnoreUnknown=1;K8S_POD_NAME=x;IP=10.0.0.5,fd00::5/64;MAC=02:00:00:00:00:09")
+            .args()
+            .unwrap();
+        let ips: Vec<String> = a.ips.iter().map(|i| i.to_string()).collect();
+        assert_eq!(ips, vec!["10.0.0.5", "fd00::5/64"]);
+        assert_eq!(a.mac.unwrap().to_string(), "02:00:00:00:00:09");
+        // Known keys need no IgnoreUnknown.
+        assert_eq!(with("IP=10.0.0.5").args().unwrap().ips.len(), 1);
+        for bad in [
+            "IP=10.0.0.300",
+            "MAC=01:00:5e:00:00:01",
+            "IgnoreUnknown=1;MAC=x",
+        ] {
+            let e = with(bad).args().unwrap_err();
+            assert_eq!(e.code(), 4, "{bad}");
+            assert!(e.to_string().contains("CNI_ARGS"), "{e}");
+        }
     }
 }

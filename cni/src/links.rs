@@ -50,7 +50,9 @@ pub trait Links {
     fn link_exists(&self, name: &str) -> Result<bool, LinkError>;
     /// The MAC of a host link, for the result; None when it cannot be read.
     fn link_mac(&self, name: &str) -> Option<String>;
-    /// Renames `tmp_name` to `ifname` inside `netns`, sets addresses, routes and MTU, brings it up.
+    /// Renames `tmp_name` to `ifname` inside `netns`, sets the MAC (if given), addresses,
+    /// routes and MTU, brings it up.
+    #[allow(clippy::too_many_arguments)]
     fn configure_container(
         &self,
         netns: &Path,
@@ -59,6 +61,7 @@ pub trait Links {
         addrs: &[IpNet],
         routes: &[Route],
         mtu: u32,
+        mac: Option<[u8; 6]>,
     ) -> Result<ContainerIface, LinkError>;
     fn inspect_container(
         &self,
@@ -183,6 +186,7 @@ mod system {
             addrs: &[IpNet],
             routes: &[Route],
             mtu: u32,
+            mac: Option<[u8; 6]>,
         ) -> Result<ContainerIface, LinkError> {
             let routes: Vec<nl::Route> = routes
                 .iter()
@@ -191,9 +195,17 @@ mod system {
                     gateway: r.gateway,
                 })
                 .collect();
-            nl::configure_container(text(netns)?, tmp_name, ifname, addrs, &routes, mtu)
-                .map(iface)
-                .map_err(err)
+            nl::configure_container_with_mac(
+                text(netns)?,
+                tmp_name,
+                ifname,
+                addrs,
+                &routes,
+                mtu,
+                mac,
+            )
+            .map(iface)
+            .map_err(err)
         }
 
         fn inspect_container(

@@ -8,8 +8,11 @@
 //!
 //! ```json
 //! {"type": "netd-cni", "network": "web", "socket": "/run/netd/netd.sock",
-//!  "capabilities": {"portMappings": true}}
+//!  "capabilities": {"portMappings": true, "ips": true, "mac": true}}
 //! ```
+//!
+//! With `"subnets": ["10.244.1.0/24"]` (and optionally `gatewayModeIpv4`/`gatewayModeIpv6`)
+//! netd creates the network on the first ADD if it does not exist (docs/kubernetes.md).
 //!
 //! Error codes are listed in `error.rs`.
 

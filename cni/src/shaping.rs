@@ -144,6 +144,7 @@ pub(crate) mod tests {
                 gateway_mode4: GatewayMode::Nat,
                 gateway_mode6: GatewayMode::Nat,
                 mtu: 1500,
+                cni_version: "1.0.0".into(),
                 created: 0,
             },
             endpoint: Endpoint {
@@ -155,6 +156,7 @@ pub(crate) mod tests {
                 addr4: v4.then(|| "10.88.0.5".parse().unwrap()),
                 addr6: v6.then(|| "fd00:88::5".parse().unwrap()),
                 ports: vec![],
+                mac: None,
                 created: 0,
             },
         }

@@ -93,6 +93,9 @@ const KNOWN_KEYS: &[&str] = &[
     "dns",
     "network",
     "socket",
+    "subnets",
+    "gatewayModeIpv4",
+    "gatewayModeIpv6",
 ];
 
 const VALID_ATTACHMENTS: &str = "cni.dev/valid-attachments";
@@ -124,6 +127,9 @@ struct RawConf {
     plugin_type: Option<String>,
     network: Option<String>,
     socket: Option<PathBuf>,
+    subnets: Option<Vec<String>>,
+    gateway_mode_ipv4: Option<String>,
+    gateway_mode_ipv6: Option<String>,
     #[serde(default)]
     runtime_config: Option<RawRuntimeConfig>,
     prev_result: Option<Value>,
@@ -150,6 +156,12 @@ struct RawConf {
 struct RawRuntimeConfig {
     #[serde(default)]
     port_mappings: Option<Vec<RawPortMapping>>,
+    /// The `ips` capability: "ADDR" or "ADDR/PREFIX" strings, either family.
+    #[serde(default)]
+    ips: Option<Vec<String>>,
+    /// The `mac` capability.
+    #[serde(default)]
+    mac: Option<String>,
     // Runtimes pass only capabilities the conflist declares; one we do not implement is the
     // conflist author's business, so other keys are tolerated (and reported on stderr).
     #[serde(flatten)]
@@ -186,13 +198,111 @@ pub struct NetConf {
     /// The netd network to attach to.
     pub network: String,
     pub socket: PathBuf,
+    /// The network as the configuration describes it, for netd to create on first use
+    /// (`subnets` and the gateway modes); None without `subnets`.
+    pub ensure: Option<EnsureNetwork>,
     pub port_mappings: Vec<PortMapping>,
+    /// Fixed addresses from `runtimeConfig.ips`.
+    pub ips: Vec<model::RequestedAddr>,
+    /// The MAC from `runtimeConfig.mac`.
+    pub mac: Option<model::MacAddr>,
     pub prev_result: Option<CniResult>,
     pub dns: Option<Dns>,
     /// Only on GC: the union of both keys; None when neither was sent (not the same as empty).
     pub valid_attachments: Option<Vec<GcAttachment>>,
     /// runtimeConfig keys we ignore, for a note on stderr.
     pub ignored_runtime_config: Vec<String>,
+}
+
+/// A network described by its configuration (Kubernetes nodes: containerd renders the node's
+/// pod CIDRs into `subnets` from its `conf_template`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnsureNetwork {
+    pub subnet4: Option<ipnet::Ipv4Net>,
+    pub subnet6: Option<ipnet::Ipv6Net>,
+    pub gateway_mode4: Option<model::GatewayMode>,
+    pub gateway_mode6: Option<model::GatewayMode>,
+}
+
+impl EnsureNetwork {
+    /// The create request netd gets with the attach: a network named `network`, declaring
+    /// the configuration's own `cniVersion` in the conflist netd writes for it.
+    pub fn request(&self, network: &str, version: CniVersion) -> netd_api::CreateNetwork {
+        netd_api::CreateNetwork {
+            name: network.to_string(),
+            subnet: self.subnet4,
+            ipv6: self.subnet6.is_some(),
+            subnet6: self.subnet6,
+            no_ipv4: self.subnet4.is_none(),
+            gateway_mode_ipv4: self.gateway_mode4,
+            gateway_mode_ipv6: self.gateway_mode6,
+            cni_version: Some(version.as_str().to_string()),
+            ..Default::default()
+        }
+    }
+}
+
+fn ensure_network(raw: &RawConf) -> Result<Option<EnsureNetwork>, PluginError> {
+    let mode = |key: &str, v: &Option<String>| -> Result<Option<model::GatewayMode>, PluginError> {
+        v.as_deref()
+            .map(|m| {
+                m.parse()
+                    .map_err(|e| PluginError::invalid_config(format!("{key}: {e}")))
+            })
+            .transpose()
+    };
+    let gateway_mode4 = mode("gatewayModeIpv4", &raw.gateway_mode_ipv4)?;
+    let gateway_mode6 = mode("gatewayModeIpv6", &raw.gateway_mode_ipv6)?;
+    let subnets = raw.subnets.as_deref().unwrap_or_default();
+    if subnets.is_empty() {
+        if gateway_mode4.is_some() || gateway_mode6.is_some() {
+            return Err(PluginError::invalid_config(
+                "gatewayModeIpv4/gatewayModeIpv6 describe a network to create and need \"subnets\"",
+            ));
+        }
+        return Ok(None);
+    }
+    let mut e = EnsureNetwork {
+        subnet4: None,
+        subnet6: None,
+        gateway_mode4,
+        gateway_mode6,
+    };
+    for (i, s) in subnets.iter().enumerate() {
+        let at = format!("subnets[{i}]");
+        let net: IpNet = s.parse().map_err(|_| {
+            PluginError::invalid_config(format!(
+                "{at}: {s:?} is not a subnet (CIDR, e.g. 10.244.1.0/24)"
+            ))
+        })?;
+        if net != net.trunc() {
+            return Err(PluginError::invalid_config(format!(
+                "{at}: {s} has host bits set; did you mean {}?",
+                net.trunc()
+            )));
+        }
+        let twice = match net {
+            IpNet::V4(n) => e.subnet4.replace(n).is_some(),
+            IpNet::V6(n) => e.subnet6.replace(n).is_some(),
+        };
+        if twice {
+            return Err(PluginError::invalid_config(format!(
+                "{at}: a second {} subnet; a netd network has at most one per family",
+                if net.addr().is_ipv4() { "IPv4" } else { "IPv6" }
+            )));
+        }
+    }
+    if e.subnet4.is_none() && e.gateway_mode4.is_some() {
+        return Err(PluginError::invalid_config(
+            "gatewayModeIpv4 is set but \"subnets\" has no IPv4 subnet",
+        ));
+    }
+    if e.subnet6.is_none() && e.gateway_mode6.is_some() {
+        return Err(PluginError::invalid_config(
+            "gatewayModeIpv6 is set but \"subnets\" has no IPv6 subnet",
+        ));
+    }
+    Ok(Some(e))
 }
 
 /// The `cniVersion` the caller asked for, if the input says; errors echo it.
@@ -256,6 +366,7 @@ impl NetConf {
         let has_gc_key = map.contains_key(VALID_ATTACHMENTS) || map.contains_key(OLD_ATTACHMENTS);
         let raw: RawConf = serde_json::from_value(Value::Object(map))
             .map_err(|e| PluginError::decode("invalid network configuration", e.to_string()))?;
+        let ensure = ensure_network(&raw)?;
 
         let name = raw
             .name
@@ -294,6 +405,25 @@ impl NetConf {
             .enumerate()
             .map(|(i, pm)| port_mapping(i, pm))
             .collect::<Result<Vec<_>, _>>()?;
+        let ips = rc
+            .ips
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                a.parse().map_err(|e| {
+                    PluginError::invalid_config(format!("runtimeConfig.ips[{i}]: {e}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // Runtimes that leave the MAC unset may still send the key empty.
+        let mac = match rc.mac.as_deref() {
+            None | Some("") => None,
+            Some(m) => Some(
+                m.parse()
+                    .map_err(|e| PluginError::invalid_config(format!("runtimeConfig.mac: {e}")))?,
+            ),
+        };
 
         let prev_result = match raw.prev_result {
             None => None,
@@ -319,7 +449,10 @@ impl NetConf {
             name,
             network,
             socket,
+            ensure,
             port_mappings,
+            ips,
+            mac,
             prev_result,
             dns: raw.dns,
             valid_attachments,
@@ -525,6 +658,18 @@ mod tests {
     }
 
     #[test]
+    fn netd_offers_exactly_the_versions_the_plugin_answers() {
+        assert_eq!(
+            CniVersion::supported_list(),
+            netd_core::conflist::CNI_VERSIONS
+        );
+        assert_eq!(
+            CniVersion::parse(netd_core::conflist::CNI_VERSION),
+            Some(CniVersion::V1_0_0)
+        );
+    }
+
+    #[test]
     fn full_config_parses() {
         let conf = parse(json!({
             "cniVersion": "1.1.0",
@@ -613,6 +758,90 @@ mod tests {
         v["runtimeConfig"] = json!({"bandwidth": {"ingressRate": 1}});
         let conf = parse(v).unwrap();
         assert_eq!(conf.ignored_runtime_config, vec!["bandwidth"]);
+    }
+
+    #[test]
+    fn fixed_addresses_and_mac_come_from_runtime_config() {
+        let mut v = base("1.0.0");
+        v["runtimeConfig"] = json!({"ips": ["10.1.0.5/24", "fd00::5"], "mac": "02:42:AC:11:00:02"});
+        let conf = parse(v).unwrap();
+        let ips: Vec<String> = conf.ips.iter().map(|i| i.to_string()).collect();
+        assert_eq!(ips, vec!["10.1.0.5/24", "fd00::5"]);
+        assert_eq!(conf.mac.unwrap().to_string(), "02:42:ac:11:00:02");
+        assert!(conf.ignored_runtime_config.is_empty());
+
+        let mut v = base("1.0.0");
+        v["runtimeConfig"] = json!({"ips": ["10.1.0.5", "nope"]});
+        let e = parse(v).unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("runtimeConfig.ips[1]"), "{e}");
+        let mut v = base("1.0.0");
+        v["runtimeConfig"] = json!({"mac": "ff:ff:ff:ff:ff:ff"});
+        let e = parse(v).unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("multicast"), "{e}");
+        let mut v = base("1.0.0");
+        v["runtimeConfig"] = json!({"mac": ""});
+        assert_eq!(parse(v).unwrap().mac, None);
+    }
+
+    #[test]
+    fn subnets_describe_a_network_to_create() {
+        let mut v = base("1.0.0");
+        v["network"] = json!("pods");
+        v["subnets"] = json!(["10.244.1.0/24", "fd00:10:244:1::/64"]);
+        v["gatewayModeIpv6"] = json!("routed");
+        let conf = parse(v).unwrap();
+        let e = conf.ensure.unwrap();
+        let req = e.request("pods", conf.version);
+        assert_eq!(req.name, "pods");
+        assert_eq!(req.subnet.unwrap().to_string(), "10.244.1.0/24");
+        assert_eq!(req.subnet6.unwrap().to_string(), "fd00:10:244:1::/64");
+        assert!(req.ipv6 && !req.no_ipv4);
+        assert_eq!(req.gateway_mode_ipv6, Some(model::GatewayMode::Routed));
+        assert_eq!(req.gateway_mode_ipv4, None);
+        assert_eq!(req.cni_version.as_deref(), Some("1.0.0"));
+
+        let mut v = base("1.0.0");
+        v["subnets"] = json!(["fd00:10:244:1::/64"]);
+        let req = parse(v)
+            .unwrap()
+            .ensure
+            .unwrap()
+            .request("web", CniVersion::V1_1_0);
+        assert!(req.no_ipv4 && req.ipv6);
+
+        // An empty list (a template rendered before the node had a pod CIDR) is no spec.
+        let mut v = base("1.0.0");
+        v["subnets"] = json!([]);
+        assert_eq!(parse(v).unwrap().ensure, None);
+        assert_eq!(parse(base("1.0.0")).unwrap().ensure, None);
+
+        for (subnets, mode4, want) in [
+            (
+                json!(["10.244.1.5/24"]),
+                None,
+                "host bits set; did you mean 10.244.1.0/24",
+            ),
+            (
+                json!(["10.244.1.0/24", "10.244.2.0/24"]),
+                None,
+                "second IPv4 subnet",
+            ),
+            (json!(["nope"]), None, "subnets[0]"),
+            (json!(["fd00::/64"]), Some("nat"), "no IPv4 subnet"),
+            (json!([]), Some("nat"), "need \"subnets\""),
+            (json!(["10.244.1.0/24"]), Some("bogus"), "gatewayModeIpv4"),
+        ] {
+            let mut v = base("1.0.0");
+            v["subnets"] = subnets.clone();
+            if let Some(m) = mode4 {
+                v["gatewayModeIpv4"] = json!(m);
+            }
+            let e = parse(v).unwrap_err();
+            assert_eq!(e.code(), 7, "{subnets}");
+            assert!(e.to_string().contains(want), "{subnets}: {e}");
+        }
     }
 
     #[test]

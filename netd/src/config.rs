@@ -34,6 +34,8 @@ pub struct FileConfig {
     pub table: Option<String>,
     pub log: Option<String>,
     pub check_interval_secs: Option<u64>,
+    /// `cniVersion` of conflists of networks created without `--cni-version`.
+    pub cni_version: Option<String>,
     #[serde(default)]
     pub pools: Pools,
 }
@@ -62,6 +64,7 @@ pub struct Overrides {
     pub ipv6_ula_base: Option<Ipv6Net>,
     pub log: Option<String>,
     pub check_interval_secs: Option<u64>,
+    pub cni_version: Option<String>,
 }
 
 /// The settings netd runs with, after defaults, file and flags are combined and checked.
@@ -77,6 +80,8 @@ pub struct Settings {
     pub ula_base: Option<Ipv6Net>,
     pub log: String,
     pub check_interval: Duration,
+    /// Default `cniVersion` of new networks' conflists.
+    pub cni_version: String,
     /// The file the settings were read from, if any.
     pub source: Option<PathBuf>,
 }
@@ -193,6 +198,10 @@ impl Settings {
                     .or(file.check_interval_secs)
                     .unwrap_or(DEFAULT_CHECK_INTERVAL_SECS),
             ),
+            cni_version: flags
+                .cni_version
+                .or(file.cni_version)
+                .unwrap_or_else(|| crate::conflist::CNI_VERSION.into()),
             source,
         };
         s.check()?;
@@ -240,6 +249,9 @@ impl Settings {
                 ));
             }
         }
+        if let Err(e) = crate::conflist::check_version(&self.cni_version) {
+            return bad(format!("cni_version: {e}"));
+        }
         if self.check_interval.is_zero() {
             return bad("check_interval_secs must be at least 1".into());
         }
@@ -275,6 +287,7 @@ mod tests {
         assert_eq!(d.pool4_prefix, 24);
         assert_eq!(d.ula_base, None);
         assert_eq!(d.check_interval, Duration::from_secs(30));
+        assert_eq!(d.cni_version, "1.0.0");
         let missing = FileConfig::load(Path::new("/nonexistent/netd.toml"), false).unwrap();
         assert_eq!(missing, None);
     }
@@ -302,6 +315,10 @@ mod tests {
         }
         assert!(DEFAULT_FILE.contains(&format!("= {DEFAULT_SUBNET_SIZE}\n")));
         assert!(DEFAULT_FILE.contains(&format!("= {DEFAULT_CHECK_INTERVAL_SECS}\n")));
+        assert!(DEFAULT_FILE.contains(&format!(
+            "cni_version = \"{}\"\n",
+            crate::conflist::CNI_VERSION
+        )));
         // And with every key uncommented it still parses, to the same values.
         let all: String = DEFAULT_FILE
             .lines()
@@ -377,6 +394,13 @@ mod tests {
         assert!(e.to_string().contains("/48"), "{e}");
         let e = res("table = \"bad name\"\n").unwrap_err();
         assert!(e.to_string().contains("table"), "{e}");
+        let e = res("cni_version = \"1.2.0\"\n").unwrap_err();
+        assert!(
+            e.to_string().contains("cni_version") && e.to_string().contains("1.2.0"),
+            "{e}"
+        );
+        let s = res("cni_version = \"1.1.0\"\n").unwrap();
+        assert_eq!(s.cni_version, "1.1.0");
         let e = res("check_interval_secs = 0\n").unwrap_err();
         assert!(e.to_string().contains("at least 1"), "{e}");
     }

@@ -218,6 +218,7 @@ mod tests {
             gateway_mode4: GatewayMode::Nat,
             gateway_mode6: GatewayMode::Nat,
             mtu: 1500,
+            cni_version: "1.0.0".into(),
             created: 1,
         };
         store.put_network(&net).unwrap();
@@ -230,6 +231,7 @@ mod tests {
             addr4: Some("10.1.0.2".parse().unwrap()),
             addr6: None,
             ports: vec![],
+            mac: None,
             created: 2,
         };
         store.put_endpoint(&ep).unwrap();

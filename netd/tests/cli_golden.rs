@@ -110,11 +110,46 @@ fn usage_errors_exit_2() {
         &["network", "frobnicate"],
         &["--format", "yaml", "network", "ls"],
         &["network", "create", "x", "--subnet", "10.0.0.0/33"],
+        &["network", "create", "x", "--cni-version", "1.2.0"],
         &["completion", "tcsh"],
     ] {
         let o = run(NETCTL, args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
     }
+}
+
+#[test]
+fn cni_version_comes_from_the_file_unless_a_flag_says_otherwise() {
+    let p = temp("cniver.toml", "cni_version = \"1.1.0\"\n");
+    let o = run(NETD, &["--config", p.to_str().unwrap(), "--check-config"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("cni_version: \"1.1.0\""),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(
+        NETD,
+        &[
+            "--config",
+            p.to_str().unwrap(),
+            "--check-config",
+            "--cni-version",
+            "0.4.0",
+        ],
+    );
+    assert!(
+        stdout(&o).contains("cni_version: \"0.4.0\""),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(NETD, &["--check-config", "--cni-version", "2.0.0"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("\"2.0.0\" is not one netd-cni answers"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

@@ -25,7 +25,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
-use netd_core::model::{Endpoint, GatewayMode, Network, PortMapping};
+use netd_core::model::{Endpoint, GatewayMode, MacAddr, Network, PortMapping, RequestedAddr};
 
 pub use client::{Client, ClientError};
 
@@ -64,6 +64,9 @@ pub struct CreateNetwork {
     pub gateway_mode_ipv6: Option<GatewayMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// The conflist's `cniVersion`; None: the daemon's default (`cni_version` in netd.toml).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_version: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +79,17 @@ pub struct AttachRequest {
     pub netns: String,
     #[serde(default)]
     pub port_mappings: Vec<PortMapping>,
+    /// Fixed addresses (at most one per family, inside the network's subnets); a family
+    /// without one gets an allocated address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<RequestedAddr>,
+    /// The container interface's MAC; None: the kernel picks one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+    /// Create the network like this if it does not exist yet (a conflist that carries its
+    /// subnets, as on Kubernetes nodes). If it exists, its subnets must be these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensure_network: Option<CreateNetwork>,
 }
 
 /// What the plugin needs to build the links: the network (bridge, gateway, flags) and the

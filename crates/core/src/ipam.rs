@@ -1,8 +1,8 @@
 //! Address management: choosing subnets for new networks and addresses for endpoints.
 //! Pure: callers pass in everything that is taken (other networks, host routes, endpoints).
 
-use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -18,6 +18,72 @@ pub enum IpamError {
     TooSmall { subnet: IpNet },
     #[error("gateway {gateway} is not a usable host address of {subnet}")]
     BadGateway { gateway: String, subnet: IpNet },
+    #[error("address {addr} is outside the network's subnet {subnet}")]
+    OutsideSubnet { addr: IpAddr, subnet: IpNet },
+    #[error("address {addr} is the {what} of {subnet}, not a host address")]
+    NotAHost {
+        addr: IpAddr,
+        subnet: IpNet,
+        what: &'static str,
+    },
+    #[error("address {addr} is the gateway of {subnet}")]
+    IsGateway { addr: IpAddr, subnet: IpNet },
+    #[error("address {addr} is taken by {holder}")]
+    Taken { addr: IpAddr, holder: String },
+}
+
+impl IpamError {
+    /// Whether the request clashes with state (another holder) rather than being wrong in
+    /// itself; the API reports the first as a conflict, the rest as invalid.
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            IpamError::Taken { .. }
+                | IpamError::Overlap { .. }
+                | IpamError::SubnetFull { .. }
+                | IpamError::PoolExhausted { .. }
+        )
+    }
+}
+
+/// Checks an address a runtime asks for (a fixed IP): a host address of `subnet` (not the
+/// network or, in IPv4, the broadcast address), not the gateway, and not held by anyone in
+/// `used` (address → who holds it). The same rules the allocator follows, so a fixed address
+/// is one the allocator could have handed out, and, once held, one it never hands out again.
+pub fn check_requested(
+    subnet: IpNet,
+    gateway: IpAddr,
+    addr: IpAddr,
+    used: &BTreeMap<IpAddr, String>,
+) -> Result<(), IpamError> {
+    if !subnet.contains(&addr) {
+        return Err(IpamError::OutsideSubnet { addr, subnet });
+    }
+    if addr == subnet.network() {
+        let what = if subnet.addr().is_ipv4() {
+            "network address"
+        } else {
+            "subnet-router anycast address"
+        };
+        return Err(IpamError::NotAHost { addr, subnet, what });
+    }
+    if subnet.addr().is_ipv4() && addr == subnet.broadcast() {
+        return Err(IpamError::NotAHost {
+            addr,
+            subnet,
+            what: "broadcast address",
+        });
+    }
+    if addr == gateway {
+        return Err(IpamError::IsGateway { addr, subnet });
+    }
+    if let Some(holder) = used.get(&addr) {
+        return Err(IpamError::Taken {
+            addr,
+            holder: holder.clone(),
+        });
+    }
+    Ok(())
 }
 
 /// Whether two prefixes share any address.
@@ -217,6 +283,52 @@ mod tests {
             choose_subnet4(pool, 24, &all),
             Err(IpamError::PoolExhausted { .. })
         ));
+    }
+
+    #[test]
+    fn requested_addresses_must_be_free_host_addresses_of_the_subnet() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let s4 = n("10.1.0.0/24");
+        let gw4 = ip("10.1.0.1");
+        let mut used = BTreeMap::new();
+        used.insert(ip("10.1.0.7"), "container c7 eth0".to_string());
+        check_requested(s4, gw4, ip("10.1.0.5"), &used).unwrap();
+        check_requested(s4, gw4, ip("10.1.0.254"), &used).unwrap();
+        let e = check_requested(s4, gw4, ip("10.1.0.7"), &used).unwrap_err();
+        assert!(e.is_conflict());
+        assert_eq!(
+            e.to_string(),
+            "address 10.1.0.7 is taken by container c7 eth0"
+        );
+        for (addr, want) in [
+            ("10.1.1.5", "outside the network's subnet 10.1.0.0/24"),
+            ("10.1.0.0", "network address of 10.1.0.0/24"),
+            ("10.1.0.255", "broadcast address of 10.1.0.0/24"),
+            ("10.1.0.1", "the gateway of 10.1.0.0/24"),
+            ("fd00::5", "outside"),
+        ] {
+            let e = check_requested(s4, gw4, ip(addr), &used).unwrap_err();
+            assert!(!e.is_conflict(), "{addr}");
+            assert!(e.to_string().contains(want), "{addr}: {e}");
+        }
+        let s6 = n("fd00:1::/64");
+        let gw6 = ip("fd00:1::1");
+        check_requested(s6, gw6, ip("fd00:1::ffff:ffff:ffff:ffff"), &used).unwrap();
+        let e = check_requested(s6, gw6, ip("fd00:1::"), &used).unwrap_err();
+        assert!(e.to_string().contains("anycast"), "{e}");
+        assert!(check_requested(s6, gw6, ip("fd00:1::1"), &used).is_err());
+    }
+
+    #[test]
+    fn the_allocator_skips_an_address_held_as_a_fixed_one() {
+        let s: Ipv4Net = "10.1.0.0/29".parse().unwrap();
+        let gw: Ipv4Addr = "10.1.0.1".parse().unwrap();
+        // 10.1.0.2 was asked for by a runtime; the next dynamic allocation goes around it.
+        let used: BTreeSet<Ipv4Addr> = ["10.1.0.2".parse().unwrap()].into();
+        assert_eq!(
+            allocate4(s, gw, &used, None).unwrap().to_string(),
+            "10.1.0.3"
+        );
     }
 
     #[test]

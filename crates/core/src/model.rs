@@ -136,8 +136,16 @@ pub struct Network {
     pub gateway_mode4: GatewayMode,
     pub gateway_mode6: GatewayMode,
     pub mtu: u32,
+    /// The `cniVersion` the network's conflist declares. State written before netd kept it
+    /// has none; those networks get the default of that time.
+    #[serde(default = "default_cni_version")]
+    pub cni_version: String,
     /// Seconds since the Unix epoch.
     pub created: u64,
+}
+
+fn default_cni_version() -> String {
+    crate::conflist::CNI_VERSION.to_string()
 }
 
 impl Network {
@@ -158,6 +166,112 @@ impl Network {
     }
 }
 
+/// An address a runtime asks for (the `ips` capability, CNI_ARGS `IP=`, Docker's `--ip`):
+/// `ADDR` or `ADDR/PREFIX`. A prefix, when given, must be the subnet's; the address itself
+/// must be a free host address of the network's subnet of its family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RequestedAddr {
+    pub addr: IpAddr,
+    pub prefix: Option<u8>,
+}
+
+impl FromStr for RequestedAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not an IP address (ADDR or ADDR/PREFIX)");
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => None,
+            Some(p) => Some(p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?),
+        };
+        Ok(RequestedAddr { addr, prefix })
+    }
+}
+
+impl fmt::Display for RequestedAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.prefix {
+            Some(p) => write!(f, "{}/{p}", self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
+impl TryFrom<String> for RequestedAddr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<RequestedAddr> for String {
+    fn from(a: RequestedAddr) -> String {
+        a.to_string()
+    }
+}
+
+/// A MAC address for a container interface (the `mac` capability, CNI_ARGS `MAC=`, Docker's
+/// `--mac-address`). Unicast only: the kernel refuses a multicast address on an Ethernet
+/// device (EADDRNOTAVAIL), and all zeros is no address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MacAddr(pub [u8; 6]);
+
+impl FromStr for MacAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a MAC address (six hex octets: 02:42:ac:11:00:02)");
+        let mut b = [0u8; 6];
+        let mut parts = s.split(':');
+        for octet in &mut b {
+            let p = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+            *octet = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        if b[0] & 1 == 1 {
+            return Err(format!(
+                "{s:?} is a multicast MAC address; a container interface needs a unicast one (first octet even)"
+            ));
+        }
+        if b == [0; 6] {
+            return Err(format!("{s:?} is not a usable MAC address"));
+        }
+        Ok(MacAddr(b))
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl TryFrom<String> for MacAddr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<MacAddr> for String {
+    fn from(m: MacAddr) -> String {
+        m.to_string()
+    }
+}
+
 /// One container interface attached to a network. Keyed by (network, container ID, ifname),
 /// never by address: addresses are reused after release.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +288,9 @@ pub struct Endpoint {
     pub addr6: Option<Ipv6Addr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortMapping>,
+    /// The MAC the runtime asked for; None: the kernel's random one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
     pub created: u64,
 }
 
@@ -330,6 +447,57 @@ mod tests {
             Err(NameError::BadChar { .. })
         ));
         assert!(validate_container_id("ABC123_x.y-z").is_ok());
+    }
+
+    #[test]
+    fn networks_saved_before_cni_version_was_kept_load_with_the_default() {
+        let old = r#"{"name":"a","bridge":"nd-a","subnet4":"10.1.0.0/24","gateway4":"10.1.0.1",
+            "internal":false,"icc":true,"gateway_mode4":"nat","gateway_mode6":"nat","mtu":1500,
+            "created":1}"#;
+        let n: Network = serde_json::from_str(old).unwrap();
+        assert_eq!(n.cni_version, crate::conflist::CNI_VERSION);
+    }
+
+    #[test]
+    fn requested_addresses_parse() {
+        let a: RequestedAddr = "10.1.0.5".parse().unwrap();
+        assert_eq!((a.addr.to_string(), a.prefix), ("10.1.0.5".into(), None));
+        let a: RequestedAddr = "fd00::5/64".parse().unwrap();
+        assert_eq!(a.prefix, Some(64));
+        assert_eq!(a.to_string(), "fd00::5/64");
+        for bad in [
+            "10.1.0.5/33",
+            "fd00::5/129",
+            "10.1.0",
+            "x",
+            "10.1.0.5/",
+            "/24",
+        ] {
+            let e = bad.parse::<RequestedAddr>().unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
+        let v: RequestedAddr = serde_json::from_str("\"10.1.0.5/24\"").unwrap();
+        assert_eq!(serde_json::to_string(&v).unwrap(), "\"10.1.0.5/24\"");
+    }
+
+    #[test]
+    fn macs_parse_and_must_be_unicast() {
+        let m: MacAddr = "02:42:AC:11:00:02".parse().unwrap();
+        assert_eq!(m.to_string(), "02:42:ac:11:00:02");
+        assert_eq!(serde_json::to_string(&m).unwrap(), "\"02:42:ac:11:00:02\"");
+        for bad in [
+            "02:42:ac:11:00",
+            "02:42:ac:11:00:02:03",
+            "0242ac110002",
+            "02-42-ac-11-00-02",
+            "zz:42:ac:11:00:02",
+            "2:42:ac:11:00:02",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+        let e = "01:00:5e:00:00:01".parse::<MacAddr>().unwrap_err();
+        assert!(e.contains("multicast"), "{e}");
+        assert!("00:00:00:00:00:00".parse::<MacAddr>().is_err());
     }
 
     #[test]

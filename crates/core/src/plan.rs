@@ -443,6 +443,7 @@ mod tests {
             gateway_mode4: GatewayMode::Nat,
             gateway_mode6: GatewayMode::Nat,
             mtu: 1500,
+            cni_version: "1.0.0".into(),
             created: 0,
         }
     }
@@ -457,6 +458,7 @@ mod tests {
             addr4: Some(addr.parse().unwrap()),
             addr6: None,
             ports,
+            mac: None,
             created: 0,
         }
     }

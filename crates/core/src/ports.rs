@@ -180,6 +180,7 @@ mod tests {
             gateway_mode4: GatewayMode::Nat,
             gateway_mode6: GatewayMode::Nat,
             mtu: 1500,
+            cni_version: "1.0.0".into(),
             created: 0,
         }
     }
@@ -203,6 +204,7 @@ mod tests {
             addr4: None,
             addr6: None,
             ports,
+            mac: None,
             created: 0,
         }
     }

@@ -22,6 +22,20 @@ pub fn configure_container(
     routes: &[Route],
     mtu: u32,
 ) -> Result<ContainerIface> {
+    configure_container_with_mac(netns_path, tmp_name, ifname, addrs, routes, mtu, None)
+}
+
+/// [`configure_container`], also setting the interface's MAC when `mac` is given (a runtime's
+/// fixed MAC). Set while the link is still down, together with the rename.
+pub fn configure_container_with_mac(
+    netns_path: &str,
+    tmp_name: &str,
+    ifname: &str,
+    addrs: &[IpNet],
+    routes: &[Route],
+    mtu: u32,
+    mac: Option<[u8; 6]>,
+) -> Result<ContainerIface> {
     check_ifname("container veth", tmp_name)?;
     check_ifname("container interface", ifname)?;
     // Validate every route before touching anything, so a bad request changes nothing.
@@ -53,6 +67,13 @@ pub fn configure_container(
         if mtu > 0 && st.mtu != mtu {
             change = change.mtu(mtu);
             what.push(format!("setting mtu {mtu} on {tmp_name}"));
+        }
+        if let Some(mac) = mac {
+            let text = super::format_mac(&mac);
+            if st.mac.as_deref() != Some(text.as_str()) {
+                change = change.address(mac.to_vec());
+                what.push(format!("setting MAC {text} on {tmp_name}"));
+            }
         }
         if !what.is_empty() {
             h.link()

@@ -23,7 +23,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-pub use container::{configure_container, delete_container_iface, inspect_container};
+pub use container::{
+    configure_container, configure_container_with_mac, delete_container_iface, inspect_container,
+};
 pub use host::HostLinks;
 pub use netns::is_netns;
 

@@ -61,6 +61,10 @@ struct Args {
     /// nftables notifications [default: 30].
     #[arg(long, env = "NETD_CHECK_INTERVAL", value_name = "SECS")]
     check_interval: Option<u64>,
+    /// cniVersion of the conflists of networks created without one: 1.0.0 for Podman 4 and
+    /// containerd 1.6/1.7, 1.1.0 for containerd 2.x (GC, STATUS) [default: 1.0.0].
+    #[arg(long, value_name = "VERSION")]
+    cni_version: Option<String>,
     /// Log filter (tracing's env-filter syntax), e.g. info or netd=debug [default: info].
     #[arg(long, env = "NETD_LOG", value_name = "FILTER")]
     log: Option<String>,
@@ -83,6 +87,7 @@ impl Args {
             ipv6_ula_base: self.ipv6_ula_base,
             log: self.log.clone(),
             check_interval_secs: self.check_interval,
+            cni_version: self.cni_version.clone(),
         };
         Settings::resolve(file, source, flags)
     }
@@ -144,6 +149,7 @@ fn run(args: Settings) -> anyhow::Result<()> {
         pool4: args.pool4,
         pool4_prefix: args.pool4_prefix,
         ula_base: args.ula_base,
+        cni_version: args.cni_version.clone(),
     };
     let mut engine = Engine::start(cfg, store, Box::new(kernel)).context("starting")?;
     if engine.has_ipv6() {

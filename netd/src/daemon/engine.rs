@@ -5,7 +5,7 @@
 //! Either way the state, the table and the disk agree when the call returns.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -109,6 +109,8 @@ pub struct EngineConfig {
     pub pool4_prefix: u8,
     /// A ULA /48 for automatic IPv6 subnets; None: a random one, persisted on first use.
     pub ula_base: Option<Ipv6Net>,
+    /// The `cniVersion` of conflists of networks created without one.
+    pub cni_version: String,
 }
 
 pub struct Engine {
@@ -474,6 +476,10 @@ impl Engine {
                 "an IPv6 gateway mode needs an IPv6 network (--ipv6)",
             ));
         }
+        let cni_version = req
+            .cni_version
+            .unwrap_or_else(|| self.cfg.cni_version.clone());
+        conflist::check_version(&cni_version).map_err(|e| inv(&e))?;
         let mtu = req.mtu.unwrap_or(1500);
         if !(68..=65535).contains(&mtu) {
             return Err(ApiError::invalid(format!(
@@ -591,6 +597,7 @@ impl Engine {
             gateway_mode4: mode4,
             gateway_mode6: mode6,
             mtu,
+            cni_version,
             created: now(),
         })
     }
@@ -664,7 +671,7 @@ impl Engine {
         let dir = &self.cfg.cni_conf_dir;
         std::fs::create_dir_all(dir)
             .map_err(|e| internal(&format!("creating {}", dir.display()), e))?;
-        let text = conflist::render(&net.name, &self.cfg.socket.to_string_lossy());
+        let text = conflist::render(net, &self.cfg.socket.to_string_lossy());
         store::write_atomic(&dir.join(conflist::file_name(&net.name)), text.as_bytes())
             .map_err(|e| internal("writing the conflist", e))
     }
@@ -674,7 +681,7 @@ impl Engine {
     fn sync_conflists(&mut self) -> Result<(), ApiError> {
         for net in self.networks.values() {
             let path = self.cfg.cni_conf_dir.join(conflist::file_name(&net.name));
-            let want = conflist::render(&net.name, &self.cfg.socket.to_string_lossy());
+            let want = conflist::render(net, &self.cfg.socket.to_string_lossy());
             if std::fs::read_to_string(&path).ok().as_deref() != Some(want.as_str()) {
                 self.write_conflist(net)?;
             }
@@ -696,7 +703,33 @@ impl Engine {
 
     // ---- endpoints ----
 
-    pub fn attach(&mut self, req: AttachRequest) -> Result<Attachment, ApiError> {
+    /// Attaches an endpoint; with `ensure_network`, creates the network first if it does not
+    /// exist. The engine runs one request at a time, so parallel first ADDs make one network
+    /// and all attach to it. If the attach fails, a network created for it is removed again.
+    pub fn attach(&mut self, mut req: AttachRequest) -> Result<Attachment, ApiError> {
+        let Some(spec) = req.ensure_network.take() else {
+            return self.attach_existing(req);
+        };
+        if spec.name != req.network {
+            return Err(ApiError::invalid(format!(
+                "the network to ensure is {:?}, but the attach is to {:?}",
+                spec.name, req.network
+            )));
+        }
+        if let Some(net) = self.networks.get(&req.network) {
+            same_subnets(&spec, net)?;
+            return self.attach_existing(req);
+        }
+        let net = self.create_network(spec)?;
+        info!(network = %net.name, "network created on first attach");
+        self.attach_existing(req).inspect_err(|_| {
+            if let Err(e) = self.remove_network(&net.name) {
+                warn!(network = %net.name, error = %e.message, "could not remove the network made for a failed attach");
+            }
+        })
+    }
+
+    fn attach_existing(&mut self, req: AttachRequest) -> Result<Attachment, ApiError> {
         let inv = |e: &dyn std::fmt::Display| ApiError::invalid(e.to_string());
         model::validate_container_id(&req.container_id).map_err(|e| inv(&e))?;
         model::validate_ifname(&req.ifname).map_err(|e| inv(&e))?;
@@ -751,34 +784,76 @@ impl Engine {
             .map_err(|e| ApiError::conflict(e.to_string()))?;
         refuse_ipv6_loopback(&req.port_mappings)?;
 
-        let addr4 = match (net.subnet4, net.gateway4) {
-            (Some(s), Some(g)) => {
-                let used: BTreeSet<Ipv4Addr> = self
-                    .endpoints
-                    .values()
-                    .filter(|e| e.network == net.name)
-                    .filter_map(|e| e.addr4)
-                    .collect();
-                Some(
-                    ipam::allocate4(s, g, &used, self.last4.get(&net.name).copied())
-                        .map_err(|e| ApiError::conflict(e.to_string()))?,
-                )
+        let (fixed4, fixed6) = requested_addrs(&net, &req.ips)?;
+        let holders = |family_v4: bool| -> BTreeMap<IpAddr, String> {
+            self.endpoints
+                .values()
+                .filter(|e| e.network == net.name)
+                .filter_map(|e| {
+                    let a = if family_v4 {
+                        e.addr4.map(IpAddr::V4)
+                    } else {
+                        e.addr6.map(IpAddr::V6)
+                    }?;
+                    Some((a, format!("container {} {}", e.container_id, e.ifname)))
+                })
+                .collect()
+        };
+        let ipam_err = |e: ipam::IpamError| {
+            if e.is_conflict() {
+                ApiError::conflict(e.to_string())
+            } else {
+                ApiError::invalid(e.to_string())
             }
+        };
+        let addr4 = match (net.subnet4, net.gateway4) {
+            (Some(s), Some(g)) => Some(match fixed4 {
+                Some(a) => {
+                    ipam::check_requested(
+                        IpNet::V4(s),
+                        IpAddr::V4(g),
+                        IpAddr::V4(a),
+                        &holders(true),
+                    )
+                    .map_err(ipam_err)?;
+                    a
+                }
+                None => {
+                    let used: BTreeSet<Ipv4Addr> = self
+                        .endpoints
+                        .values()
+                        .filter(|e| e.network == net.name)
+                        .filter_map(|e| e.addr4)
+                        .collect();
+                    ipam::allocate4(s, g, &used, self.last4.get(&net.name).copied())
+                        .map_err(|e| ApiError::conflict(e.to_string()))?
+                }
+            }),
             _ => None,
         };
         let addr6 = match (net.subnet6, net.gateway6) {
-            (Some(s), Some(g)) => {
-                let used: BTreeSet<Ipv6Addr> = self
-                    .endpoints
-                    .values()
-                    .filter(|e| e.network == net.name)
-                    .filter_map(|e| e.addr6)
-                    .collect();
-                Some(
+            (Some(s), Some(g)) => Some(match fixed6 {
+                Some(a) => {
+                    ipam::check_requested(
+                        IpNet::V6(s),
+                        IpAddr::V6(g),
+                        IpAddr::V6(a),
+                        &holders(false),
+                    )
+                    .map_err(ipam_err)?;
+                    a
+                }
+                None => {
+                    let used: BTreeSet<Ipv6Addr> = self
+                        .endpoints
+                        .values()
+                        .filter(|e| e.network == net.name)
+                        .filter_map(|e| e.addr6)
+                        .collect();
                     ipam::allocate6(s, g, &used, self.last6.get(&net.name).copied())
-                        .map_err(|e| ApiError::conflict(e.to_string()))?,
-                )
-            }
+                        .map_err(|e| ApiError::conflict(e.to_string()))?
+                }
+            }),
             _ => None,
         };
         let mut port_mappings = req.port_mappings;
@@ -792,6 +867,7 @@ impl Engine {
             addr4,
             addr6,
             ports: port_mappings,
+            mac: req.mac,
             created: now(),
         };
         let diff = self.apply_endpoint(&net, &ep, true)?;
@@ -802,10 +878,12 @@ impl Engine {
         self.commit_diff(&diff);
         self.endpoints.insert(key.clone(), ep.clone());
         self.clear_stale_udp_flows(&net, &ep);
-        if let Some(a) = addr4 {
+        // Only allocated addresses move the allocator on; a fixed one says nothing about where
+        // the next free address is.
+        if let (Some(a), None) = (addr4, fixed4) {
             self.last4.insert(net.name.clone(), a);
         }
-        if let Some(a) = addr6 {
+        if let (Some(a), None) = (addr6, fixed6) {
             self.last6.insert(net.name.clone(), a);
         }
         info!(endpoint = %key, addr4 = ?addr4, addr6 = ?addr6, ports = ep.ports.len(), "endpoint attached");
@@ -907,6 +985,70 @@ impl Engine {
 }
 
 /// `nd-NAME` when that fits an interface name, else `nd-` and a hash of the name.
+/// An existing network matches a conflist's subnets when it has exactly those, per family.
+/// Anything else is refused, naming both: attaching pods to a network other than the one the
+/// node's configuration describes would give them addresses nobody routes.
+fn same_subnets(spec: &CreateNetwork, net: &Network) -> Result<(), ApiError> {
+    let list = |v4: Option<Ipv4Net>, v6: Option<Ipv6Net>| {
+        let v: Vec<String> = v4
+            .map(|s| s.to_string())
+            .into_iter()
+            .chain(v6.map(|s| s.to_string()))
+            .collect();
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    if spec.subnet != net.subnet4 || spec.subnet6 != net.subnet6 {
+        return Err(ApiError::conflict(format!(
+            "network {} exists with subnets {}, but the CNI configuration asks for {}; \
+             fix the configuration's \"subnets\" or remove the network (netctl network rm {})",
+            net.name,
+            list(net.subnet4, net.subnet6),
+            list(spec.subnet, spec.subnet6),
+            net.name
+        )));
+    }
+    Ok(())
+}
+
+/// Splits the fixed addresses of an attach request by family, refusing two of one family, a
+/// family the network does not have, and a prefix that is not the subnet's.
+fn requested_addrs(
+    net: &Network,
+    ips: &[model::RequestedAddr],
+) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), ApiError> {
+    let (mut v4, mut v6) = (None, None);
+    for r in ips {
+        let (subnet, slot_taken) = match r.addr {
+            IpAddr::V4(a) => (net.subnet4.map(IpNet::V4), v4.replace(a).is_some()),
+            IpAddr::V6(a) => (net.subnet6.map(IpNet::V6), v6.replace(a).is_some()),
+        };
+        let family = if r.addr.is_ipv4() { "IPv4" } else { "IPv6" };
+        if slot_taken {
+            return Err(ApiError::invalid(format!(
+                "two {family} addresses asked for; network {} gives a container one address per family",
+                net.name
+            )));
+        }
+        let Some(subnet) = subnet else {
+            return Err(ApiError::invalid(format!(
+                "address {} asked for, but network {} has no {family} subnet",
+                r.addr, net.name
+            )));
+        };
+        if let Some(p) = r.prefix.filter(|p| *p != subnet.prefix_len()) {
+            return Err(ApiError::invalid(format!(
+                "address {r} asked for with prefix /{p}, but network {}'s subnet is {subnet}",
+                net.name
+            )));
+        }
+    }
+    Ok((v4, v6))
+}
+
 pub fn default_bridge_name(network: &str) -> String {
     let plain = format!("nd-{network}");
     if model::validate_ifname(&plain).is_ok() {
@@ -1007,6 +1149,7 @@ mod tests {
                 pool4: "10.99.0.0/16".parse().unwrap(),
                 pool4_prefix: 24,
                 ula_base: None,
+                cni_version: "1.0.0".into(),
             };
             let store = Store::open(&self.dir.join("state")).unwrap();
             Engine::start(cfg, store, Box::new(FakeKernel(self.table.clone()))).unwrap()
@@ -1036,6 +1179,9 @@ mod tests {
             ifname: "eth0".into(),
             netns: format!("/run/netns/{cid}"),
             port_mappings: ports,
+            ips: vec![],
+            mac: None,
+            ensure_network: None,
         }
     }
 
@@ -1099,6 +1245,42 @@ mod tests {
     }
 
     #[test]
+    fn a_network_keeps_its_cni_version_across_restarts() {
+        let fx = Fixture::new("cniver");
+        let mut e = fx.engine();
+        let conflist = |name: &str| -> serde_json::Value {
+            let p = fx.dir.join(format!("cni/netd-{name}.conflist"));
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+        };
+        let new = e
+            .create_network(CreateNetwork {
+                cni_version: Some("1.1.0".into()),
+                ..create("new")
+            })
+            .unwrap();
+        assert_eq!(new.cni_version, "1.1.0");
+        let old = e.create_network(create("old")).unwrap();
+        assert_eq!(old.cni_version, "1.0.0", "the daemon's default");
+        let err = e
+            .create_network(CreateNetwork {
+                cni_version: Some("1.2.0".into()),
+                ..create("bad")
+            })
+            .unwrap_err();
+        assert_eq!(err.kind, crate::api::ErrorKind::Invalid);
+        assert!(err.message.contains("\"1.2.0\""), "{}", err.message);
+        assert!(!fx.dir.join("cni/netd-bad.conflist").exists());
+        drop(e);
+
+        // A stale conflist is rewritten at start with the version the network remembers.
+        std::fs::write(fx.dir.join("cni/netd-new.conflist"), "{}").unwrap();
+        let e = fx.engine();
+        assert_eq!(e.network("new").unwrap().cni_version, "1.1.0");
+        assert_eq!(conflist("new")["cniVersion"], "1.1.0");
+        assert_eq!(conflist("old")["cniVersion"], "1.0.0");
+    }
+
+    #[test]
     fn endpoints_allocate_unique_addresses_and_ports_conflict() {
         let fx = Fixture::new("eps");
         let mut e = fx.engine();
@@ -1136,6 +1318,164 @@ mod tests {
             .table()
             .diff(&plan::desired(e.networks(), e.endpoints()))
             .is_empty());
+    }
+
+    #[test]
+    fn fixed_addresses_are_checked_kept_and_never_handed_out_again() {
+        use crate::api::ErrorKind;
+        let fx = Fixture::new("fixed");
+        let mut e = fx.engine();
+        e.create_network(CreateNetwork {
+            subnet: Some("10.50.0.0/24".parse().unwrap()),
+            ..create("a")
+        })
+        .unwrap();
+        let fixed = |cid: &str, ips: &[&str]| AttachRequest {
+            ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+            ..attach("a", cid, vec![])
+        };
+        let one = e
+            .attach(AttachRequest {
+                mac: Some("02:42:0a:32:00:02".parse().unwrap()),
+                ..fixed("c1", &["10.50.0.2/24"])
+            })
+            .unwrap();
+        assert_eq!(one.endpoint.addr4.unwrap().to_string(), "10.50.0.2");
+        // (IPv6 needs forwarding in the netns: tests/netns/tests/fixed_ip.rs covers it.)
+        let two = e.attach(fixed("c2", &["10.50.0.200"])).unwrap();
+        assert_eq!(two.endpoint.addr4.unwrap().to_string(), "10.50.0.200");
+        // A dynamic allocation skips both fixed addresses.
+        let three = e.attach(attach("a", "c3", vec![])).unwrap();
+        assert_eq!(three.endpoint.addr4.unwrap().to_string(), "10.50.0.3");
+
+        let before = fx.table();
+        let refused = [
+            (
+                vec!["10.50.0.2"],
+                ErrorKind::Conflict,
+                "taken by container c1 eth0",
+            ),
+            (
+                vec!["10.50.0.200"],
+                ErrorKind::Conflict,
+                "taken by container c2 eth0",
+            ),
+            (
+                vec!["fd00:50::3"],
+                ErrorKind::Invalid,
+                "network a has no IPv6 subnet",
+            ),
+            (vec!["10.50.0.1"], ErrorKind::Invalid, "is the gateway"),
+            (vec!["10.50.0.0"], ErrorKind::Invalid, "network address"),
+            (vec!["10.50.0.255"], ErrorKind::Invalid, "broadcast address"),
+            (
+                vec!["10.50.1.9"],
+                ErrorKind::Invalid,
+                "outside the network's subnet 10.50.0.0/24",
+            ),
+            (vec!["10.50.0.9/16"], ErrorKind::Invalid, "prefix /16"),
+            (
+                vec!["10.50.0.9", "10.50.0.10"],
+                ErrorKind::Invalid,
+                "two IPv4 addresses",
+            ),
+        ];
+        for (ips, kind, text) in refused {
+            let err = e.attach(fixed("c9", &ips)).unwrap_err();
+            assert_eq!(err.kind, kind, "{ips:?}: {}", err.message);
+            assert!(err.message.contains(text), "{ips:?}: {}", err.message);
+            assert_eq!(fx.table(), before, "{ips:?} changed the table");
+            let c9 = EndpointKey {
+                network: "a".into(),
+                container_id: "c9".into(),
+                ifname: "eth0".into(),
+            };
+            assert!(e.endpoint(&c9).is_err());
+        }
+        // After a restart the fixed addresses and the MAC are still held.
+        drop(e);
+        let mut e = fx.engine();
+        let key = one.endpoint.key();
+        let again = e.endpoint(&key).unwrap().endpoint;
+        assert_eq!(again.mac.unwrap().to_string(), "02:42:0a:32:00:02");
+        let err = e.attach(fixed("c9", &["10.50.0.200"])).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Conflict);
+        let four = e.attach(attach("a", "c4", vec![])).unwrap();
+        assert_eq!(four.endpoint.addr4.unwrap().to_string(), "10.50.0.4");
+    }
+
+    #[test]
+    fn an_attach_may_create_its_network_once_and_refuses_other_subnets() {
+        use crate::api::ErrorKind;
+        let fx = Fixture::new("ensure");
+        let mut e = fx.engine();
+        let spec = |subnet: &str| CreateNetwork {
+            subnet: Some(subnet.parse().unwrap()),
+            cni_version: Some("1.1.0".into()),
+            ..create("pods")
+        };
+        let ensure = |cid: &str, subnet: &str, ports: Vec<PortMapping>| AttachRequest {
+            ensure_network: Some(spec(subnet)),
+            ..attach("pods", cid, ports)
+        };
+        // Without the spec an unknown network is still an error.
+        let err = e.attach(attach("pods", "c0", vec![])).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NotFound);
+
+        let one = e.attach(ensure("c1", "10.244.1.0/24", vec![])).unwrap();
+        assert_eq!(one.network.subnet4.unwrap().to_string(), "10.244.1.0/24");
+        assert_eq!(one.network.cni_version, "1.1.0");
+        assert!(fx.dir.join("cni/netd-pods.conflist").exists());
+        let two = e.attach(ensure("c2", "10.244.1.0/24", vec![])).unwrap();
+        assert_eq!(
+            two.network, one.network,
+            "the same network, not a second one"
+        );
+        assert_eq!(e.networks().count(), 1);
+
+        let before = fx.table();
+        let err = e.attach(ensure("c3", "10.244.2.0/24", vec![])).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Conflict);
+        assert!(
+            err.message.contains("exists with subnets 10.244.1.0/24")
+                && err.message.contains("asks for 10.244.2.0/24"),
+            "{}",
+            err.message
+        );
+        assert_eq!(fx.table(), before);
+        let err = e
+            .attach(AttachRequest {
+                ensure_network: Some(CreateNetwork {
+                    name: "other".into(),
+                    ..spec("10.244.1.0/24")
+                }),
+                ..attach("pods", "c3", vec![])
+            })
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Invalid);
+
+        // A failed attach takes the network it created with it.
+        e.create_network(create("web")).unwrap();
+        e.attach(attach("web", "w1", vec![tcp(8080)])).unwrap();
+        let before = fx.table();
+        let err = e
+            .attach(AttachRequest {
+                ensure_network: Some(CreateNetwork {
+                    name: "fresh".into(),
+                    ..spec("10.245.0.0/24")
+                }),
+                ..attach("fresh", "f1", vec![tcp(8080)])
+            })
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Conflict);
+        assert!(e.network("fresh").is_err());
+        assert!(!fx.dir.join("cni/netd-fresh.conflist").exists());
+        assert_eq!(fx.table(), before);
+
+        drop(e);
+        let e = fx.engine();
+        assert_eq!(e.network("pods").unwrap().subnet4, one.network.subnet4);
+        assert!(e.network("fresh").is_err());
     }
 
     #[test]

@@ -451,6 +451,8 @@ fn netctl_table_and_json_output() {
             "--subnet6",
             "fd00:89:3::/64",
             "--routed",
+            "--cni-version",
+            "1.1.0",
         ],
     );
     let c1 = w.container("c1");
@@ -465,8 +467,11 @@ fn netctl_table_and_json_output() {
         ]})),
     );
     assert!(r.success(), "{r}");
+    assert_eq!(r.json.as_ref().unwrap()["cniVersion"], "1.0.0", "{r}");
     let c2 = w.container("c2");
-    w.cni_add(&c2, "pub");
+    // The network's own version: its conflist says 1.1.0, so the result does too.
+    let r = w.cni_add(&c2, "pub");
+    assert_eq!(r.json.as_ref().unwrap()["cniVersion"], "1.1.0", "{r}");
 
     golden("network-ls.table", &w.netctl_ok(&["network", "ls"]));
     golden("endpoint-ls.table", &w.netctl_ok(&["endpoint", "ls"]));

@@ -155,6 +155,10 @@ struct CreateArgs {
     /// MTU of the bridge and the container interfaces.
     #[arg(long)]
     mtu: Option<u32>,
+    /// cniVersion of the network's conflist: 1.0.0 for Podman 4 and containerd 1.6/1.7, 1.1.0
+    /// for containerd 2.x (GC, STATUS) (default: netd's cni_version, 1.0.0 unless configured).
+    #[arg(long, value_name = "VERSION", value_parser = clap::builder::PossibleValuesParser::new(netd::conflist::CNI_VERSIONS))]
+    cni_version: Option<String>,
 }
 
 /// What a failed command says and which exit code it maps to.
@@ -400,6 +404,7 @@ fn create_request(a: CreateArgs) -> Result<CreateNetwork, Failure> {
         },
         gateway_mode_ipv6: mode6,
         mtu: a.mtu,
+        cni_version: a.cni_version,
     })
 }
 
