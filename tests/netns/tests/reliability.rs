@@ -1144,6 +1144,85 @@ fn socket_serves_root_and_group_members_only() {
         outsider.stderr.to_lowercase().contains("permission denied"),
         "{outsider}"
     );
+    // That refusal came from the file mode. Open the file to everyone so that the outsider's
+    // connect succeeds, and netd's own check of the peer's credentials (SO_PEERCRED) must
+    // refuse it, with netd's message, not the kernel's EACCES.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let outsider = netctl(&["--reuid", "65534", "--regid", "65534", "--clear-groups"]);
+    assert!(!outsider.success(), "non-member was served: {outsider}");
+    assert!(
+        outsider
+            .stderr
+            .contains("netd serves root and members of its socket group"),
+        "not refused by netd itself: {outsider}"
+    );
+    assert!(
+        _d.log()
+            .contains("refused: not root and not in the socket's group peer=uid=65534"),
+        "{}",
+        _d.log()
+    );
+    // Positive controls on the same open socket: a member and root are still served.
+    let member = netctl(&["--reuid", "65534", "--regid", "65534", "--groups", &gid]);
+    assert!(member.success(), "group member: {member}");
+    assert!(netctl(&[]).success());
+}
+
+/// Removes group `netd` on drop if this test created it.
+struct NetdGroup(bool);
+impl Drop for NetdGroup {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = run(&["groupdel", "netd"]);
+        }
+    }
+}
+
+#[test]
+fn socket_without_group_is_root_only_even_when_a_netd_group_exists() {
+    let w = World::new();
+    // The bug this guards against: with socket_group unset, the socket went to a group named
+    // netd whenever one existed. Make sure one exists.
+    let created = !run(&["getent", "group", "netd"]).success();
+    if created {
+        run_ok(&["groupadd", "netd"]);
+    }
+    let _g = NetdGroup(created);
+    let gid = gid_of("netd");
+    let dir = w.dir().join("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("netd.sock");
+    let d = spawn_netd_at(&w, &sock, &[]).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+    let netctl = |setpriv: &[&str]| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(setpriv)
+            .arg(w.bin("netctl"))
+            .arg("--socket")
+            .arg(&sock)
+            .arg("status");
+        run_cmd(cmd, None, CMD_TIMEOUT)
+    };
+    assert!(netctl(&[]).success(), "root is served");
+    let member = netctl(&["--reuid", "65534", "--regid", "65534", "--groups", &gid]);
+    assert!(!member.success(), "a member of netd was served: {member}");
+    // And with the file opened by hand, netd itself still refuses the member: no socket
+    // group was configured, so the group counts for nothing.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let member = netctl(&["--reuid", "65534", "--regid", "65534", "--groups", &gid]);
+    assert!(
+        member
+            .stderr
+            .contains("netd serves root and members of its socket group"),
+        "{member}"
+    );
+    assert!(netctl(&[]).success(), "root is still served");
+    assert!(d.log().contains("only root may use it"), "{}", d.log());
 }
 
 #[test]
