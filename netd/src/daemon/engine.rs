@@ -247,11 +247,43 @@ impl Engine {
         let desired = plan::desired(self.networks.values(), self.endpoints.values());
         let diff = self.applied.diff(&desired);
         if !diff.is_empty() {
-            self.kernel
-                .apply_diff(&diff)
-                .map_err(|e| internal("updating the nftables table", e))?;
+            self.apply_or_resync(&diff, |_| desired.clone())?;
         }
         Ok(desired)
+    }
+
+    /// Applies `diff`, which takes the table from `self.applied` to `target(&self.applied)`. Element
+    /// batches are strict (removing a missing element or adding a present one fails the whole
+    /// batch), so a refusal usually means the kernel's table drifted from `self.applied`:
+    /// someone deleted or added an element and the healer has not restored it yet (its
+    /// notifications were lost, or it has not run). Then the whole table is applied for the
+    /// target in one batch, so this request succeeds now instead of every ADD and DEL failing
+    /// until the healer's next check. Only if that fails too is the request refused.
+    fn apply_or_resync(
+        &mut self,
+        diff: &Diff,
+        target: impl FnOnce(&Desired) -> Desired,
+    ) -> Result<(), ApiError> {
+        let refused = match self.kernel.apply_diff(diff) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let target = target(&self.applied);
+        match self.kernel.sync_full(&target) {
+            Ok(()) => {
+                warn!(
+                    table = %self.cfg.table,
+                    refused = %refused,
+                    elements = target.len(),
+                    "the kernel refused an element change: netd's table differed from its state; re-applied the whole table in one batch"
+                );
+                Ok(())
+            }
+            Err(e) => Err(internal(
+                "updating the nftables table",
+                format!("{refused}; re-applying the whole table failed too: {e}"),
+            )),
+        }
     }
 
     /// Adds (or removes) one endpoint's elements in one batch: O(its elements), however large
@@ -277,25 +309,18 @@ impl Engine {
             }
         }
         if !diff.is_empty() {
-            self.kernel
-                .apply_diff(&diff)
-                .map_err(|e| internal("updating the nftables table", e))?;
+            self.apply_or_resync(&diff, |applied| {
+                let mut target = applied.clone();
+                apply_to(&mut target, &diff);
+                target
+            })?;
         }
         Ok(diff)
     }
 
     /// Records an applied diff in `self.applied`.
     fn commit_diff(&mut self, diff: &Diff) {
-        for (set, elems) in &diff.remove {
-            if let Some(s) = self.applied.sets.get_mut(set) {
-                for e in elems {
-                    s.remove(e);
-                }
-            }
-        }
-        for (set, elems) in &diff.add {
-            self.applied.insert_all(*set, elems.iter().cloned());
-        }
+        apply_to(&mut self.applied, diff);
     }
 
     /// Takes back an applied diff after a later step failed.
@@ -906,6 +931,20 @@ impl Engine {
     }
 }
 
+/// `table` after `diff`: removals, then additions.
+fn apply_to(table: &mut Desired, diff: &Diff) {
+    for (set, elems) in &diff.remove {
+        if let Some(s) = table.sets.get_mut(set) {
+            for e in elems {
+                s.remove(e);
+            }
+        }
+    }
+    for (set, elems) in &diff.add {
+        table.insert_all(*set, elems.iter().cloned());
+    }
+}
+
 /// `nd-NAME` when that fits an interface name, else `nd-` and a hash of the name.
 pub fn default_bridge_name(network: &str) -> String {
     let plain = format!("nd-{network}");
@@ -923,12 +962,16 @@ mod tests {
     use crate::model::{PortMapping, Proto};
     use std::sync::{Arc, Mutex};
 
-    /// An in-memory table: applies diffs to a Desired, and can be told to fail.
+    /// An in-memory table: applies diffs to a Desired, strictly like the kernel (a missing
+    /// removal or a present addition refuses the whole batch), and can be told to fail.
     #[derive(Default)]
     struct FakeTable {
         table: Desired,
-        fail_next: bool,
+        /// How many of the next batches (diffs or full syncs) to refuse.
+        fail_next: usize,
         batches: usize,
+        /// Diffs refused because the table did not hold what they expected.
+        refused: usize,
         links: Vec<(String, Option<String>)>,
         gone_netns: Vec<String>,
     }
@@ -938,32 +981,39 @@ mod tests {
     impl Kernel for FakeKernel {
         fn sync_full(&mut self, desired: &Desired) -> Result<(), KernelError> {
             let mut t = self.0.lock().unwrap();
+            if t.fail_next > 0 {
+                t.fail_next -= 1;
+                return Err(KernelError("injected failure".into()));
+            }
             t.batches += 1;
             t.table = desired.clone();
             Ok(())
         }
         fn apply_diff(&mut self, diff: &Diff) -> Result<(), KernelError> {
             let mut t = self.0.lock().unwrap();
-            if std::mem::take(&mut t.fail_next) {
+            if t.fail_next > 0 {
+                t.fail_next -= 1;
                 return Err(KernelError("injected failure".into()));
             }
-            t.batches += 1;
+            let mut next = t.table.clone();
             for (set, elems) in &diff.remove {
                 for e in elems {
-                    assert!(
-                        t.table.sets.get_mut(set).unwrap().remove(e),
-                        "removing absent {e:?}"
-                    );
+                    if !next.sets.get_mut(set).is_some_and(|s| s.remove(e)) {
+                        t.refused += 1;
+                        return Err(KernelError(format!("removing absent {e:?}: ENOENT")));
+                    }
                 }
             }
             for (set, elems) in &diff.add {
                 for e in elems {
-                    assert!(
-                        t.table.sets.entry(*set).or_default().insert(e.clone()),
-                        "adding present {e:?}"
-                    );
+                    if !next.sets.entry(*set).or_default().insert(e.clone()) {
+                        t.refused += 1;
+                        return Err(KernelError(format!("adding present {e:?}: EEXIST")));
+                    }
                 }
             }
+            t.batches += 1;
+            t.table = next;
             Ok(())
         }
         fn routes(&mut self) -> Result<Vec<IpNet>, KernelError> {
@@ -1127,6 +1177,8 @@ mod tests {
         assert_ne!(three.endpoint.addr4, one.endpoint.addr4);
         let table = fx.table();
         assert_eq!(table.elems(plan::SetId::Dnat4Any).count(), 1);
+        // Every diff the engine sent matched the table: no whole-table retry hid a bad one.
+        assert_eq!(fx.table.lock().unwrap().refused, 0);
         // Applying endpoints one by one gives the table the planner computes for the state.
         let whole = plan::desired(e.networks(), e.endpoints());
         assert!(table.diff(&whole).is_empty(), "{:?}", table.diff(&whole));
@@ -1144,13 +1196,63 @@ mod tests {
         let mut e = fx.engine();
         e.create_network(create("a")).unwrap();
         let before = fx.table();
-        fx.table.lock().unwrap().fail_next = true;
+        // The diff and the whole-table retry are both refused.
+        fx.table.lock().unwrap().fail_next = 2;
         let err = e.attach(attach("a", "c1", vec![tcp(80)])).unwrap_err();
         assert_eq!(err.kind, crate::api::ErrorKind::Internal);
         assert_eq!(fx.table(), before);
         assert_eq!(e.endpoints().count(), 0);
         drop(e);
         assert_eq!(fx.engine().endpoints().count(), 0);
+    }
+
+    /// An element deleted (or added) behind netd's back makes the next diff fail; the
+    /// engine then applies the whole table in the same call, so ADD and DEL keep working.
+    #[test]
+    fn a_refused_diff_is_healed_by_a_full_sync_in_the_same_call() {
+        let fx = Fixture::new("drift");
+        let mut e = fx.engine();
+        e.create_network(create("a")).unwrap();
+        let one = e
+            .attach(attach("a", "c1", vec![tcp(8080)]))
+            .unwrap()
+            .endpoint;
+        // Someone deletes c1's DNAT element.
+        let elem = fx
+            .table()
+            .elems(plan::SetId::Dnat4Any)
+            .next()
+            .unwrap()
+            .clone();
+        fx.table
+            .lock()
+            .unwrap()
+            .table
+            .sets
+            .get_mut(&plan::SetId::Dnat4Any)
+            .unwrap()
+            .remove(&elem);
+        assert!(e.detach(&one.key()).unwrap());
+        assert_eq!(fx.table.lock().unwrap().refused, 1);
+        let whole = plan::desired(e.networks(), e.endpoints());
+        assert!(fx.table().diff(&whole).is_empty());
+
+        // Someone adds an element a change is about to add: network b's bridge.
+        fx.table
+            .lock()
+            .unwrap()
+            .table
+            .insert_all(plan::SetId::Bridges, [plan::Elem::Iface("nd-b".into())]);
+        e.create_network(create("b")).unwrap();
+        assert_eq!(fx.table.lock().unwrap().refused, 2);
+        e.attach(attach("b", "c2", vec![tcp(8081)])).unwrap();
+        let whole = plan::desired(e.networks(), e.endpoints());
+        assert!(
+            fx.table().diff(&whole).is_empty(),
+            "{:?}",
+            fx.table().diff(&whole)
+        );
+        assert_eq!(fx.table().elems(plan::SetId::Dnat4Any).count(), 1);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use netd_netns_tests::util::{run_cmd, CMD_TIMEOUT};
-use netd_netns_tests::world::HOST_EXT_V4;
+use netd_netns_tests::world::{EXT_V4, HOST_EXT_V4};
 use netd_netns_tests::*;
 
 // ---------------------------------------------------------------------------
@@ -344,6 +344,108 @@ fn changes_missed_by_the_monitor_are_caught_by_the_periodic_check() {
     assert!(log.contains("the table differed from the state"), "{log}");
     assert!(log.contains("set dnat4_any: 1 element(s) missing"), "{log}");
     w.cni_del(&c1, "a");
+}
+
+/// Waits until netd's log holds `n` lines containing `what`.
+fn wait_log(d: &Daemon, what: &str, n: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while d.log().matches(what).count() < n {
+        assert!(
+            Instant::now() < deadline,
+            "no {n} x {what:?} within {limit:?}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A DEL or ADD whose element change the kernel refuses (an element deleted or added behind
+/// netd's back, and the healer not told) succeeds at once: netd re-applies the whole table in
+/// the same call instead of failing until the healer's next check.
+#[test]
+fn a_refused_element_change_heals_in_the_same_call() {
+    let w = World::new();
+    // Test knob: the healer ignores notifications; with an hour between checks, only the
+    // engine itself can put the table right during this test.
+    let d = spawn_netd_env(
+        &w,
+        &w.socket(),
+        &["--check-interval", "3600"],
+        &[("NETD_HEAL_IGNORE_EVENTS", "1"), ("NETD_LOG", "debug")],
+    )
+    .unwrap();
+    // The healer checks at start and once more after the restart grace (11 s); wait for
+    // both, so no check runs between the tampering below and the requests that must heal.
+    wait_log(&d, "table matches the state", 2, Duration::from_secs(30));
+    w.create_network("a", &["--subnet", "10.89.3.0/24"]);
+    let c1 = w.container("c1");
+    let r = w.cni("ADD", &c1, "eth0", "a", Some(ports(&[(8080, 80)])));
+    assert!(r.success(), "{r}");
+    let published: SocketAddr = format!("{HOST_EXT_V4}:8080").parse().unwrap();
+    let srv1 = TcpServer::start_on_port(&c1, 80);
+    assert_tcp_ok(&w.external, published);
+
+    // 1. Someone deletes c1's DNAT element; the healer does not hear of it.
+    nft(
+        &w.host,
+        &[
+            "delete",
+            "element",
+            "inet",
+            "netd",
+            "dnat4_any",
+            "{",
+            "tcp",
+            ".",
+            "8080",
+            "}",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let t = w.host.nft_table("inet", "netd").unwrap();
+    assert!(!t.contains("tcp . 8080"), "the healer restored it: {t}");
+    // DEL must remove that (missing) element: refused by the kernel, healed in the call.
+    let del = w.cni("DEL", &c1, "eth0", "a", None);
+    assert!(del.success(), "{del}\n{}", d.log());
+    assert_eq!(
+        d.log().matches("re-applied the whole table").count(),
+        1,
+        "{}",
+        d.log()
+    );
+    // ADD of another container on the same port works at once, and traffic reaches it.
+    let c2 = w.container("c2");
+    let r2 = w.cni("ADD", &c2, "eth0", "a", Some(ports(&[(8080, 80)])));
+    assert!(r2.success(), "{r2}\n{}", d.log());
+    drop(srv1);
+    let srv2 = TcpServer::start_on_port(&c2, 80);
+    assert_tcp_ok(&w.external, published);
+
+    // 2. Someone adds the element that the next change adds: network b's bridge.
+    nft(
+        &w.host,
+        &[
+            "add", "element", "inet", "netd", "bridges", "{", "nd-b", "}",
+        ],
+    );
+    w.create_network("b", &["--subnet", "10.89.4.0/24"]);
+    assert_eq!(
+        d.log().matches("re-applied the whole table").count(),
+        2,
+        "{}",
+        d.log()
+    );
+    let c3 = w.container("c3");
+    let r3 = w.cni("ADD", &c3, "eth0", "b", None);
+    assert!(r3.success(), "{r3}");
+    // The table that the engine re-applied works: c3 reaches the outside (positive) but not
+    // c2 on network a (negative), while c2's server still answers through its published port.
+    let ext = TcpServer::start(&w.external);
+    assert_tcp_ok(&c3, ext.addr(EXT_V4.parse().unwrap()));
+    assert_tcp_blocked(&c3, srv2.addr(r2.ip()));
+    assert_tcp_ok(&w.external, published);
+    // The periodic check never ran meanwhile: the engine did the healing.
+    assert!(!d.log().contains("the table differed"), "{}", d.log());
 }
 
 // ---------------------------------------------------------------------------
