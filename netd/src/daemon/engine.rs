@@ -10,11 +10,12 @@ use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::{ApiError, AttachRequest, Attachment, CreateNetwork, GcRequest, Status};
 use crate::conflist;
 use crate::ipam;
+use crate::link::Removal;
 use crate::model::{self, Endpoint, EndpointKey, GatewayMode, Network};
 use crate::plan::{self, Desired, Diff};
 use crate::ports;
@@ -34,10 +35,18 @@ pub trait Kernel: Send {
     /// Destinations of the host's routes (to keep automatic subnets clear of them).
     fn routes(&mut self) -> Result<Vec<IpNet>, KernelError>;
     fn link_exists(&mut self, name: &str) -> Result<bool, KernelError>;
-    /// Names and kinds ("bridge", "veth", ...) of the host's links.
-    fn links(&mut self) -> Result<Vec<(String, Option<String>)>, KernelError>;
-    /// Removes a link (a network's bridge, a leaked host veth). A missing link is not an error.
+    /// The host's links: names, kinds and whose they are by netd's mark.
+    fn links(&mut self) -> Result<Vec<HostLink>, KernelError>;
+    /// Removes a link (a DEL's host veth) by name. A missing link is not an error.
     fn delete_link(&mut self, name: &str) -> Result<(), KernelError>;
+    /// Removes link `name` only if it is of `kind` and carries netd's mark (of `network`
+    /// when given): see [`crate::link::HostLinks::delete_owned`].
+    fn delete_owned_link(
+        &mut self,
+        name: &str,
+        kind: &str,
+        network: Option<&str>,
+    ) -> Result<Removal, KernelError>;
     /// Whether `path` is (still) a network namespace.
     fn is_netns(&mut self, path: &str) -> bool;
     /// Deletes the UDP conntrack entries whose original destination is one of `bindings`
@@ -56,6 +65,17 @@ pub trait Kernel: Send {
     fn settle_link(&mut self, _name: &str) {}
 }
 
+/// A link of the host as reconciliation sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostLink {
+    pub name: String,
+    /// "bridge", "veth", ... (None for links without a kind, like physical NICs).
+    pub kind: Option<String>,
+    /// The network named by netd's mark on the link ([`crate::link::owner_alias`]); None
+    /// when netd did not make it.
+    pub owner: Option<String>,
+}
+
 /// Published ports: ::1 cannot be DNATed to a container (IPv6 has no route_localnet: the
 /// answer, de-NATed back to ::1, is dropped when it arrives on the bridge), so such a binding
 /// is refused rather than accepted and silently dead. See docs/ports.md.
@@ -71,11 +91,6 @@ fn refuse_ipv6_loopback(mappings: &[model::PortMapping]) -> Result<(), ApiError>
         None => Ok(()),
     }
 }
-
-/// Host veths carry this prefix ([`model::host_veth_name`]) and bridges that netd names itself
-/// [`BRIDGE_PREFIX`]; reconciliation only ever removes links with these prefixes.
-pub const VETH_PREFIX: &str = "vn";
-pub const BRIDGE_PREFIX: &str = "nd-";
 
 /// An endpoint whose host veth is missing is released only once it is this old, so an ADD
 /// that is still building its links is not mistaken for a dead one.
@@ -350,15 +365,16 @@ impl Engine {
 
     /// Brings links and state together after a restart (or on a timer): releases endpoints
     /// whose container netns is gone, or whose host veth is gone after the grace period;
-    /// removes host veths no endpoint claims and netd-named bridges no network claims.
-    /// Links without netd's prefixes are never touched.
+    /// removes host veths no endpoint claims and bridges no network claims, but only those
+    /// netd marked as its own ([`crate::link::owner_alias`]) and of the expected kind. A
+    /// link someone else made is never touched, whatever its name.
     pub fn reconcile_links(&mut self) -> Result<Reconciled, ApiError> {
         let mut report = Reconciled::default();
         let links = self
             .kernel
             .links()
             .map_err(|e| internal("listing links", e))?;
-        let names: BTreeSet<&str> = links.iter().map(|(n, _)| n.as_str()).collect();
+        let names: BTreeSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
         let now = now();
         let started = self
             .started
@@ -391,25 +407,29 @@ impl Engine {
             .collect();
         let claimed_bridges: BTreeSet<&str> =
             self.networks.values().map(|n| n.bridge.as_str()).collect();
-        for (name, kind) in &links {
-            let orphan_veth = kind.as_deref() == Some("veth")
-                && name.starts_with(VETH_PREFIX)
-                && !claimed_veths.contains(name.as_str());
-            let orphan_bridge = kind.as_deref() == Some("bridge")
-                && name.starts_with(BRIDGE_PREFIX)
-                && !claimed_bridges.contains(name.as_str());
-            if orphan_veth || orphan_bridge {
-                match self.kernel.delete_link(name) {
-                    Ok(()) => {
-                        info!(link = %name, "removed a link netd made that nothing claims");
-                        if orphan_veth {
-                            report.veths_removed.push(name.clone());
-                        } else {
-                            report.bridges_removed.push(name.clone());
-                        }
+        for link in &links {
+            let Some(owner) = link.owner.as_deref() else {
+                continue;
+            };
+            let kind = match link.kind.as_deref() {
+                Some("veth") if !claimed_veths.contains(link.name.as_str()) => "veth",
+                Some("bridge") if !claimed_bridges.contains(link.name.as_str()) => "bridge",
+                _ => continue,
+            };
+            match self.kernel.delete_owned_link(&link.name, kind, Some(owner)) {
+                Ok(Removal::Deleted) => {
+                    info!(link = %link.name, kind, network = owner, "removed a link netd made that nothing claims");
+                    if kind == "veth" {
+                        report.veths_removed.push(link.name.clone());
+                    } else {
+                        report.bridges_removed.push(link.name.clone());
                     }
-                    Err(e) => warn!(link = %name, error = %e, "could not remove orphan link"),
                 }
+                Ok(Removal::Missing) => {}
+                Ok(Removal::Foreign(why)) => {
+                    debug!(link = %link.name, why, "left alone: changed since it was listed")
+                }
+                Err(e) => warn!(link = %link.name, error = %e, "could not remove orphan link"),
             }
         }
         Ok(report)
@@ -678,8 +698,15 @@ impl Engine {
                 warn!(path = %path.display(), error = %e, "could not remove conflist");
             }
         }
-        if let Err(e) = self.kernel.delete_link(&net.bridge) {
-            warn!(bridge = %net.bridge, error = %e, "could not remove the bridge");
+        match self
+            .kernel
+            .delete_owned_link(&net.bridge, "bridge", Some(name))
+        {
+            Ok(Removal::Deleted | Removal::Missing) => {}
+            Ok(Removal::Foreign(why)) => {
+                warn!(bridge = %net.bridge, why, "left the link named like the network's bridge alone: netd did not make it")
+            }
+            Err(e) => warn!(bridge = %net.bridge, error = %e, "could not remove the bridge"),
         }
         info!(network = %name, "network removed");
         Ok(())
@@ -972,7 +999,7 @@ mod tests {
         batches: usize,
         /// Diffs refused because the table did not hold what they expected.
         refused: usize,
-        links: Vec<(String, Option<String>)>,
+        links: Vec<HostLink>,
         gone_netns: Vec<String>,
     }
 
@@ -1020,14 +1047,33 @@ mod tests {
             Ok(vec!["10.99.0.0/24".parse().unwrap()])
         }
         fn link_exists(&mut self, name: &str) -> Result<bool, KernelError> {
-            Ok(name == "eth0" || self.0.lock().unwrap().links.iter().any(|(n, _)| n == name))
+            Ok(name == "eth0" || self.0.lock().unwrap().links.iter().any(|l| l.name == name))
         }
-        fn links(&mut self) -> Result<Vec<(String, Option<String>)>, KernelError> {
+        fn links(&mut self) -> Result<Vec<HostLink>, KernelError> {
             Ok(self.0.lock().unwrap().links.clone())
         }
         fn delete_link(&mut self, name: &str) -> Result<(), KernelError> {
-            self.0.lock().unwrap().links.retain(|(n, _)| n != name);
+            self.0.lock().unwrap().links.retain(|l| l.name != name);
             Ok(())
+        }
+        fn delete_owned_link(
+            &mut self,
+            name: &str,
+            kind: &str,
+            network: Option<&str>,
+        ) -> Result<Removal, KernelError> {
+            let mut t = self.0.lock().unwrap();
+            let Some(l) = t.links.iter().find(|l| l.name == name) else {
+                return Ok(Removal::Missing);
+            };
+            if l.kind.as_deref() != Some(kind)
+                || l.owner.is_none()
+                || network.is_some_and(|n| l.owner.as_deref() != Some(n))
+            {
+                return Ok(Removal::Foreign(format!("{l:?}")));
+            }
+            t.links.retain(|l| l.name != name);
+            Ok(Removal::Deleted)
         }
         fn is_netns(&mut self, path: &str) -> bool {
             !self.0.lock().unwrap().gone_netns.iter().any(|p| p == path)
@@ -1282,7 +1328,30 @@ mod tests {
         let fx = Fixture::new("rm");
         let mut e = fx.engine();
         e.create_network(create("a")).unwrap();
+        e.create_network(create("b")).unwrap();
+        {
+            // a's bridge made by the plugin; a link named like b's bridge that netd did not
+            // make (created after the network, before its first ADD).
+            let mut t = fx.table.lock().unwrap();
+            for (name, owner) in [("nd-a", Some("a")), ("nd-b", None)] {
+                t.links.push(HostLink {
+                    name: name.into(),
+                    kind: Some("bridge".into()),
+                    owner: owner.map(str::to_string),
+                });
+            }
+        }
+        e.remove_network("b").unwrap();
         e.remove_network("a").unwrap();
+        let left: Vec<String> = fx
+            .table
+            .lock()
+            .unwrap()
+            .links
+            .iter()
+            .map(|l| l.name.clone())
+            .collect();
+        assert_eq!(left, ["nd-b"]);
         assert!(fx.table().is_empty());
         assert!(!fx.dir.join("cni/netd-a.conflist").exists());
         assert_eq!(
@@ -1304,16 +1373,26 @@ mod tests {
         let young = e.attach(attach("a", "young", vec![])).unwrap().endpoint;
         {
             let mut t = fx.table.lock().unwrap();
-            let veth = |n: &str| (n.to_string(), Some("veth".to_string()));
+            let link = |n: &str, kind: Option<&str>, owner: Option<&str>| HostLink {
+                name: n.into(),
+                kind: kind.map(str::to_string),
+                owner: owner.map(str::to_string),
+            };
+            let veth = |n: &str, owner| link(n, Some("veth"), owner);
             t.links = vec![
-                ("nd-a".into(), Some("bridge".into())),
-                ("nd-old".into(), Some("bridge".into())),
-                ("docker0".into(), Some("bridge".into())),
-                veth(&alive.host_veth),
-                veth(&gone.host_veth),
-                veth("vn0000000000000"),
-                veth("veth-foreign"),
-                ("eth1".into(), None),
+                link("nd-a", Some("bridge"), Some("a")),
+                link("nd-old", Some("bridge"), Some("old")),
+                // Named like netd's but not marked: someone else's.
+                link("nd-foreign", Some("bridge"), None),
+                link("docker0", Some("bridge"), None),
+                // Marked, but not a bridge or veth: never netd's to remove.
+                link("nd-dummy", Some("dummy"), Some("old")),
+                veth(&alive.host_veth, Some("a")),
+                veth(&gone.host_veth, Some("a")),
+                veth("vn0000000000000", Some("a")),
+                veth("vnfoo", None),
+                veth("veth-foreign", None),
+                link("eth1", None, None),
             ];
             // "young" has no veth yet, as if its ADD were still building links.
             t.gone_netns = vec![gone.netns.clone()];
@@ -1332,11 +1411,14 @@ mod tests {
             .unwrap()
             .links
             .iter()
-            .map(|l| l.0.clone())
+            .map(|l| l.name.clone())
             .collect();
         for keep in [
             "nd-a",
+            "nd-foreign",
+            "nd-dummy",
             "docker0",
+            "vnfoo",
             "veth-foreign",
             "eth1",
             alive.host_veth.as_str(),

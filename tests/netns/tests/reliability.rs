@@ -448,6 +448,96 @@ fn a_refused_element_change_heals_in_the_same_call() {
     assert!(!d.log().contains("the table differed"), "{}", d.log());
 }
 
+/// netd removes only links it made (marked "netd network NAME", of the expected kind): a
+/// foreign bridge `nd-foreign` and a foreign veth `vnfoo` survive a restart, the periodic
+/// check and `network rm` of a network whose bridge would be named `nd-foreign`, while netd's
+/// own leftovers (a veth and a bridge nothing claims after a crash) are removed.
+#[test]
+fn foreign_links_named_like_netds_survive_restart_check_and_network_rm() {
+    let w = World::new();
+    let args = ["--check-interval", "1"];
+    let env = [("NETD_LOG", "debug")];
+    let mut d = spawn_netd_env(&w, &w.socket(), &args, &env).unwrap();
+    // Network "foreign" gets no ADD, so netd has not made its bridge nd-foreign yet.
+    w.create_network("foreign", &["--subnet", "10.89.5.0/24"]);
+    w.create_network("own", &["--subnet", "10.89.6.0/24"]);
+    w.create_network("gone", &["--subnet", "10.89.7.0/24"]);
+    let c1 = w.container("c1");
+    let c2 = w.container("c2");
+    let c3 = w.container("c3");
+    w.cni_add(&c1, "own");
+    let r2 = w.cni_add(&c2, "own");
+    w.cni_add(&c3, "gone");
+    w.cni_del(&c3, "gone");
+    let veth2 = w
+        .netctl_json(&["endpoint", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["container_id"] == c2.label())
+        .map(|e| e["host_veth"].as_str().unwrap().to_string())
+        .expect("c2's endpoint");
+    // Someone else's links, named like netd's.
+    w.host.ip(&["link", "add", "nd-foreign", "type", "bridge"]);
+    w.host.ip(&[
+        "link", "add", "vnfoo", "type", "veth", "peer", "name", "vnfoo-p",
+    ]);
+    let shows = |name: &str| w.host.link_names().iter().any(|l| l == name);
+    assert!(shows("nd-gone") && shows(&veth2));
+
+    // netd dies; state loses c2's endpoint and network "gone" (as if netd had died between
+    // releasing them and removing their links), so their veth and bridge are leftovers.
+    d.kill();
+    let state = w.state_dir();
+    std::fs::remove_file(state.join(format!("endpoints/own@{}@eth0.json", c2.label()))).unwrap();
+    std::fs::remove_file(state.join("networks/gone.json")).unwrap();
+    let d = spawn_netd_env(&w, &w.socket(), &args, &env).unwrap();
+    // Positive control: the start-up reconciliation removes netd's own leftovers.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (shows("nd-gone") || shows(&veth2)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !shows("nd-gone"),
+        "netd's orphan bridge stayed\n{}",
+        d.log()
+    );
+    assert!(!shows(&veth2), "netd's orphan veth stayed\n{}", d.log());
+    assert!(!c2.link_names().iter().any(|l| l == "eth0"));
+    let _ = r2;
+    // Several periodic checks (1 s apart) run, and leave the foreign links alone.
+    let checks = d.log().matches("table matches the state").count();
+    wait_log(
+        &d,
+        "table matches the state",
+        checks + 3,
+        Duration::from_secs(10),
+    );
+    for name in ["nd-foreign", "vnfoo", "vnfoo-p"] {
+        assert!(shows(name), "{name} was removed\n{}", d.log());
+    }
+    // `network rm foreign` leaves the foreign bridge of that name alone...
+    w.netctl_ok(&["network", "rm", "foreign"]);
+    assert!(shows("nd-foreign"), "network rm removed a foreign bridge");
+    assert!(
+        d.log()
+            .contains("left the link named like the network's bridge alone"),
+        "{}",
+        d.log()
+    );
+    // ...and removes netd's own bridge (positive control), with c1's traffic working until
+    // its DEL.
+    let ext = TcpServer::start(&w.external);
+    assert_tcp_ok(&c1, ext.addr(EXT_V4.parse().unwrap()));
+    assert!(shows("nd-own"));
+    w.cni_del(&c1, "own");
+    w.netctl_ok(&["network", "rm", "own"]);
+    assert!(!shows("nd-own"), "netd's bridge survived network rm");
+    for name in ["nd-foreign", "vnfoo", "vnfoo-p"] {
+        assert!(shows(name), "{name} was removed\n{}", d.log());
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 2. Parallel ADD/DEL; SIGKILL during bursts
 // ---------------------------------------------------------------------------
