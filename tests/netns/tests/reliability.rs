@@ -343,6 +343,63 @@ fn changes_missed_by_the_monitor_are_caught_by_the_periodic_check() {
     let log = d.log();
     assert!(log.contains("the table differed from the state"), "{log}");
     assert!(log.contains("set dnat4_any: 1 element(s) missing"), "{log}");
+
+    // Content, not counts: a rule replaced by another (the chain keeps its number of rules)
+    // and a base chain's policy changed are both restored by the check alone.
+    let srv = TcpServer::start_on_port(&c1, 80);
+    let published: SocketAddr = format!("{HOST_EXT_V4}:8080").parse().unwrap();
+    assert_tcp_ok(&w.external, published);
+    let listing = w
+        .host
+        .exec_ok(&["nft", "-a", "list", "chain", "inet", "netd", "forward"]);
+    let handle = listing
+        .lines()
+        .find(|l| l.contains("ct state established,related accept"))
+        .and_then(|l| l.split("# handle ").nth(1))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|| panic!("no handle in {listing}"));
+    let replace: &[&str] = &[
+        "replace",
+        "rule",
+        "inet",
+        "netd",
+        "forward",
+        "handle",
+        &handle,
+        "ct",
+        "state",
+        "established,related",
+        "drop",
+    ];
+    let policy: &[&str] = &[
+        "chain", "inet", "netd", "forward", "{", "policy", "drop", ";", "}",
+    ];
+    for (name, args, found) in [
+        (
+            "rule replaced",
+            replace,
+            "chain forward: 1 of its 8 rules differ from netd's",
+        ),
+        (
+            "policy drop",
+            policy,
+            "chain forward has policy drop, expected accept",
+        ),
+    ] {
+        nft(&w.host, args);
+        let changed = w.host.nft_table("inet", "netd").unwrap();
+        assert_ne!(changed, want, "{name}: nft changed nothing");
+        let took = wait_for_table(&w, &want, Duration::from_secs(4))
+            .unwrap_or_else(|| panic!("{name}: not restored by the check\n{}", d.log()));
+        println!(
+            "RELIABILITY check_restore case={name:?} ms={:.0} (check interval 1 s)",
+            took.as_secs_f64() * 1e3
+        );
+        assert!(d.log().contains(found), "{name}: {}", d.log());
+        // Restored for real: the published port answers again.
+        assert_tcp_ok(&w.external, published);
+    }
+    drop(srv);
     w.cni_del(&c1, "a");
 }
 
