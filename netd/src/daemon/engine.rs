@@ -65,6 +65,17 @@ pub trait Kernel: Send {
     fn settle_link(&mut self, _name: &str) {}
 }
 
+/// A port mapping refused: a host binding another endpoint holds is a conflict (HTTP 409,
+/// CNI code 100); everything else is a mapping that can never work as asked (port 0, an
+/// address family the network lacks, any mapping on an internal network, one binding asked
+/// for twice) and so invalid (HTTP 400, CNI code 7), as docs/reliability.md lists.
+fn port_error(e: ports::PortError) -> ApiError {
+    match e {
+        ports::PortError::Taken { .. } => ApiError::conflict(e.to_string()),
+        _ => ApiError::invalid(e.to_string()),
+    }
+}
+
 /// A link of the host as reconciliation sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostLink {
@@ -799,8 +810,7 @@ impl Engine {
             .endpoints
             .values()
             .filter_map(|e| self.networks.get(&e.network).map(|n| (e, n)));
-        ports::check(&net, &req.port_mappings, existing)
-            .map_err(|e| ApiError::conflict(e.to_string()))?;
+        ports::check(&net, &req.port_mappings, existing).map_err(port_error)?;
         refuse_ipv6_loopback(&req.port_mappings)?;
 
         let addr4 = match (net.subnet4, net.gateway4) {
@@ -1207,6 +1217,24 @@ mod tests {
         assert!(err.message.contains("container c1"), "{}", err.message);
         let err = e.attach(attach("a", "c1", vec![])).unwrap_err();
         assert_eq!(err.kind, crate::api::ErrorKind::Conflict);
+        // Mappings that can never work are invalid, not conflicts.
+        let v6 = PortMapping {
+            host_ip: Some("2001:db8::1".parse().unwrap()),
+            ..tcp(8081)
+        };
+        for bad in [vec![tcp(0)], vec![v6], vec![tcp(8082), tcp(8082)]] {
+            let err = e.attach(attach("a", "c4", bad.clone())).unwrap_err();
+            assert_eq!(err.kind, crate::api::ErrorKind::Invalid, "{bad:?}: {err}");
+        }
+        e.create_network(CreateNetwork {
+            internal: true,
+            ..create("inner")
+        })
+        .unwrap();
+        let err = e
+            .attach(attach("inner", "c4", vec![tcp(8083)]))
+            .unwrap_err();
+        assert_eq!(err.kind, crate::api::ErrorKind::Invalid, "{err}");
         let err = e.attach(attach("nope", "c9", vec![])).unwrap_err();
         assert_eq!(err.kind, crate::api::ErrorKind::NotFound);
         let err = e.attach(attach("a", "bad/id", vec![])).unwrap_err();

@@ -1021,10 +1021,14 @@ fn bad_plugin_input_gets_exact_codes_and_changes_nothing() {
     let mut w = World::new();
     w.start_netd();
     w.create_network("a", &["--subnet", "10.89.6.0/24"]);
+    w.create_network("inner", &["--subnet", "10.89.16.0/24", "--internal"]);
     let c0 = w.container("c0");
-    w.cni_add(&c0, "a");
+    // c0 holds host port 8080, for the conflict case.
+    let r0 = w.cni("ADD", &c0, "eth0", "a", Some(ports(&[(8080, 80)])));
+    assert!(r0.success(), "{r0}");
     let c = w.container("bad");
     let conf = w.cni_conf("a");
+    let inner = w.cni_conf("inner");
     let env = w.cni_env("ADD", &c, "eth0");
     let with = |k: &str, v: &str| -> Vec<(String, String)> {
         env.iter()
@@ -1121,6 +1125,32 @@ fn bad_plugin_input_gets_exact_codes_and_changes_nothing() {
             }),
             7,
         ),
+        (
+            "IPv6 host address on an IPv4-only network",
+            env.clone(),
+            conf_with(
+                &|v| v["runtimeConfig"] = json!({"portMappings": [{"hostPort": 8081, "containerPort": 80, "protocol": "tcp", "hostIP": "2001:db8::1"}]}),
+            ),
+            7,
+        ),
+        (
+            "mapping on an internal network",
+            env.clone(),
+            {
+                let mut v = inner.clone();
+                v["runtimeConfig"] = json!({"portMappings": [{"hostPort": 8082, "containerPort": 80, "protocol": "tcp"}]});
+                v.to_string().into_bytes()
+            },
+            7,
+        ),
+        (
+            "host port another container holds",
+            env.clone(),
+            conf_with(
+                &|v| v["runtimeConfig"] = json!({"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}),
+            ),
+            100,
+        ),
     ];
     let mut failures = Vec::new();
     for (name, env, stdin, code) in cases {
@@ -1175,8 +1205,11 @@ fn bad_api_requests_get_exact_statuses_and_change_nothing() {
     let mut w = World::new();
     w.start_netd();
     w.create_network("a", &["--subnet", "10.89.7.0/24"]);
+    w.create_network("inner", &["--subnet", "10.89.17.0/24", "--internal"]);
     let c0 = w.container("c0");
-    w.cni_add(&c0, "a");
+    // c0 holds host port 8080, for the conflict case.
+    let r0 = w.cni("ADD", &c0, "eth0", "a", Some(ports(&[(8080, 80)])));
+    assert!(r0.success(), "{r0}");
     let sock = w.socket();
     let attach = |f: &dyn Fn(&mut Value)| {
         let mut v = json!({"network": "a", "container_id": "x1", "ifname": "eth0",
@@ -1246,6 +1279,48 @@ fn bad_api_requests_get_exact_statuses_and_change_nothing() {
                     json!([{"host_port": 70000, "container_port": 80, "protocol": "tcp"}])
             }),
             400,
+        ),
+        (
+            "port 0",
+            attach(&|v| {
+                v["port_mappings"] =
+                    json!([{"host_port": 0, "container_port": 80, "protocol": "tcp"}])
+            }),
+            400,
+        ),
+        (
+            "IPv6 host address on an IPv4-only network",
+            attach(&|v| {
+                v["port_mappings"] = json!([{"host_port": 8081, "container_port": 80,
+                                             "protocol": "tcp", "host_ip": "2001:db8::1"}])
+            }),
+            400,
+        ),
+        (
+            "one binding twice",
+            attach(&|v| {
+                v["port_mappings"] = json!([
+                    {"host_port": 8083, "container_port": 80, "protocol": "tcp"},
+                    {"host_port": 8083, "container_port": 81, "protocol": "tcp"}])
+            }),
+            400,
+        ),
+        (
+            "mapping on an internal network",
+            attach(&|v| {
+                v["network"] = json!("inner");
+                v["port_mappings"] =
+                    json!([{"host_port": 8082, "container_port": 80, "protocol": "tcp"}])
+            }),
+            400,
+        ),
+        (
+            "host port another container holds",
+            attach(&|v| {
+                v["port_mappings"] =
+                    json!([{"host_port": 8080, "container_port": 80, "protocol": "tcp"}])
+            }),
+            409,
         ),
         (
             "ifname over 15 bytes",
