@@ -221,11 +221,19 @@ fn add(
     };
 
     let bridge_index = links
-        .ensure_bridge(&net.bridge, &net.gateway_nets(), net.mtu)
+        .ensure_bridge(&net.bridge, &net.gateway_nets(), net.mtu, &net.name)
         .map_err(|e| fail(step(format!("ensure_bridge {}", net.bridge), e), false))?;
     let tmp = temp_peer_name(&veth);
     links
-        .create_veth(&veth, &tmp, bridge_index, net.mtu, !net.icc, netns)
+        .create_veth(
+            &veth,
+            &tmp,
+            bridge_index,
+            net.mtu,
+            !net.icc,
+            netns,
+            &net.name,
+        )
         .map_err(|e| {
             // create_veth cleans up after itself; deleting again covers a half-done cleanup.
             fail(
@@ -649,6 +657,7 @@ mod tests {
             name: &str,
             addrs: &[ipnet::IpNet],
             _: u32,
+            _: &str,
         ) -> Result<u32, LinkError> {
             self.step("ensure_bridge")?;
             assert_eq!(addrs.len(), 2);
@@ -663,6 +672,7 @@ mod tests {
             _: u32,
             isolated: bool,
             _: &Path,
+            _: &str,
         ) -> Result<(), LinkError> {
             self.step("create_veth")?;
             assert_eq!((bridge, isolated), (7, false));

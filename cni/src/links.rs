@@ -31,10 +31,17 @@ pub struct ContainerIface {
 pub struct LinkError(pub String);
 
 pub trait Links {
-    /// Creates the bridge if missing and makes sure it carries `addrs`; returns its ifindex.
-    fn ensure_bridge(&self, name: &str, addrs: &[IpNet], mtu: u32) -> Result<u32, LinkError>;
-    /// Creates the pair, enslaves the host end to the bridge and moves the peer into `netns`;
-    /// leaves nothing behind when it fails.
+    /// Creates the bridge if missing and makes sure it carries `addrs` and netd's mark for
+    /// `network`; returns its ifindex.
+    fn ensure_bridge(
+        &self,
+        name: &str,
+        addrs: &[IpNet],
+        mtu: u32,
+        network: &str,
+    ) -> Result<u32, LinkError>;
+    /// Creates the pair, enslaves the host end to the bridge, marks it as netd's for
+    /// `network` and moves the peer into `netns`; leaves nothing behind when it fails.
     #[allow(clippy::too_many_arguments)]
     fn create_veth(
         &self,
@@ -44,6 +51,7 @@ pub trait Links {
         mtu: u32,
         isolated: bool,
         netns: &Path,
+        network: &str,
     ) -> Result<(), LinkError>;
     /// False when there was no such link.
     fn delete_link(&self, name: &str) -> Result<bool, LinkError>;
@@ -137,8 +145,16 @@ mod system {
     }
 
     impl Links for SystemLinks {
-        fn ensure_bridge(&self, name: &str, addrs: &[IpNet], mtu: u32) -> Result<u32, LinkError> {
-            self.host()?.ensure_bridge(name, addrs, mtu).map_err(err)
+        fn ensure_bridge(
+            &self,
+            name: &str,
+            addrs: &[IpNet],
+            mtu: u32,
+            network: &str,
+        ) -> Result<u32, LinkError> {
+            self.host()?
+                .ensure_bridge(name, addrs, mtu, network)
+                .map_err(err)
         }
 
         fn create_veth(
@@ -149,6 +165,7 @@ mod system {
             mtu: u32,
             isolated: bool,
             netns: &Path,
+            network: &str,
         ) -> Result<(), LinkError> {
             self.host()?
                 .create_veth(
@@ -158,6 +175,7 @@ mod system {
                     mtu,
                     isolated,
                     text(netns)?,
+                    network,
                 )
                 .map(|_index| ())
                 .map_err(err)

@@ -161,8 +161,8 @@ fn attach(host: &Netns, c: &Netns, n: u8, isolated: bool) -> link::ContainerIfac
     let veth = format!("vn-t{n}");
     let tmp = format!("tmp-t{n}");
     host.host(|h| {
-        let br = h.ensure_bridge("br-t", &gateways(), 1400).unwrap();
-        h.create_veth(&veth, &tmp, br, 1400, isolated, &c.path)
+        let br = h.ensure_bridge("br-t", &gateways(), 1400, "t").unwrap();
+        h.create_veth(&veth, &tmp, br, 1400, isolated, &c.path, "t")
             .unwrap();
         configure_container(
             &c.path,
@@ -191,8 +191,8 @@ fn bridge_gets_addresses_and_a_stable_mac() {
         .join(":");
 
     let (i1, i2, st) = host.host(|h| {
-        let i1 = h.ensure_bridge("br-t", &gateways(), 1400).unwrap();
-        let i2 = h.ensure_bridge("br-t", &gateways(), 1400).unwrap();
+        let i1 = h.ensure_bridge("br-t", &gateways(), 1400, "t").unwrap();
+        let i2 = h.ensure_bridge("br-t", &gateways(), 1400, "t").unwrap();
         (i1, i2, h.link_state("br-t").unwrap().unwrap())
     });
     assert_eq!(i1, i2);
@@ -217,7 +217,7 @@ fn bridge_gets_addresses_and_a_stable_mac() {
     assert!(link.contains(&format!("link/ether {mac}")), "{link}");
 
     // The name taken by a link of another kind is an error, not a silent reuse.
-    let err = host.host(|h| h.ensure_bridge("vn-t2", &[], 0).unwrap_err());
+    let err = host.host(|h| h.ensure_bridge("vn-t2", &[], 0, "t").unwrap_err());
     assert!(matches!(err, LinkError::Invalid { .. }), "{err}");
     assert!(err.to_string().contains("vn-t2"), "{err}");
 }
@@ -228,7 +228,7 @@ fn ensure_bridge_in_parallel() {
     let host = Netns::new();
     let indexes: Vec<u32> = std::thread::scope(|s| {
         let threads: Vec<_> = (0..8)
-            .map(|_| s.spawn(|| host.host(|h| h.ensure_bridge("br-par", &gateways(), 0))))
+            .map(|_| s.spawn(|| host.host(|h| h.ensure_bridge("br-par", &gateways(), 0, "t"))))
             .collect();
         threads
             .into_iter()
@@ -247,7 +247,7 @@ fn ensure_bridge_in_parallel() {
     let indexes: Vec<u32> = host.host(|h| {
         std::thread::scope(|s| {
             let threads: Vec<_> = (0..4)
-                .map(|_| s.spawn(|| h.ensure_bridge("br-shared", &gateways(), 0)))
+                .map(|_| s.spawn(|| h.ensure_bridge("br-shared", &gateways(), 0, "t")))
                 .collect();
             threads
                 .into_iter()
@@ -345,16 +345,16 @@ fn failed_create_veth_leaves_nothing_behind() {
     let not_ns_path = not_ns.to_str().unwrap().to_string();
 
     let (missing, plain, bad_bridge, left) = host.host(|h| {
-        let br = h.ensure_bridge("br-t", &gateways(), 0).unwrap();
+        let br = h.ensure_bridge("br-t", &gateways(), 0, "t").unwrap();
         let missing = h
-            .create_veth("vn-bad", "tmp-bad", br, 0, false, "/nonexistent/netns")
+            .create_veth("vn-bad", "tmp-bad", br, 0, false, "/nonexistent/netns", "t")
             .unwrap_err();
         let plain = h
-            .create_veth("vn-bad", "tmp-bad", br, 0, false, &not_ns_path)
+            .create_veth("vn-bad", "tmp-bad", br, 0, false, &not_ns_path, "t")
             .unwrap_err();
         // The pair exists by the time attaching fails, so this exercises the rollback.
         let bad_bridge = h
-            .create_veth("vn-bad", "tmp-bad", 999_999, 0, false, &c.path)
+            .create_veth("vn-bad", "tmp-bad", 999_999, 0, false, &c.path, "t")
             .unwrap_err();
         (
             missing,
@@ -440,6 +440,79 @@ fn configure_errors_name_the_object() {
     assert!(matches!(err, LinkError::Invalid { .. }), "{err}");
 }
 
+/// netd marks the bridge and host veth it makes with "netd network NAME" (IFLA_IFALIAS), and
+/// `delete_owned` removes only marked links of the expected kind and network.
+#[test]
+fn links_are_marked_and_only_marked_links_are_deleted() {
+    require_root!();
+    let host = Netns::new();
+    let c1 = Netns::new();
+    attach(&host, &c1, 2, false);
+    // Foreign links named like netd's: a bridge, a veth pair, and a veth marked as netd's
+    // but named like a bridge.
+    host.ip(&["link", "add", "nd-foreign", "type", "bridge"]);
+    host.ip(&[
+        "link", "add", "vnfoo", "type", "veth", "peer", "name", "vnfoo-p",
+    ]);
+    host.ip(&[
+        "link", "add", "nd-odd", "type", "veth", "peer", "name", "nd-odd-p",
+    ]);
+    host.ip(&["link", "set", "nd-odd", "alias", "netd network t"]);
+    host.host(|h| {
+        let alias = |n: &str| h.link_state(n).unwrap().unwrap().alias;
+        assert_eq!(alias("br-t").as_deref(), Some("netd network t"));
+        assert_eq!(alias("vn-t2").as_deref(), Some("netd network t"));
+        assert_eq!(alias("nd-foreign"), None);
+        let foreign = |r: link::Removal| matches!(r, link::Removal::Foreign(_));
+        assert!(foreign(
+            h.delete_owned("nd-foreign", "bridge", None).unwrap()
+        ));
+        assert!(foreign(h.delete_owned("vnfoo", "veth", None).unwrap()));
+        assert!(foreign(
+            h.delete_owned("nd-odd", "bridge", Some("t")).unwrap()
+        ));
+        assert!(foreign(
+            h.delete_owned("br-t", "bridge", Some("other")).unwrap()
+        ));
+        assert!(foreign(h.delete_owned("vn-t2", "bridge", None).unwrap()));
+        for n in ["nd-foreign", "vnfoo", "nd-odd", "br-t", "vn-t2"] {
+            assert!(h.link_exists(n).unwrap(), "{n} was removed");
+        }
+        // A marked link of another kind is not used as a bridge.
+        let err = h.ensure_bridge("nd-odd", &[], 0, "t").unwrap_err();
+        assert!(err.to_string().contains("kind veth"), "{err}");
+        // Positive controls: netd's own links go.
+        assert_eq!(
+            h.delete_owned("vn-t2", "veth", Some("t")).unwrap(),
+            link::Removal::Deleted
+        );
+        assert_eq!(
+            h.delete_owned("br-t", "bridge", Some("t")).unwrap(),
+            link::Removal::Deleted
+        );
+        assert_eq!(
+            h.delete_owned("br-t", "bridge", Some("t")).unwrap(),
+            link::Removal::Missing
+        );
+    });
+    host.ip(&["link", "set", "nd-foreign", "alias", "someone else's"]);
+    host.host(|h| {
+        let err = h.ensure_bridge("nd-foreign", &[], 0, "t").unwrap_err();
+        assert!(err.to_string().contains("netd did not make it"), "{err}");
+        // An unmarked bridge of that name (made before netd marked its links) is adopted.
+        let idx = h.ensure_bridge("nd-old", &[], 0, "old").unwrap();
+        assert!(idx > 0);
+    });
+    host.ip(&["link", "add", "nd-legacy", "type", "bridge"]);
+    host.host(|h| {
+        h.ensure_bridge("nd-legacy", &[], 0, "legacy").unwrap();
+        assert_eq!(
+            h.link_state("nd-legacy").unwrap().unwrap().alias.as_deref(),
+            Some("netd network legacy")
+        );
+    });
+}
+
 #[test]
 fn host_link_listing_and_deletion() {
     require_root!();
@@ -506,8 +579,8 @@ fn configure_again_converges_but_a_foreign_default_route_is_an_error() {
     c2.ip(&["addr", "add", "192.168.77.2/24", "dev", "other0"]);
     c2.ip(&["route", "add", "default", "via", "192.168.77.1"]);
     let err = host.host(|h| {
-        let br = h.ensure_bridge("br-t", &gateways(), 0).unwrap();
-        h.create_veth("vn-t3", "tmp-t3", br, 0, false, &c2.path)
+        let br = h.ensure_bridge("br-t", &gateways(), 0, "t").unwrap();
+        h.create_veth("vn-t3", "tmp-t3", br, 0, false, &c2.path, "t")
             .unwrap();
         configure_container(
             &c2.path,

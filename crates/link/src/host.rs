@@ -8,7 +8,10 @@ use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use super::netns::NetnsFile;
-use super::{bridge_mac, check_ifname, format_mac, nl, LinkError, LinkState, Result};
+use super::{
+    alias_network, bridge_mac, check_ifname, format_mac, nl, owner_alias, LinkError, LinkState,
+    Removal, Result,
+};
 
 /// A netlink connection to the network namespace of the thread that called [`HostLinks::new`].
 ///
@@ -51,10 +54,20 @@ impl HostLinks {
     }
 
     /// Creates bridge `name` unless it exists, gives it its stable MAC (see [`bridge_mac`]),
-    /// the MTU (0 leaves it) and the gateway addresses `addrs`, and sets it up. Safe to race:
-    /// parallel plugin processes may all ensure the same bridge. Returns its ifindex.
-    pub fn ensure_bridge(&self, name: &str, addrs: &[IpNet], mtu: u32) -> Result<u32> {
+    /// the MTU (0 leaves it), the gateway addresses `addrs` and the alias that marks it as
+    /// netd's bridge of `network` ([`owner_alias`]), and sets it up. An existing bridge
+    /// without an alias (one made before netd marked its links) is adopted and marked; one
+    /// whose alias says someone else made it is refused. Safe to race: parallel plugin
+    /// processes may all ensure the same bridge. Returns its ifindex.
+    pub fn ensure_bridge(
+        &self,
+        name: &str,
+        addrs: &[IpNet],
+        mtu: u32,
+        network: &str,
+    ) -> Result<u32> {
         check_ifname("bridge", name)?;
+        let alias = owner_alias(network);
         let h = &self.handle;
         let mac = bridge_mac(name);
         self.run(async {
@@ -95,10 +108,24 @@ impl HostLinks {
                     ),
                 ));
             }
+            match st.alias.as_deref() {
+                None | Some("") => {}
+                Some(a) if a == alias => {}
+                Some(a) => {
+                    return Err(LinkError::invalid(
+                        format!("using {name} as the bridge of network {network}"),
+                        format!("the bridge is marked {a:?}, not {alias:?}: netd did not make it for this network"),
+                    ))
+                }
+            }
             let index = st.index;
 
             let mut change = LinkUnspec::new_with_index(index);
             let mut what = Vec::new();
+            if st.alias.as_deref() != Some(alias.as_str()) {
+                change = change.alias(alias.clone());
+                what.push(format!("alias {alias:?}"));
+            }
             if st.mac.as_deref() != Some(format_mac(&mac).as_str()) {
                 change = change.address(mac.to_vec());
                 what.push(format!("address {}", format_mac(&mac)));
@@ -176,9 +203,10 @@ impl HostLinks {
     /// at `netns_path` (so a half-made pair never shows up in the host under a temporary name),
     /// makes `host_name` a port of the bridge `bridge_index` with hairpin on (a container can
     /// reach itself through a published port) and `isolated` as asked (ICC off: isolated ports
-    /// do not talk to each other, only to the bridge and non-isolated ports), and sets it up.
-    /// MTU 0 leaves the default. On failure nothing it created is left behind. Returns the
+    /// do not talk to each other, only to the bridge and non-isolated ports), marks it as
+    /// netd's for `network` ([`owner_alias`]) and sets it up. MTU 0 leaves the default. On failure nothing it created is left behind. Returns the
     /// host end's ifindex.
+    #[allow(clippy::too_many_arguments)]
     pub fn create_veth(
         &self,
         host_name: &str,
@@ -187,6 +215,7 @@ impl HostLinks {
         mtu: u32,
         isolated: bool,
         netns_path: &str,
+        network: &str,
     ) -> Result<u32> {
         check_ifname("host veth", host_name)?;
         check_ifname("container veth", peer_name)?;
@@ -212,7 +241,9 @@ impl HostLinks {
                 )
             })?;
 
-            let res = self.attach_veth(host_name, bridge_index, isolated).await;
+            let res = self
+                .attach_veth(host_name, bridge_index, isolated, network)
+                .await;
             if res.is_err() {
                 // Deleting one end deletes the pair, the peer in the container included.
                 if let Err(e) = self.delete_by_name(host_name).await {
@@ -223,7 +254,13 @@ impl HostLinks {
         })
     }
 
-    async fn attach_veth(&self, name: &str, bridge_index: u32, isolated: bool) -> Result<u32> {
+    async fn attach_veth(
+        &self,
+        name: &str,
+        bridge_index: u32,
+        isolated: bool,
+        network: &str,
+    ) -> Result<u32> {
         let h = &self.handle;
         let index = nl::get_link(h, name)
             .await
@@ -236,17 +273,23 @@ impl HostLinks {
             })?
             .header
             .index;
+        // The alias is set here rather than in the create request: the kernel ignores
+        // IFLA_IFALIAS when it creates a link (only a change sets it).
+        let alias = owner_alias(network);
         h.link()
             .change(
                 LinkUnspec::new_with_index(index)
                     .controller(bridge_index)
+                    .alias(alias.clone())
                     .build(),
             )
             .execute()
             .await
             .map_err(|e| {
                 LinkError::from_rtnl(
-                    format!("attaching veth {name} to bridge with index {bridge_index}"),
+                    format!(
+                        "attaching veth {name} to bridge with index {bridge_index} (alias {alias:?})"
+                    ),
                     e,
                 )
             })?;
@@ -285,6 +328,55 @@ impl HostLinks {
         nl::delete_index(h, link.header.index)
             .await
             .map_err(|e| LinkError::from_rtnl(format!("deleting link {name}"), e))
+    }
+
+    /// Deletes link `name` only if it is of `kind` ("bridge", "veth") and marked as netd's
+    /// ([`owner_alias`]; of `network` when given, of any network otherwise). A link netd
+    /// did not make, or of another kind, is left alone and reported as [`Removal::Foreign`].
+    pub fn delete_owned(&self, name: &str, kind: &str, network: Option<&str>) -> Result<Removal> {
+        check_ifname("link", name)?;
+        let h = &self.handle;
+        self.run(async {
+            let step = || format!("deleting {kind} {name}");
+            let Some(link) = nl::get_link(h, name)
+                .await
+                .map_err(|e| LinkError::from_rtnl(step(), e))?
+            else {
+                return Ok(Removal::Missing);
+            };
+            let st = nl::link_state(&link);
+            if st.kind.as_deref() != Some(kind) {
+                return Ok(Removal::Foreign(format!(
+                    "it is a link of kind {}",
+                    st.kind.as_deref().unwrap_or("(none)")
+                )));
+            }
+            let owner = st.alias.as_deref().and_then(alias_network);
+            match (owner, network) {
+                (None, _) => {
+                    return Ok(Removal::Foreign(format!(
+                        "it does not carry netd's mark (alias {:?})",
+                        st.alias.as_deref().unwrap_or("")
+                    )))
+                }
+                (Some(o), Some(n)) if o != n => {
+                    return Ok(Removal::Foreign(format!(
+                        "it is marked as network {o}'s, not {n}'s"
+                    )))
+                }
+                _ => {}
+            }
+            Ok(
+                if nl::delete_index(h, st.index)
+                    .await
+                    .map_err(|e| LinkError::from_rtnl(step(), e))?
+                {
+                    Removal::Deleted
+                } else {
+                    Removal::Missing
+                },
+            )
+        })
     }
 
     /// Deletes link `name` whatever its kind; false when there is none. Deleting a host veth

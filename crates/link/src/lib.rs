@@ -158,6 +158,34 @@ pub struct LinkState {
     pub up: bool,
     pub mac: Option<String>,
     pub mtu: u32,
+    /// IFLA_IFALIAS; netd marks its own bridges and host veths with [`owner_alias`].
+    pub alias: Option<String>,
+}
+
+/// What [`HostLinks::delete_owned`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    Deleted,
+    /// There was no link of that name.
+    Missing,
+    /// A link of that name exists but netd did not make it (or not for that network, or it
+    /// is of another kind); it was left alone. Says why.
+    Foreign(String),
+}
+
+const ALIAS_PREFIX: &str = "netd network ";
+
+/// The interface alias (IFLA_IFALIAS, `ip link show` prints it as `alias`) that marks a
+/// bridge or host veth as made by netd for `network`. Reconciliation and `network rm` delete
+/// only links carrying it, so a bridge named `nd-*` or a veth named `vn*` that someone else
+/// made is never netd's to remove, whatever its name.
+pub fn owner_alias(network: &str) -> String {
+    format!("{ALIAS_PREFIX}{network}")
+}
+
+/// The network named by a netd alias, or None for any other alias.
+pub fn alias_network(alias: &str) -> Option<&str> {
+    alias.strip_prefix(ALIAS_PREFIX).filter(|n| !n.is_empty())
 }
 
 /// Reads a sysctl of the calling thread's network namespace, e.g. "net.ipv4.ip_forward".
@@ -247,6 +275,14 @@ mod tests {
             "moving veth vn123 into netns /run/netns/x: No such file or directory"
         );
         assert_eq!(e.errno(), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn owner_aliases_round_trip() {
+        assert_eq!(owner_alias("web"), "netd network web");
+        assert_eq!(alias_network(&owner_alias("web")), Some("web"));
+        assert_eq!(alias_network("netd network "), None);
+        assert_eq!(alias_network("uplink to the lab"), None);
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub(crate) fn link_state(msg: &LinkMessage) -> LinkState {
         up: msg.header.flags.contains(LinkFlags::Up),
         mac: None,
         mtu: 0,
+        alias: None,
     };
     for attr in &msg.attributes {
         match attr {
@@ -57,6 +58,7 @@ pub(crate) fn link_state(msg: &LinkMessage) -> LinkState {
             LinkAttribute::Controller(m) if *m != 0 => st.master = Some(*m),
             LinkAttribute::Address(a) => st.mac = Some(format_mac(a)),
             LinkAttribute::Mtu(m) => st.mtu = *m,
+            LinkAttribute::IfAlias(a) => st.alias = Some(a.clone()),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     if let LinkInfo::Kind(k) = info {

@@ -320,6 +320,13 @@ pub struct TableView {
     pub exists: bool,
     /// Chain name → number of rules.
     pub chains: BTreeMap<String, usize>,
+    /// Base chain name → its policy (NF_ACCEPT 1, NF_DROP 0).
+    pub policies: BTreeMap<String, u32>,
+    /// Chain name → its rules in order, each as the kernel dumps its expressions
+    /// (NFTA_RULE_EXPRESSIONS), so that a rule replaced by another one is seen even when the
+    /// number of rules stays the same. In an expected view, only the chains listed here are
+    /// compared.
+    pub rules: BTreeMap<String, Vec<Vec<u8>>>,
     /// Set name → its elements, sorted.
     pub sets: BTreeMap<String, Vec<ElemPrint>>,
 }
@@ -429,7 +436,7 @@ impl Inspector {
     }
 
     /// Dumps table `table` (family inet): whether it exists, its chains with their rule
-    /// counts, its sets with their elements.
+    /// counts, policies and rules, its sets with their elements.
     pub fn table(&mut self, table: &str) -> Result<TableView, NftError> {
         let mut view = TableView::default();
         let tables = self.dump(NFT_MSG_GETTABLE, &[])?.unwrap_or_default();
@@ -450,6 +457,10 @@ impl Inspector {
         {
             if attr_str(&c, 1).as_deref() == Some(table) {
                 if let Some(name) = attr_str(&c, 3) {
+                    // NFTA_CHAIN_POLICY, present on base chains only.
+                    if let Some(policy) = attr_be32(&c, 5) {
+                        view.policies.insert(name.clone(), policy);
+                    }
                     view.chains.insert(name, 0);
                 }
             }
@@ -462,7 +473,10 @@ impl Inspector {
                 continue;
             }
             if let Some(chain) = attr_str(&r, 2) {
-                *view.chains.entry(chain).or_default() += 1;
+                *view.chains.entry(chain.clone()).or_default() += 1;
+                // NFTA_RULE_EXPRESSIONS; a dump lists a chain's rules in their order.
+                let exprs = attr(&r, 4).unwrap_or_default().to_vec();
+                view.rules.entry(chain).or_default().push(exprs);
             }
         }
         let mut names = Vec::new();

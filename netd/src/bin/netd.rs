@@ -34,8 +34,8 @@ struct Args {
     /// Unix socket for the API (netctl and the CNI plugin) [default: /run/netd/netd.sock].
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Group whose members may use the socket besides root (mode 0660); if the group does not
-    /// exist the socket is root-only (0600) [default: netd].
+    /// Group whose members may use the socket besides root (mode 0660); unset, or a group that
+    /// does not exist, keeps the socket root-only (root:root 0600) [default: unset].
     #[arg(long, value_name = "GROUP")]
     socket_group: Option<String>,
     /// Directory for netd's state (networks, endpoints) [default: /var/lib/netd].
@@ -174,11 +174,7 @@ fn run(args: Settings) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let group = args
-            .socket_group
-            .as_deref()
-            .unwrap_or(server::DEFAULT_SOCKET_GROUP);
-        let listener = server::bind_secure(&args.socket, group)?;
+        let listener = server::bind_secure(&args.socket, args.socket_group.as_deref())?;
         info!(socket = %args.socket.display(), table = %args.table, "netd ready");
         // Only now: the table is applied and the socket accepts connections.
         if let Err(e) = notify::ready(&format!("table inet {} applied; listening", args.table)) {

@@ -10,11 +10,12 @@ use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::{ApiError, AttachRequest, Attachment, CreateNetwork, GcRequest, Status};
 use crate::conflist;
 use crate::ipam;
+use crate::link::Removal;
 use crate::model::{self, Endpoint, EndpointKey, GatewayMode, Network};
 use crate::plan::{self, Desired, Diff};
 use crate::ports;
@@ -34,10 +35,18 @@ pub trait Kernel: Send {
     /// Destinations of the host's routes (to keep automatic subnets clear of them).
     fn routes(&mut self) -> Result<Vec<IpNet>, KernelError>;
     fn link_exists(&mut self, name: &str) -> Result<bool, KernelError>;
-    /// Names and kinds ("bridge", "veth", ...) of the host's links.
-    fn links(&mut self) -> Result<Vec<(String, Option<String>)>, KernelError>;
-    /// Removes a link (a network's bridge, a leaked host veth). A missing link is not an error.
+    /// The host's links: names, kinds and whose they are by netd's mark.
+    fn links(&mut self) -> Result<Vec<HostLink>, KernelError>;
+    /// Removes a link (a DEL's host veth) by name. A missing link is not an error.
     fn delete_link(&mut self, name: &str) -> Result<(), KernelError>;
+    /// Removes link `name` only if it is of `kind` and carries netd's mark (of `network`
+    /// when given): see [`crate::link::HostLinks::delete_owned`].
+    fn delete_owned_link(
+        &mut self,
+        name: &str,
+        kind: &str,
+        network: Option<&str>,
+    ) -> Result<Removal, KernelError>;
     /// Whether `path` is (still) a network namespace.
     fn is_netns(&mut self, path: &str) -> bool;
     /// Deletes the UDP conntrack entries whose original destination is one of `bindings`
@@ -56,6 +65,28 @@ pub trait Kernel: Send {
     fn settle_link(&mut self, _name: &str) {}
 }
 
+/// A port mapping refused: a host binding another endpoint holds is a conflict (HTTP 409,
+/// CNI code 100); everything else is a mapping that can never work as asked (port 0, an
+/// address family the network lacks, any mapping on an internal network, one binding asked
+/// for twice) and so invalid (HTTP 400, CNI code 7), as docs/reliability.md lists.
+fn port_error(e: ports::PortError) -> ApiError {
+    match e {
+        ports::PortError::Taken { .. } => ApiError::conflict(e.to_string()),
+        _ => ApiError::invalid(e.to_string()),
+    }
+}
+
+/// A link of the host as reconciliation sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostLink {
+    pub name: String,
+    /// "bridge", "veth", ... (None for links without a kind, like physical NICs).
+    pub kind: Option<String>,
+    /// The network named by netd's mark on the link ([`crate::link::owner_alias`]); None
+    /// when netd did not make it.
+    pub owner: Option<String>,
+}
+
 /// Published ports: ::1 cannot be DNATed to a container (IPv6 has no route_localnet: the
 /// answer, de-NATed back to ::1, is dropped when it arrives on the bridge), so such a binding
 /// is refused rather than accepted and silently dead. See docs/ports.md.
@@ -71,11 +102,6 @@ fn refuse_ipv6_loopback(mappings: &[model::PortMapping]) -> Result<(), ApiError>
         None => Ok(()),
     }
 }
-
-/// Host veths carry this prefix ([`model::host_veth_name`]) and bridges that netd names itself
-/// [`BRIDGE_PREFIX`]; reconciliation only ever removes links with these prefixes.
-pub const VETH_PREFIX: &str = "vn";
-pub const BRIDGE_PREFIX: &str = "nd-";
 
 /// An endpoint whose host veth is missing is released only once it is this old, so an ADD
 /// that is still building its links is not mistaken for a dead one.
@@ -249,11 +275,43 @@ impl Engine {
         let desired = plan::desired(self.networks.values(), self.endpoints.values());
         let diff = self.applied.diff(&desired);
         if !diff.is_empty() {
-            self.kernel
-                .apply_diff(&diff)
-                .map_err(|e| internal("updating the nftables table", e))?;
+            self.apply_or_resync(&diff, |_| desired.clone())?;
         }
         Ok(desired)
+    }
+
+    /// Applies `diff`, which takes the table from `self.applied` to `target(&self.applied)`. Element
+    /// batches are strict (removing a missing element or adding a present one fails the whole
+    /// batch), so a refusal usually means the kernel's table drifted from `self.applied`:
+    /// someone deleted or added an element and the healer has not restored it yet (its
+    /// notifications were lost, or it has not run). Then the whole table is applied for the
+    /// target in one batch, so this request succeeds now instead of every ADD and DEL failing
+    /// until the healer's next check. Only if that fails too is the request refused.
+    fn apply_or_resync(
+        &mut self,
+        diff: &Diff,
+        target: impl FnOnce(&Desired) -> Desired,
+    ) -> Result<(), ApiError> {
+        let refused = match self.kernel.apply_diff(diff) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let target = target(&self.applied);
+        match self.kernel.sync_full(&target) {
+            Ok(()) => {
+                warn!(
+                    table = %self.cfg.table,
+                    refused = %refused,
+                    elements = target.len(),
+                    "the kernel refused an element change: netd's table differed from its state; re-applied the whole table in one batch"
+                );
+                Ok(())
+            }
+            Err(e) => Err(internal(
+                "updating the nftables table",
+                format!("{refused}; re-applying the whole table failed too: {e}"),
+            )),
+        }
     }
 
     /// Adds (or removes) one endpoint's elements in one batch: O(its elements), however large
@@ -279,25 +337,18 @@ impl Engine {
             }
         }
         if !diff.is_empty() {
-            self.kernel
-                .apply_diff(&diff)
-                .map_err(|e| internal("updating the nftables table", e))?;
+            self.apply_or_resync(&diff, |applied| {
+                let mut target = applied.clone();
+                apply_to(&mut target, &diff);
+                target
+            })?;
         }
         Ok(diff)
     }
 
     /// Records an applied diff in `self.applied`.
     fn commit_diff(&mut self, diff: &Diff) {
-        for (set, elems) in &diff.remove {
-            if let Some(s) = self.applied.sets.get_mut(set) {
-                for e in elems {
-                    s.remove(e);
-                }
-            }
-        }
-        for (set, elems) in &diff.add {
-            self.applied.insert_all(*set, elems.iter().cloned());
-        }
+        apply_to(&mut self.applied, diff);
     }
 
     /// Takes back an applied diff after a later step failed.
@@ -327,15 +378,16 @@ impl Engine {
 
     /// Brings links and state together after a restart (or on a timer): releases endpoints
     /// whose container netns is gone, or whose host veth is gone after the grace period;
-    /// removes host veths no endpoint claims and netd-named bridges no network claims.
-    /// Links without netd's prefixes are never touched.
+    /// removes host veths no endpoint claims and bridges no network claims, but only those
+    /// netd marked as its own ([`crate::link::owner_alias`]) and of the expected kind. A
+    /// link someone else made is never touched, whatever its name.
     pub fn reconcile_links(&mut self) -> Result<Reconciled, ApiError> {
         let mut report = Reconciled::default();
         let links = self
             .kernel
             .links()
             .map_err(|e| internal("listing links", e))?;
-        let names: BTreeSet<&str> = links.iter().map(|(n, _)| n.as_str()).collect();
+        let names: BTreeSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
         let now = now();
         let started = self
             .started
@@ -368,25 +420,29 @@ impl Engine {
             .collect();
         let claimed_bridges: BTreeSet<&str> =
             self.networks.values().map(|n| n.bridge.as_str()).collect();
-        for (name, kind) in &links {
-            let orphan_veth = kind.as_deref() == Some("veth")
-                && name.starts_with(VETH_PREFIX)
-                && !claimed_veths.contains(name.as_str());
-            let orphan_bridge = kind.as_deref() == Some("bridge")
-                && name.starts_with(BRIDGE_PREFIX)
-                && !claimed_bridges.contains(name.as_str());
-            if orphan_veth || orphan_bridge {
-                match self.kernel.delete_link(name) {
-                    Ok(()) => {
-                        info!(link = %name, "removed a link netd made that nothing claims");
-                        if orphan_veth {
-                            report.veths_removed.push(name.clone());
-                        } else {
-                            report.bridges_removed.push(name.clone());
-                        }
+        for link in &links {
+            let Some(owner) = link.owner.as_deref() else {
+                continue;
+            };
+            let kind = match link.kind.as_deref() {
+                Some("veth") if !claimed_veths.contains(link.name.as_str()) => "veth",
+                Some("bridge") if !claimed_bridges.contains(link.name.as_str()) => "bridge",
+                _ => continue,
+            };
+            match self.kernel.delete_owned_link(&link.name, kind, Some(owner)) {
+                Ok(Removal::Deleted) => {
+                    info!(link = %link.name, kind, network = owner, "removed a link netd made that nothing claims");
+                    if kind == "veth" {
+                        report.veths_removed.push(link.name.clone());
+                    } else {
+                        report.bridges_removed.push(link.name.clone());
                     }
-                    Err(e) => warn!(link = %name, error = %e, "could not remove orphan link"),
                 }
+                Ok(Removal::Missing) => {}
+                Ok(Removal::Foreign(why)) => {
+                    debug!(link = %link.name, why, "left alone: changed since it was listed")
+                }
+                Err(e) => warn!(link = %link.name, error = %e, "could not remove orphan link"),
             }
         }
         Ok(report)
@@ -660,8 +716,15 @@ impl Engine {
                 warn!(path = %path.display(), error = %e, "could not remove conflist");
             }
         }
-        if let Err(e) = self.kernel.delete_link(&net.bridge) {
-            warn!(bridge = %net.bridge, error = %e, "could not remove the bridge");
+        match self
+            .kernel
+            .delete_owned_link(&net.bridge, "bridge", Some(name))
+        {
+            Ok(Removal::Deleted | Removal::Missing) => {}
+            Ok(Removal::Foreign(why)) => {
+                warn!(bridge = %net.bridge, why, "left the link named like the network's bridge alone: netd did not make it")
+            }
+            Err(e) => warn!(bridge = %net.bridge, error = %e, "could not remove the bridge"),
         }
         info!(network = %name, "network removed");
         Ok(())
@@ -780,8 +843,7 @@ impl Engine {
             .endpoints
             .values()
             .filter_map(|e| self.networks.get(&e.network).map(|n| (e, n)));
-        ports::check(&net, &req.port_mappings, existing)
-            .map_err(|e| ApiError::conflict(e.to_string()))?;
+        ports::check(&net, &req.port_mappings, existing).map_err(port_error)?;
         refuse_ipv6_loopback(&req.port_mappings)?;
 
         let (fixed4, fixed6) = requested_addrs(&net, &req.ips)?;
@@ -984,6 +1046,20 @@ impl Engine {
     }
 }
 
+/// `table` after `diff`: removals, then additions.
+fn apply_to(table: &mut Desired, diff: &Diff) {
+    for (set, elems) in &diff.remove {
+        if let Some(s) = table.sets.get_mut(set) {
+            for e in elems {
+                s.remove(e);
+            }
+        }
+    }
+    for (set, elems) in &diff.add {
+        table.insert_all(*set, elems.iter().cloned());
+    }
+}
+
 /// `nd-NAME` when that fits an interface name, else `nd-` and a hash of the name.
 /// An existing network matches a conflist's subnets when it has exactly those, per family.
 /// Anything else is refused, naming both: attaching pods to a network other than the one the
@@ -1065,13 +1141,17 @@ mod tests {
     use crate::model::{PortMapping, Proto};
     use std::sync::{Arc, Mutex};
 
-    /// An in-memory table: applies diffs to a Desired, and can be told to fail.
+    /// An in-memory table: applies diffs to a Desired, strictly like the kernel (a missing
+    /// removal or a present addition refuses the whole batch), and can be told to fail.
     #[derive(Default)]
     struct FakeTable {
         table: Desired,
-        fail_next: bool,
+        /// How many of the next batches (diffs or full syncs) to refuse.
+        fail_next: usize,
         batches: usize,
-        links: Vec<(String, Option<String>)>,
+        /// Diffs refused because the table did not hold what they expected.
+        refused: usize,
+        links: Vec<HostLink>,
         gone_netns: Vec<String>,
     }
 
@@ -1080,46 +1160,72 @@ mod tests {
     impl Kernel for FakeKernel {
         fn sync_full(&mut self, desired: &Desired) -> Result<(), KernelError> {
             let mut t = self.0.lock().unwrap();
+            if t.fail_next > 0 {
+                t.fail_next -= 1;
+                return Err(KernelError("injected failure".into()));
+            }
             t.batches += 1;
             t.table = desired.clone();
             Ok(())
         }
         fn apply_diff(&mut self, diff: &Diff) -> Result<(), KernelError> {
             let mut t = self.0.lock().unwrap();
-            if std::mem::take(&mut t.fail_next) {
+            if t.fail_next > 0 {
+                t.fail_next -= 1;
                 return Err(KernelError("injected failure".into()));
             }
-            t.batches += 1;
+            let mut next = t.table.clone();
             for (set, elems) in &diff.remove {
                 for e in elems {
-                    assert!(
-                        t.table.sets.get_mut(set).unwrap().remove(e),
-                        "removing absent {e:?}"
-                    );
+                    if !next.sets.get_mut(set).is_some_and(|s| s.remove(e)) {
+                        t.refused += 1;
+                        return Err(KernelError(format!("removing absent {e:?}: ENOENT")));
+                    }
                 }
             }
             for (set, elems) in &diff.add {
                 for e in elems {
-                    assert!(
-                        t.table.sets.entry(*set).or_default().insert(e.clone()),
-                        "adding present {e:?}"
-                    );
+                    if !next.sets.entry(*set).or_default().insert(e.clone()) {
+                        t.refused += 1;
+                        return Err(KernelError(format!("adding present {e:?}: EEXIST")));
+                    }
                 }
             }
+            t.batches += 1;
+            t.table = next;
             Ok(())
         }
         fn routes(&mut self) -> Result<Vec<IpNet>, KernelError> {
             Ok(vec!["10.99.0.0/24".parse().unwrap()])
         }
         fn link_exists(&mut self, name: &str) -> Result<bool, KernelError> {
-            Ok(name == "eth0" || self.0.lock().unwrap().links.iter().any(|(n, _)| n == name))
+            Ok(name == "eth0" || self.0.lock().unwrap().links.iter().any(|l| l.name == name))
         }
-        fn links(&mut self) -> Result<Vec<(String, Option<String>)>, KernelError> {
+        fn links(&mut self) -> Result<Vec<HostLink>, KernelError> {
             Ok(self.0.lock().unwrap().links.clone())
         }
         fn delete_link(&mut self, name: &str) -> Result<(), KernelError> {
-            self.0.lock().unwrap().links.retain(|(n, _)| n != name);
+            self.0.lock().unwrap().links.retain(|l| l.name != name);
             Ok(())
+        }
+        fn delete_owned_link(
+            &mut self,
+            name: &str,
+            kind: &str,
+            network: Option<&str>,
+        ) -> Result<Removal, KernelError> {
+            let mut t = self.0.lock().unwrap();
+            let Some(l) = t.links.iter().find(|l| l.name == name) else {
+                return Ok(Removal::Missing);
+            };
+            if l.kind.as_deref() != Some(kind)
+                || l.owner.is_none()
+                || network.is_some_and(|n| l.owner.as_deref() != Some(n))
+            {
+                return Ok(Removal::Foreign(format!("{l:?}")));
+            }
+            t.links.retain(|l| l.name != name);
+            Ok(Removal::Deleted)
         }
         fn is_netns(&mut self, path: &str) -> bool {
             !self.0.lock().unwrap().gone_netns.iter().any(|p| p == path)
@@ -1293,6 +1399,24 @@ mod tests {
         assert!(err.message.contains("container c1"), "{}", err.message);
         let err = e.attach(attach("a", "c1", vec![])).unwrap_err();
         assert_eq!(err.kind, crate::api::ErrorKind::Conflict);
+        // Mappings that can never work are invalid, not conflicts.
+        let v6 = PortMapping {
+            host_ip: Some("2001:db8::1".parse().unwrap()),
+            ..tcp(8081)
+        };
+        for bad in [vec![tcp(0)], vec![v6], vec![tcp(8082), tcp(8082)]] {
+            let err = e.attach(attach("a", "c4", bad.clone())).unwrap_err();
+            assert_eq!(err.kind, crate::api::ErrorKind::Invalid, "{bad:?}: {err}");
+        }
+        e.create_network(CreateNetwork {
+            internal: true,
+            ..create("inner")
+        })
+        .unwrap();
+        let err = e
+            .attach(attach("inner", "c4", vec![tcp(8083)]))
+            .unwrap_err();
+        assert_eq!(err.kind, crate::api::ErrorKind::Invalid, "{err}");
         let err = e.attach(attach("nope", "c9", vec![])).unwrap_err();
         assert_eq!(err.kind, crate::api::ErrorKind::NotFound);
         let err = e.attach(attach("a", "bad/id", vec![])).unwrap_err();
@@ -1309,6 +1433,8 @@ mod tests {
         assert_ne!(three.endpoint.addr4, one.endpoint.addr4);
         let table = fx.table();
         assert_eq!(table.elems(plan::SetId::Dnat4Any).count(), 1);
+        // Every diff the engine sent matched the table: no whole-table retry hid a bad one.
+        assert_eq!(fx.table.lock().unwrap().refused, 0);
         // Applying endpoints one by one gives the table the planner computes for the state.
         let whole = plan::desired(e.networks(), e.endpoints());
         assert!(table.diff(&whole).is_empty(), "{:?}", table.diff(&whole));
@@ -1484,13 +1610,63 @@ mod tests {
         let mut e = fx.engine();
         e.create_network(create("a")).unwrap();
         let before = fx.table();
-        fx.table.lock().unwrap().fail_next = true;
+        // The diff and the whole-table retry are both refused.
+        fx.table.lock().unwrap().fail_next = 2;
         let err = e.attach(attach("a", "c1", vec![tcp(80)])).unwrap_err();
         assert_eq!(err.kind, crate::api::ErrorKind::Internal);
         assert_eq!(fx.table(), before);
         assert_eq!(e.endpoints().count(), 0);
         drop(e);
         assert_eq!(fx.engine().endpoints().count(), 0);
+    }
+
+    /// An element deleted (or added) behind netd's back makes the next diff fail; the
+    /// engine then applies the whole table in the same call, so ADD and DEL keep working.
+    #[test]
+    fn a_refused_diff_is_healed_by_a_full_sync_in_the_same_call() {
+        let fx = Fixture::new("drift");
+        let mut e = fx.engine();
+        e.create_network(create("a")).unwrap();
+        let one = e
+            .attach(attach("a", "c1", vec![tcp(8080)]))
+            .unwrap()
+            .endpoint;
+        // Someone deletes c1's DNAT element.
+        let elem = fx
+            .table()
+            .elems(plan::SetId::Dnat4Any)
+            .next()
+            .unwrap()
+            .clone();
+        fx.table
+            .lock()
+            .unwrap()
+            .table
+            .sets
+            .get_mut(&plan::SetId::Dnat4Any)
+            .unwrap()
+            .remove(&elem);
+        assert!(e.detach(&one.key()).unwrap());
+        assert_eq!(fx.table.lock().unwrap().refused, 1);
+        let whole = plan::desired(e.networks(), e.endpoints());
+        assert!(fx.table().diff(&whole).is_empty());
+
+        // Someone adds an element a change is about to add: network b's bridge.
+        fx.table
+            .lock()
+            .unwrap()
+            .table
+            .insert_all(plan::SetId::Bridges, [plan::Elem::Iface("nd-b".into())]);
+        e.create_network(create("b")).unwrap();
+        assert_eq!(fx.table.lock().unwrap().refused, 2);
+        e.attach(attach("b", "c2", vec![tcp(8081)])).unwrap();
+        let whole = plan::desired(e.networks(), e.endpoints());
+        assert!(
+            fx.table().diff(&whole).is_empty(),
+            "{:?}",
+            fx.table().diff(&whole)
+        );
+        assert_eq!(fx.table().elems(plan::SetId::Dnat4Any).count(), 1);
     }
 
     #[test]
@@ -1520,7 +1696,30 @@ mod tests {
         let fx = Fixture::new("rm");
         let mut e = fx.engine();
         e.create_network(create("a")).unwrap();
+        e.create_network(create("b")).unwrap();
+        {
+            // a's bridge made by the plugin; a link named like b's bridge that netd did not
+            // make (created after the network, before its first ADD).
+            let mut t = fx.table.lock().unwrap();
+            for (name, owner) in [("nd-a", Some("a")), ("nd-b", None)] {
+                t.links.push(HostLink {
+                    name: name.into(),
+                    kind: Some("bridge".into()),
+                    owner: owner.map(str::to_string),
+                });
+            }
+        }
+        e.remove_network("b").unwrap();
         e.remove_network("a").unwrap();
+        let left: Vec<String> = fx
+            .table
+            .lock()
+            .unwrap()
+            .links
+            .iter()
+            .map(|l| l.name.clone())
+            .collect();
+        assert_eq!(left, ["nd-b"]);
         assert!(fx.table().is_empty());
         assert!(!fx.dir.join("cni/netd-a.conflist").exists());
         assert_eq!(
@@ -1542,16 +1741,26 @@ mod tests {
         let young = e.attach(attach("a", "young", vec![])).unwrap().endpoint;
         {
             let mut t = fx.table.lock().unwrap();
-            let veth = |n: &str| (n.to_string(), Some("veth".to_string()));
+            let link = |n: &str, kind: Option<&str>, owner: Option<&str>| HostLink {
+                name: n.into(),
+                kind: kind.map(str::to_string),
+                owner: owner.map(str::to_string),
+            };
+            let veth = |n: &str, owner| link(n, Some("veth"), owner);
             t.links = vec![
-                ("nd-a".into(), Some("bridge".into())),
-                ("nd-old".into(), Some("bridge".into())),
-                ("docker0".into(), Some("bridge".into())),
-                veth(&alive.host_veth),
-                veth(&gone.host_veth),
-                veth("vn0000000000000"),
-                veth("veth-foreign"),
-                ("eth1".into(), None),
+                link("nd-a", Some("bridge"), Some("a")),
+                link("nd-old", Some("bridge"), Some("old")),
+                // Named like netd's but not marked: someone else's.
+                link("nd-foreign", Some("bridge"), None),
+                link("docker0", Some("bridge"), None),
+                // Marked, but not a bridge or veth: never netd's to remove.
+                link("nd-dummy", Some("dummy"), Some("old")),
+                veth(&alive.host_veth, Some("a")),
+                veth(&gone.host_veth, Some("a")),
+                veth("vn0000000000000", Some("a")),
+                veth("vnfoo", None),
+                veth("veth-foreign", None),
+                link("eth1", None, None),
             ];
             // "young" has no veth yet, as if its ADD were still building links.
             t.gone_netns = vec![gone.netns.clone()];
@@ -1570,11 +1779,14 @@ mod tests {
             .unwrap()
             .links
             .iter()
-            .map(|l| l.0.clone())
+            .map(|l| l.name.clone())
             .collect();
         for keep in [
             "nd-a",
+            "nd-foreign",
+            "nd-dummy",
             "docker0",
+            "vnfoo",
             "veth-foreign",
             "eth1",
             alive.host_veth.as_str(),

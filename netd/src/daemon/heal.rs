@@ -9,8 +9,10 @@
 //!
 //! Notifications can be lost (receive buffer overrun, a daemon started mid-change). A check
 //! covers that: at start, after an overrun and every `check_interval`, the table is dumped
-//! (chains with rule counts, sets with their elements) and compared with what the state
-//! says; only a difference triggers a re-sync. The check costs one dump of netd's own table.
+//! (chains with their policies and rules, sets with their elements) and compared with what
+//! the state says; only a difference triggers a re-sync. Rules are compared by content, not
+//! only by count, against the kernel's own rendering of netd's rules, recorded right after
+//! netd wrote them. The check costs one dump of netd's own table.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -37,8 +39,11 @@ pub fn expected_view(desired: &Desired) -> TableView {
         exists: true,
         ..Default::default()
     };
-    for (name, _) in ruleset::chains() {
+    for (name, base) in ruleset::chains() {
         view.chains.insert(name.to_string(), 0);
+        if let Some(base) = base {
+            view.policies.insert(name.to_string(), base.policy as u32);
+        }
     }
     for (chain, _, _) in ruleset::rules() {
         *view.chains.entry(chain.to_string()).or_default() += 1;
@@ -71,6 +76,32 @@ pub fn differences(expected: &TableView, actual: &TableView) -> Vec<String> {
             Some(n) if chain != USER_CHAIN && n != rules => {
                 out.push(format!("chain {chain} has {n} rules, expected {rules}"))
             }
+            Some(_) if chain != USER_CHAIN => {
+                // As many rules as expected: are they netd's rules?
+                if let Some(want) = expected.rules.get(chain) {
+                    let have = actual.rules.get(chain).map(Vec::as_slice).unwrap_or(&[]);
+                    let changed = want.iter().zip(have).filter(|(w, h)| w != h).count();
+                    if changed > 0 {
+                        out.push(format!(
+                            "chain {chain}: {changed} of its {rules} rules differ from netd's"
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for (chain, want) in &expected.policies {
+        match actual.policies.get(chain) {
+            Some(have) if have != want => out.push(format!(
+                "chain {chain} has policy {}, expected {}",
+                policy_name(*have),
+                policy_name(*want)
+            )),
+            // A base chain without a policy is no longer a base chain (or is missing).
+            None if actual.chains.contains_key(chain) => {
+                out.push(format!("chain {chain} is not a base chain"))
+            }
             _ => {}
         }
     }
@@ -88,6 +119,14 @@ pub fn differences(expected: &TableView, actual: &TableView) -> Vec<String> {
         }
     }
     out
+}
+
+fn policy_name(p: u32) -> String {
+    match p {
+        0 => "drop".into(),
+        1 => "accept".into(),
+        n => format!("{n}"),
+    }
 }
 
 /// Elements of sorted `a` not in sorted `b` (as multisets).
@@ -199,6 +238,11 @@ pub struct Healer {
     own_portids: Vec<u32>,
     /// When the recent restores happened (a guard against fighting another writer).
     heals: Vec<Instant>,
+    /// netd's rules as the kernel dumps them right after netd wrote them (see
+    /// [`Healer::capture_rules`]); the periodic check compares each chain's rules with these.
+    /// netd's rules never change while it runs (only elements do), and the kernel dumps the
+    /// same rules the same way each time, so one capture serves for the life of the process.
+    rules: Option<BTreeMap<String, Vec<Vec<u8>>>>,
 }
 
 /// At most this many restores within [`HEAL_WINDOW`]; beyond, only the periodic check acts.
@@ -213,7 +257,7 @@ impl Healer {
             .unwrap_or_else(|p| p.into_inner())
             .table()
             .to_string();
-        Ok(Healer {
+        let mut healer = Healer {
             engine,
             table,
             monitor: Monitor::open()?,
@@ -221,7 +265,41 @@ impl Healer {
             interval,
             own_portids: own_netfilter_portids(),
             heals: Vec::new(),
-        })
+            rules: None,
+        };
+        let engine = healer.engine.clone();
+        let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
+        match engine.resync() {
+            Ok(()) => healer.capture_rules(),
+            Err(e) => {
+                warn!(error = %e, "could not re-apply the table to learn its rules; the periodic check compares rule counts until a restore succeeds")
+            }
+        }
+        Ok(healer)
+    }
+
+    /// Records the rules of netd's chains as the kernel holds them. Call with the engine
+    /// locked right after netd applied the whole table, so that what is recorded is what netd
+    /// wrote. Rules of a chain whose count is not what netd writes are not recorded (someone
+    /// changed them in the instant between): that chain keeps being compared by count.
+    fn capture_rules(&mut self) {
+        let view = match self.inspector.table(&self.table) {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(error = %e, "could not list the table to learn its rules");
+                return;
+            }
+        };
+        let want = expected_view(&crate::plan::Desired::default());
+        let rules: BTreeMap<String, Vec<Vec<u8>>> = view
+            .rules
+            .into_iter()
+            .filter(|(chain, rules)| {
+                chain != USER_CHAIN && want.chains.get(chain) == Some(&rules.len())
+            })
+            .collect();
+        debug!(chains = rules.len(), "learned the rules of netd's chains");
+        self.rules = Some(rules);
     }
 
     /// Runs the healer on its own thread for the life of the process.
@@ -388,7 +466,8 @@ impl Healer {
 
     fn check_table(&mut self) {
         let t0 = Instant::now();
-        let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        let shared = self.engine.clone();
+        let mut engine = shared.lock().unwrap_or_else(|p| p.into_inner());
         let actual = match self.inspector.table(&self.table) {
             Ok(v) => v,
             Err(e) => {
@@ -399,7 +478,11 @@ impl Healer {
                 return;
             }
         };
-        let diffs = differences(&expected_view(engine.applied()), &actual);
+        let mut want = expected_view(engine.applied());
+        if let Some(rules) = &self.rules {
+            want.rules = rules.clone();
+        }
+        let diffs = differences(&want, &actual);
         if diffs.is_empty() {
             debug!(
                 check_ms = t0.elapsed().as_secs_f64() * 1e3,
@@ -408,12 +491,17 @@ impl Healer {
             return;
         }
         match engine.resync() {
-            Ok(()) => warn!(
-                table = %self.table,
-                found = %diffs.join("; "),
-                took_ms = t0.elapsed().as_secs_f64() * 1e3,
-                "the table differed from the state; restored it in one batch"
-            ),
+            Ok(()) => {
+                warn!(
+                    table = %self.table,
+                    found = %diffs.join("; "),
+                    took_ms = t0.elapsed().as_secs_f64() * 1e3,
+                    "the table differed from the state; restored it in one batch"
+                );
+                if self.rules.is_none() {
+                    self.capture_rules();
+                }
+            }
             Err(e) => {
                 error!(found = %diffs.join("; "), error = %e, "the table differs from the state and restoring it failed")
             }
@@ -446,6 +534,43 @@ mod tests {
                 "chain forward is missing".to_string(),
                 "set dnat4_any is missing".to_string()
             ]
+        );
+    }
+
+    #[test]
+    fn replaced_rules_and_policies_are_differences() {
+        let mut want = expected_view(&Desired::default());
+        assert_eq!(want.policies["forward"], 1);
+        assert!(!want.policies.contains_key(USER_CHAIN));
+        let n = want.chains["forward"];
+        want.rules
+            .insert("forward".into(), (0..n).map(|i| vec![i as u8]).collect());
+        assert!(differences(&want, &want).is_empty());
+        // One rule swapped for another: the count is the same, the content is not.
+        let mut have = want.clone();
+        have.rules.get_mut("forward").unwrap()[1] = vec![0xff];
+        assert_eq!(
+            differences(&want, &have),
+            vec![format!(
+                "chain forward: 1 of its {n} rules differ from netd's"
+            )]
+        );
+        // The operator's chain holds whatever the operator puts there.
+        let mut have = want.clone();
+        have.rules.insert(USER_CHAIN.into(), vec![vec![1]]);
+        *have.chains.get_mut(USER_CHAIN).unwrap() += 1;
+        assert!(differences(&want, &have).is_empty());
+        let mut have = want.clone();
+        have.policies.insert("forward".into(), 0);
+        assert_eq!(
+            differences(&want, &have),
+            vec!["chain forward has policy drop, expected accept".to_string()]
+        );
+        let mut have = want.clone();
+        have.policies.remove("input");
+        assert_eq!(
+            differences(&want, &have),
+            vec!["chain input is not a base chain".to_string()]
         );
     }
 

@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::engine::{Kernel, KernelError};
+use super::engine::{HostLink, Kernel, KernelError};
 use std::sync::Arc;
 
 use super::reaper::Reaper;
@@ -61,14 +61,33 @@ impl Kernel for HostKernel {
             .map_err(|e| KernelError(e.to_string()))
     }
 
-    fn links(&mut self) -> Result<Vec<(String, Option<String>)>, KernelError> {
+    fn links(&mut self) -> Result<Vec<HostLink>, KernelError> {
         Ok(self
             .links
             .list_links()
             .map_err(|e| KernelError(e.to_string()))?
             .into_iter()
-            .map(|l| (l.name, l.kind))
+            .map(|l| HostLink {
+                owner: l
+                    .alias
+                    .as_deref()
+                    .and_then(crate::link::alias_network)
+                    .map(str::to_string),
+                name: l.name,
+                kind: l.kind,
+            })
             .collect())
+    }
+
+    fn delete_owned_link(
+        &mut self,
+        name: &str,
+        kind: &str,
+        network: Option<&str>,
+    ) -> Result<crate::link::Removal, KernelError> {
+        self.links
+            .delete_owned(name, kind, network)
+            .map_err(|e| KernelError(e.to_string()))
     }
 
     fn delete_link(&mut self, name: &str) -> Result<(), KernelError> {

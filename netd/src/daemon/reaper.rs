@@ -82,8 +82,11 @@ impl Reaper {
                 None => return,
                 Some(Removal::Queued) => {
                     drop(pending);
+                    // The worker may have taken the removal between our unlock and run's
+                    // lock; run then returns at once while the veth still exists, so look
+                    // again (and wait for the worker) rather than return.
                     self.run(name);
-                    return;
+                    pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
                 }
                 Some(Removal::Running) => {
                     pending = self.done.wait(pending).unwrap_or_else(|p| p.into_inner());

@@ -66,9 +66,6 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
 /// The group allowed on the socket besides root, once [`bind_secure`] found it.
 static SOCKET_GID: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
 
-/// Default of `--socket-group`.
-pub const DEFAULT_SOCKET_GROUP: &str = "netd";
-
 /// The gid of group `name` (a number is taken as the gid itself), if it exists.
 pub fn group_gid(name: &str) -> Option<u32> {
     if let Ok(gid) = name.parse::<u32>() {
@@ -120,10 +117,12 @@ pub fn check_socket_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Binds the socket ([`bind`]) after checking its directory, then gives it to root:`group`
-/// with mode 0660, or keeps it root-only (0600) when the group does not exist, and checks
-/// the result.
-pub fn bind_secure(path: &Path, group: &str) -> Result<UnixListener, ServeError> {
+/// Binds the socket ([`bind`]) after checking its directory, then sets who may use it:
+/// with `group` unset, root only (root:root 0600), which is what the docs promise and what a
+/// firewall's control socket should be unless the operator says otherwise; with a group that
+/// exists, root:`group` 0660; with a group that does not exist, root only again (logged),
+/// failing closed rather than open. The mode and owner are read back.
+pub fn bind_secure(path: &Path, group: Option<&str>) -> Result<UnixListener, ServeError> {
     use std::os::unix::fs::MetadataExt;
     let bad = |msg: String| ServeError::Io {
         op: "securing",
@@ -139,15 +138,17 @@ pub fn bind_secure(path: &Path, group: &str) -> Result<UnixListener, ServeError>
         check_socket_dir(dir).map_err(bad)?;
     }
     let listener = bind(path)?;
-    let gid = group_gid(group);
+    let gid = group.and_then(group_gid);
     let mode = if gid.is_some() { 0o660 } else { 0o600 };
-    if let Some(gid) = gid {
-        std::os::unix::fs::chown(path, Some(0), Some(gid)).map_err(|e| ServeError::Io {
+    // Root's group unless a socket group was found: a socket inherits the creating process's
+    // group, which need not be root's (e.g. netd started through sudo -g or setgid).
+    std::os::unix::fs::chown(path, Some(0), Some(gid.unwrap_or(0))).map_err(|e| {
+        ServeError::Io {
             op: "changing the owner of",
             path: path.to_path_buf(),
             source: e,
-        })?;
-    }
+        }
+    })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
         ServeError::Io {
             op: "setting the mode of",
@@ -160,20 +161,25 @@ pub fn bind_secure(path: &Path, group: &str) -> Result<UnixListener, ServeError>
         path: path.to_path_buf(),
         source: e,
     })?;
-    if meta.mode() & 0o777 != mode || gid.is_some_and(|g| meta.gid() != g) {
+    if meta.mode() & 0o777 != mode || meta.uid() != 0 || meta.gid() != gid.unwrap_or(0) {
         return Err(bad(format!(
-            "socket has mode {:04o} gid {} after setting {mode:04o}",
+            "socket has mode {:04o} uid {} gid {} after setting {mode:04o} uid 0 gid {}",
             meta.mode() & 0o777,
-            meta.gid()
+            meta.uid(),
+            meta.gid(),
+            gid.unwrap_or(0)
         )));
     }
     let _ = SOCKET_GID.set(gid);
-    match gid {
-        Some(g) => {
+    match (group, gid) {
+        (Some(group), Some(g)) => {
             info!(socket = %path.display(), group, gid = g, "socket is root:{group} 0660: root and members of {group} may use it")
         }
-        None => {
+        (Some(group), None) => {
             warn!(socket = %path.display(), group, "group {group:?} does not exist: the socket is root-only (0600); create the group to let its members use netctl")
+        }
+        (None, _) => {
+            info!(socket = %path.display(), "socket is root:root 0600: only root may use it (set socket_group to let a group in)")
         }
     }
     Ok(listener)
@@ -261,25 +267,22 @@ async fn connection(mut stream: UnixStream, engine: Arc<Mutex<Engine>>) {
             return;
         }
     };
-    if !peer_allowed(&peer) {
-        warn!(peer = %peer, "refused: not root and not in the socket's group");
-        let (status, body) = error(
-            403,
-            ApiError::invalid(
-                "permission denied: netd serves root and members of its socket group",
-            ),
-        );
-        let _ = tokio::time::timeout(
-            READ_TIMEOUT,
-            stream.write_all(&http::response(status, &body)),
-        )
-        .await;
-        return;
-    }
     let (status, body) = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
         Err(_) => error(408, ApiError::invalid("request not received in time")),
         Ok(Err(e)) => error(400, ApiError::invalid(e.to_string())),
         Ok(Ok(None)) => return,
+        // Refused only once its (bounded) request has been read: answering and closing while
+        // the client is still writing would reset the connection, and the client would see
+        // EPIPE/ECONNRESET instead of the reason.
+        Ok(Ok(Some(_))) if !peer_allowed(&peer) => {
+            warn!(peer = %peer, "refused: not root and not in the socket's group");
+            error(
+                403,
+                ApiError::invalid(
+                    "permission denied: netd serves root and members of its socket group",
+                ),
+            )
+        }
         Ok(Ok(Some((method, path, body)))) => {
             let mutating = method != "GET";
             let what = format!("{method} {path}");

@@ -682,3 +682,45 @@ fn del_then_immediate_add_of_the_same_interface() {
         "only the peer's host veth remains (was {veth} right after the DEL)"
     );
 }
+
+/// 200 DEL/ADD pairs of one container interface, back to back through the plugin: every one
+/// succeeds. An ADD right after a DEL races the reaper removing the old veth pair (netd
+/// settles that removal first); a settle that returned early showed up as "host link vn...
+/// exists" or EEXIST from the veth create.
+#[test]
+fn two_hundred_back_to_back_del_add_pairs_all_succeed() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network("a", &["--subnet", "10.89.7.0/24"]);
+    let c = w.container("c1");
+    let peer = w.container("c2");
+    let rp = w.cni_add(&peer, "a");
+    let srv = TcpServer::start(&peer);
+    w.cni_add(&c, "a");
+    let mut failures = Vec::new();
+    let mut last = None;
+    for round in 0..200 {
+        let del = w.cni("DEL", &c, "eth0", "a", None);
+        if !del.success() {
+            failures.push(format!("round {round} DEL: {del}"));
+        }
+        let add = w.cni("ADD", &c, "eth0", "a", None);
+        if add.success() && add.json.is_some() {
+            last = Some(add);
+        } else {
+            failures.push(format!("round {round} ADD: {add}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 400 calls failed; first: {}\n--- netd log ---\n{}",
+        failures.len(),
+        failures[0],
+        w.netd_log()
+    );
+    // The last ADD's interface works: the container reaches its peer with its new address.
+    let r = last.expect("an ADD succeeded");
+    assert_eq!(assert_tcp_ok(&c, srv.addr(rp.ip())).ip(), r.ip());
+    let eps = w.netctl_json(&["endpoint", "ls"]);
+    assert_eq!(eps.as_array().map(Vec::len), Some(2), "{eps:#}");
+}

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use netd_netns_tests::util::{run_cmd, CMD_TIMEOUT};
-use netd_netns_tests::world::HOST_EXT_V4;
+use netd_netns_tests::world::{EXT_V4, HOST_EXT_V4};
 use netd_netns_tests::*;
 
 // ---------------------------------------------------------------------------
@@ -343,7 +343,256 @@ fn changes_missed_by_the_monitor_are_caught_by_the_periodic_check() {
     let log = d.log();
     assert!(log.contains("the table differed from the state"), "{log}");
     assert!(log.contains("set dnat4_any: 1 element(s) missing"), "{log}");
+
+    // Content, not counts: a rule replaced by another (the chain keeps its number of rules)
+    // and a base chain's policy changed are both restored by the check alone.
+    let srv = TcpServer::start_on_port(&c1, 80);
+    let published: SocketAddr = format!("{HOST_EXT_V4}:8080").parse().unwrap();
+    assert_tcp_ok(&w.external, published);
+    let listing = w
+        .host
+        .exec_ok(&["nft", "-a", "list", "chain", "inet", "netd", "forward"]);
+    let handle = listing
+        .lines()
+        .find(|l| l.contains("ct state established,related accept"))
+        .and_then(|l| l.split("# handle ").nth(1))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|| panic!("no handle in {listing}"));
+    let replace: &[&str] = &[
+        "replace",
+        "rule",
+        "inet",
+        "netd",
+        "forward",
+        "handle",
+        &handle,
+        "ct",
+        "state",
+        "established,related",
+        "drop",
+    ];
+    let policy: &[&str] = &[
+        "chain", "inet", "netd", "forward", "{", "policy", "drop", ";", "}",
+    ];
+    for (name, args, found) in [
+        (
+            "rule replaced",
+            replace,
+            "chain forward: 1 of its 8 rules differ from netd's",
+        ),
+        (
+            "policy drop",
+            policy,
+            "chain forward has policy drop, expected accept",
+        ),
+    ] {
+        nft(&w.host, args);
+        let changed = w.host.nft_table("inet", "netd").unwrap();
+        assert_ne!(changed, want, "{name}: nft changed nothing");
+        let took = wait_for_table(&w, &want, Duration::from_secs(4))
+            .unwrap_or_else(|| panic!("{name}: not restored by the check\n{}", d.log()));
+        println!(
+            "RELIABILITY check_restore case={name:?} ms={:.0} (check interval 1 s)",
+            took.as_secs_f64() * 1e3
+        );
+        assert!(d.log().contains(found), "{name}: {}", d.log());
+        // Restored for real: the published port answers again.
+        assert_tcp_ok(&w.external, published);
+    }
+    drop(srv);
     w.cni_del(&c1, "a");
+}
+
+/// Waits until netd's log holds `n` lines containing `what`.
+fn wait_log(d: &Daemon, what: &str, n: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while d.log().matches(what).count() < n {
+        assert!(
+            Instant::now() < deadline,
+            "no {n} x {what:?} within {limit:?}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A DEL or ADD whose element change the kernel refuses (an element deleted or added behind
+/// netd's back, and the healer not told) succeeds at once: netd re-applies the whole table in
+/// the same call instead of failing until the healer's next check.
+#[test]
+fn a_refused_element_change_heals_in_the_same_call() {
+    let w = World::new();
+    // Test knob: the healer ignores notifications; with an hour between checks, only the
+    // engine itself can put the table right during this test.
+    let d = spawn_netd_env(
+        &w,
+        &w.socket(),
+        &["--check-interval", "3600"],
+        &[("NETD_HEAL_IGNORE_EVENTS", "1"), ("NETD_LOG", "debug")],
+    )
+    .unwrap();
+    // The healer checks at start and once more after the restart grace (11 s); wait for
+    // both, so no check runs between the tampering below and the requests that must heal.
+    wait_log(&d, "table matches the state", 2, Duration::from_secs(30));
+    w.create_network("a", &["--subnet", "10.89.3.0/24"]);
+    let c1 = w.container("c1");
+    let r = w.cni("ADD", &c1, "eth0", "a", Some(ports(&[(8080, 80)])));
+    assert!(r.success(), "{r}");
+    let published: SocketAddr = format!("{HOST_EXT_V4}:8080").parse().unwrap();
+    let srv1 = TcpServer::start_on_port(&c1, 80);
+    assert_tcp_ok(&w.external, published);
+
+    // 1. Someone deletes c1's DNAT element; the healer does not hear of it.
+    nft(
+        &w.host,
+        &[
+            "delete",
+            "element",
+            "inet",
+            "netd",
+            "dnat4_any",
+            "{",
+            "tcp",
+            ".",
+            "8080",
+            "}",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let t = w.host.nft_table("inet", "netd").unwrap();
+    assert!(!t.contains("tcp . 8080"), "the healer restored it: {t}");
+    // DEL must remove that (missing) element: refused by the kernel, healed in the call.
+    let del = w.cni("DEL", &c1, "eth0", "a", None);
+    assert!(del.success(), "{del}\n{}", d.log());
+    assert_eq!(
+        d.log().matches("re-applied the whole table").count(),
+        1,
+        "{}",
+        d.log()
+    );
+    // ADD of another container on the same port works at once, and traffic reaches it.
+    let c2 = w.container("c2");
+    let r2 = w.cni("ADD", &c2, "eth0", "a", Some(ports(&[(8080, 80)])));
+    assert!(r2.success(), "{r2}\n{}", d.log());
+    drop(srv1);
+    let srv2 = TcpServer::start_on_port(&c2, 80);
+    assert_tcp_ok(&w.external, published);
+
+    // 2. Someone adds the element that the next change adds: network b's bridge.
+    nft(
+        &w.host,
+        &[
+            "add", "element", "inet", "netd", "bridges", "{", "nd-b", "}",
+        ],
+    );
+    w.create_network("b", &["--subnet", "10.89.4.0/24"]);
+    assert_eq!(
+        d.log().matches("re-applied the whole table").count(),
+        2,
+        "{}",
+        d.log()
+    );
+    let c3 = w.container("c3");
+    let r3 = w.cni("ADD", &c3, "eth0", "b", None);
+    assert!(r3.success(), "{r3}");
+    // The table that the engine re-applied works: c3 reaches the outside (positive) but not
+    // c2 on network a (negative), while c2's server still answers through its published port.
+    let ext = TcpServer::start(&w.external);
+    assert_tcp_ok(&c3, ext.addr(EXT_V4.parse().unwrap()));
+    assert_tcp_blocked(&c3, srv2.addr(r2.ip()));
+    assert_tcp_ok(&w.external, published);
+    // The periodic check never ran meanwhile: the engine did the healing.
+    assert!(!d.log().contains("the table differed"), "{}", d.log());
+}
+
+/// netd removes only links it made (marked "netd network NAME", of the expected kind): a
+/// foreign bridge `nd-foreign` and a foreign veth `vnfoo` survive a restart, the periodic
+/// check and `network rm` of a network whose bridge would be named `nd-foreign`, while netd's
+/// own leftovers (a veth and a bridge nothing claims after a crash) are removed.
+#[test]
+fn foreign_links_named_like_netds_survive_restart_check_and_network_rm() {
+    let w = World::new();
+    let args = ["--check-interval", "1"];
+    let env = [("NETD_LOG", "debug")];
+    let mut d = spawn_netd_env(&w, &w.socket(), &args, &env).unwrap();
+    // Network "foreign" gets no ADD, so netd has not made its bridge nd-foreign yet.
+    w.create_network("foreign", &["--subnet", "10.89.5.0/24"]);
+    w.create_network("own", &["--subnet", "10.89.6.0/24"]);
+    w.create_network("gone", &["--subnet", "10.89.7.0/24"]);
+    let c1 = w.container("c1");
+    let c2 = w.container("c2");
+    let c3 = w.container("c3");
+    w.cni_add(&c1, "own");
+    let r2 = w.cni_add(&c2, "own");
+    w.cni_add(&c3, "gone");
+    w.cni_del(&c3, "gone");
+    let veth2 = w
+        .netctl_json(&["endpoint", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["container_id"] == c2.label())
+        .map(|e| e["host_veth"].as_str().unwrap().to_string())
+        .expect("c2's endpoint");
+    // Someone else's links, named like netd's.
+    w.host.ip(&["link", "add", "nd-foreign", "type", "bridge"]);
+    w.host.ip(&[
+        "link", "add", "vnfoo", "type", "veth", "peer", "name", "vnfoo-p",
+    ]);
+    let shows = |name: &str| w.host.link_names().iter().any(|l| l == name);
+    assert!(shows("nd-gone") && shows(&veth2));
+
+    // netd dies; state loses c2's endpoint and network "gone" (as if netd had died between
+    // releasing them and removing their links), so their veth and bridge are leftovers.
+    d.kill();
+    let state = w.state_dir();
+    std::fs::remove_file(state.join(format!("endpoints/own@{}@eth0.json", c2.label()))).unwrap();
+    std::fs::remove_file(state.join("networks/gone.json")).unwrap();
+    let d = spawn_netd_env(&w, &w.socket(), &args, &env).unwrap();
+    // Positive control: the start-up reconciliation removes netd's own leftovers.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (shows("nd-gone") || shows(&veth2)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !shows("nd-gone"),
+        "netd's orphan bridge stayed\n{}",
+        d.log()
+    );
+    assert!(!shows(&veth2), "netd's orphan veth stayed\n{}", d.log());
+    assert!(!c2.link_names().iter().any(|l| l == "eth0"));
+    let _ = r2;
+    // Several periodic checks (1 s apart) run, and leave the foreign links alone.
+    let checks = d.log().matches("table matches the state").count();
+    wait_log(
+        &d,
+        "table matches the state",
+        checks + 3,
+        Duration::from_secs(10),
+    );
+    for name in ["nd-foreign", "vnfoo", "vnfoo-p"] {
+        assert!(shows(name), "{name} was removed\n{}", d.log());
+    }
+    // `network rm foreign` leaves the foreign bridge of that name alone...
+    w.netctl_ok(&["network", "rm", "foreign"]);
+    assert!(shows("nd-foreign"), "network rm removed a foreign bridge");
+    assert!(
+        d.log()
+            .contains("left the link named like the network's bridge alone"),
+        "{}",
+        d.log()
+    );
+    // ...and removes netd's own bridge (positive control), with c1's traffic working until
+    // its DEL.
+    let ext = TcpServer::start(&w.external);
+    assert_tcp_ok(&c1, ext.addr(EXT_V4.parse().unwrap()));
+    assert!(shows("nd-own"));
+    w.cni_del(&c1, "own");
+    w.netctl_ok(&["network", "rm", "own"]);
+    assert!(!shows("nd-own"), "netd's bridge survived network rm");
+    for name in ["nd-foreign", "vnfoo", "vnfoo-p"] {
+        assert!(shows(name), "{name} was removed\n{}", d.log());
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -697,7 +946,8 @@ fn age_endpoint(w: &World, net: &str, cid: &str) {
 fn plugin_without_daemon_and_restart_after_netns_deleted() {
     let mut w = World::new();
     w.start_netd();
-    w.create_network("r", &["--subnet", "10.89.5.0/24"]);
+    // STATUS below needs a 1.1.0 conflist (1.0.0 ones refuse it, as the spec says).
+    w.create_network("r", &["--subnet", "10.89.5.0/24", "--cni-version", "1.1.0"]);
     let gone1 = w.container("gone1");
     let gone2 = w.container("gone2");
     let deld = w.container("deld");
@@ -772,10 +1022,14 @@ fn bad_plugin_input_gets_exact_codes_and_changes_nothing() {
     let mut w = World::new();
     w.start_netd();
     w.create_network("a", &["--subnet", "10.89.6.0/24"]);
+    w.create_network("inner", &["--subnet", "10.89.16.0/24", "--internal"]);
     let c0 = w.container("c0");
-    w.cni_add(&c0, "a");
+    // c0 holds host port 8080, for the conflict case.
+    let r0 = w.cni("ADD", &c0, "eth0", "a", Some(ports(&[(8080, 80)])));
+    assert!(r0.success(), "{r0}");
     let c = w.container("bad");
     let conf = w.cni_conf("a");
+    let inner = w.cni_conf("inner");
     let env = w.cni_env("ADD", &c, "eth0");
     let with = |k: &str, v: &str| -> Vec<(String, String)> {
         env.iter()
@@ -872,6 +1126,32 @@ fn bad_plugin_input_gets_exact_codes_and_changes_nothing() {
             }),
             7,
         ),
+        (
+            "IPv6 host address on an IPv4-only network",
+            env.clone(),
+            conf_with(
+                &|v| v["runtimeConfig"] = json!({"portMappings": [{"hostPort": 8081, "containerPort": 80, "protocol": "tcp", "hostIP": "2001:db8::1"}]}),
+            ),
+            7,
+        ),
+        (
+            "mapping on an internal network",
+            env.clone(),
+            {
+                let mut v = inner.clone();
+                v["runtimeConfig"] = json!({"portMappings": [{"hostPort": 8082, "containerPort": 80, "protocol": "tcp"}]});
+                v.to_string().into_bytes()
+            },
+            7,
+        ),
+        (
+            "host port another container holds",
+            env.clone(),
+            conf_with(
+                &|v| v["runtimeConfig"] = json!({"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}),
+            ),
+            100,
+        ),
     ];
     let mut failures = Vec::new();
     for (name, env, stdin, code) in cases {
@@ -926,8 +1206,11 @@ fn bad_api_requests_get_exact_statuses_and_change_nothing() {
     let mut w = World::new();
     w.start_netd();
     w.create_network("a", &["--subnet", "10.89.7.0/24"]);
+    w.create_network("inner", &["--subnet", "10.89.17.0/24", "--internal"]);
     let c0 = w.container("c0");
-    w.cni_add(&c0, "a");
+    // c0 holds host port 8080, for the conflict case.
+    let r0 = w.cni("ADD", &c0, "eth0", "a", Some(ports(&[(8080, 80)])));
+    assert!(r0.success(), "{r0}");
     let sock = w.socket();
     let attach = |f: &dyn Fn(&mut Value)| {
         let mut v = json!({"network": "a", "container_id": "x1", "ifname": "eth0",
@@ -997,6 +1280,48 @@ fn bad_api_requests_get_exact_statuses_and_change_nothing() {
                     json!([{"host_port": 70000, "container_port": 80, "protocol": "tcp"}])
             }),
             400,
+        ),
+        (
+            "port 0",
+            attach(&|v| {
+                v["port_mappings"] =
+                    json!([{"host_port": 0, "container_port": 80, "protocol": "tcp"}])
+            }),
+            400,
+        ),
+        (
+            "IPv6 host address on an IPv4-only network",
+            attach(&|v| {
+                v["port_mappings"] = json!([{"host_port": 8081, "container_port": 80,
+                                             "protocol": "tcp", "host_ip": "2001:db8::1"}])
+            }),
+            400,
+        ),
+        (
+            "one binding twice",
+            attach(&|v| {
+                v["port_mappings"] = json!([
+                    {"host_port": 8083, "container_port": 80, "protocol": "tcp"},
+                    {"host_port": 8083, "container_port": 81, "protocol": "tcp"}])
+            }),
+            400,
+        ),
+        (
+            "mapping on an internal network",
+            attach(&|v| {
+                v["network"] = json!("inner");
+                v["port_mappings"] =
+                    json!([{"host_port": 8082, "container_port": 80, "protocol": "tcp"}])
+            }),
+            400,
+        ),
+        (
+            "host port another container holds",
+            attach(&|v| {
+                v["port_mappings"] =
+                    json!([{"host_port": 8080, "container_port": 80, "protocol": "tcp"}])
+            }),
+            409,
         ),
         (
             "ifname over 15 bytes",
@@ -1144,6 +1469,85 @@ fn socket_serves_root_and_group_members_only() {
         outsider.stderr.to_lowercase().contains("permission denied"),
         "{outsider}"
     );
+    // That refusal came from the file mode. Open the file to everyone so that the outsider's
+    // connect succeeds, and netd's own check of the peer's credentials (SO_PEERCRED) must
+    // refuse it, with netd's message, not the kernel's EACCES.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let outsider = netctl(&["--reuid", "65534", "--regid", "65534", "--clear-groups"]);
+    assert!(!outsider.success(), "non-member was served: {outsider}");
+    assert!(
+        outsider
+            .stderr
+            .contains("netd serves root and members of its socket group"),
+        "not refused by netd itself: {outsider}"
+    );
+    assert!(
+        _d.log()
+            .contains("refused: not root and not in the socket's group peer=uid=65534"),
+        "{}",
+        _d.log()
+    );
+    // Positive controls on the same open socket: a member and root are still served.
+    let member = netctl(&["--reuid", "65534", "--regid", "65534", "--groups", &gid]);
+    assert!(member.success(), "group member: {member}");
+    assert!(netctl(&[]).success());
+}
+
+/// Removes group `netd` on drop if this test created it.
+struct NetdGroup(bool);
+impl Drop for NetdGroup {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = run(&["groupdel", "netd"]);
+        }
+    }
+}
+
+#[test]
+fn socket_without_group_is_root_only_even_when_a_netd_group_exists() {
+    let w = World::new();
+    // The bug this guards against: with socket_group unset, the socket went to a group named
+    // netd whenever one existed. Make sure one exists.
+    let created = !run(&["getent", "group", "netd"]).success();
+    if created {
+        run_ok(&["groupadd", "netd"]);
+    }
+    let _g = NetdGroup(created);
+    let gid = gid_of("netd");
+    let dir = w.dir().join("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("netd.sock");
+    let d = spawn_netd_at(&w, &sock, &[]).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+    let netctl = |setpriv: &[&str]| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(setpriv)
+            .arg(w.bin("netctl"))
+            .arg("--socket")
+            .arg(&sock)
+            .arg("status");
+        run_cmd(cmd, None, CMD_TIMEOUT)
+    };
+    assert!(netctl(&[]).success(), "root is served");
+    let member = netctl(&["--reuid", "65534", "--regid", "65534", "--groups", &gid]);
+    assert!(!member.success(), "a member of netd was served: {member}");
+    // And with the file opened by hand, netd itself still refuses the member: no socket
+    // group was configured, so the group counts for nothing.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let member = netctl(&["--reuid", "65534", "--regid", "65534", "--groups", &gid]);
+    assert!(
+        member
+            .stderr
+            .contains("netd serves root and members of its socket group"),
+        "{member}"
+    );
+    assert!(netctl(&[]).success(), "root is still served");
+    assert!(d.log().contains("only root may use it"), "{}", d.log());
 }
 
 #[test]
