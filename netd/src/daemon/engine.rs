@@ -747,6 +747,9 @@ impl Engine {
             .endpoints
             .values()
             .filter_map(|e| self.networks.get(&e.network).map(|n| (e, n)));
+        // What the gateway modes make of the mappings is a property of the request (code 7),
+        // not a conflict with another endpoint.
+        ports::validate(&net, &req.port_mappings).map_err(|e| ApiError::invalid(e.to_string()))?;
         ports::check(&net, &req.port_mappings, existing)
             .map_err(|e| ApiError::conflict(e.to_string()))?;
         refuse_ipv6_loopback(&req.port_mappings)?;

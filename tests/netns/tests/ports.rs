@@ -864,7 +864,10 @@ fn sctp_published_port() {
 fn routed_mode_opens_only_the_published_container_port() {
     let mut w = World::new();
     w.start_netd();
-    w.create_network("r", &["--subnet", "10.89.5.0/24", "--routed"]);
+    w.create_network(
+        "r",
+        &["--subnet", "10.89.5.0/24", "--gateway-mode-ipv4", "routed"],
+    );
     w.external_route_via_host("10.89.5.0/24");
     let c1 = w.container("c1");
     let s1 = TcpServer::start(&c1);
@@ -876,7 +879,178 @@ fn routed_mode_opens_only_the_published_container_port() {
         "{t}"
     );
     assert_eq!(assert_tcp_ok(&w.external, s1.addr(r.ip())).ip(), ip(EXT_V4));
+    // The unpublished server is up (it answers the host), yet closed from outside.
+    assert_tcp_ok(&w.host, other.addr(r.ip()));
     refused(&w.external, other.addr(r.ip()));
+}
+
+/// Asserts an ADD with `maps` on `net` is refused as invalid (CNI code 7) with a message
+/// containing `needle`, and changes neither the table nor the endpoints nor the links.
+fn refused_as_invalid(w: &World, c: &Netns, net: &str, maps: Vec<Value>, needle: &str) {
+    let before = table(w);
+    let eps = w.netctl_json(&["endpoint", "ls"]);
+    let r = add_ports(w, c, net, maps.clone());
+    assert!(!r.success(), "ADD {maps:?} on {net} should be refused: {r}");
+    assert_eq!(r.error_code(), Some(7), "{r}");
+    let msg = r.json.as_ref().map(|j| j.to_string()).unwrap_or_default();
+    assert!(
+        msg.contains(needle),
+        "the error does not say {needle:?}: {r}"
+    );
+    assert_eq!(table(w), before, "a refused ADD changed the table");
+    assert_eq!(w.netctl_json(&["endpoint", "ls"]), eps);
+    assert!(c.wait_link_gone("eth0", Duration::from_secs(5)));
+}
+
+/// In routed mode the host port is not used: two routed containers both publish container
+/// port 80, and a NAT network's container holds host port 80, without any conflict. Each
+/// routed one answers at its own address, the NAT one at the host's. A mapping on an isolated
+/// family publishes nothing and is refused rather than stored.
+#[test]
+fn routed_ports_are_not_host_ports() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network(
+        "r",
+        &["--subnet", "10.89.5.0/24", "--gateway-mode-ipv4", "routed"],
+    );
+    w.create_network("n", &["--subnet", "10.89.6.0/24"]);
+    w.create_network(
+        "iso",
+        &[
+            "--subnet",
+            "10.89.7.0/24",
+            "--gateway-mode-ipv4",
+            "isolated",
+        ],
+    );
+    w.external_route_via_host("10.89.5.0/24");
+    let (c1, c2, c3) = (w.container("c1"), w.container("c2"), w.container("c3"));
+    let (s1, s2, s3) = (
+        TcpServer::start_on_port(&c1, 80),
+        TcpServer::start_on_port(&c2, 80),
+        TcpServer::start_on_port(&c3, 80),
+    );
+    let unpublished = TcpServer::start_on_port(&c1, 81);
+    let u1 = UdpServer::start_on_port(&c1, 80);
+    let r3 = add_ports_ok(&w, &c3, "n", vec![pm(80, 80, "tcp", None)]);
+    let r1 = add_ports_ok(
+        &w,
+        &c1,
+        "r",
+        vec![pm(80, 80, "tcp", None), pm(80, 80, "udp", None)],
+    );
+    let r2 = add_ports_ok(&w, &c2, "r", vec![pm(80, 80, "tcp", Some("0.0.0.0"))]);
+    let t = table(&w);
+    for r in [&r1, &r2] {
+        assert!(t.contains(&format!("{} . tcp . 80", r.ip())), "{t}");
+    }
+
+    // Each routed container at its own address; the external host's real address is seen.
+    assert_eq!(
+        assert_tcp_ok(&w.external, s1.addr(r1.ip())).ip(),
+        ip(EXT_V4)
+    );
+    assert_eq!(
+        assert_udp_ok(&w.external, u1.addr(r1.ip())).ip(),
+        ip(EXT_V4)
+    );
+    assert_eq!(
+        assert_tcp_ok(&w.external, s2.addr(r2.ip())).ip(),
+        ip(EXT_V4)
+    );
+    // The NAT container at the host's port 80, which is its alone.
+    assert_eq!(
+        assert_tcp_ok(&w.external, sa(HOST_EXT_V4, 80)).ip(),
+        ip(EXT_V4)
+    );
+    // Only the published container port opens: c1's 81 answers the host but not outside.
+    assert_tcp_ok(&w.host, unpublished.addr(r1.ip()));
+    refused(&w.external, unpublished.addr(r1.ip()));
+    // The NAT container's own address stays closed (control: the host reaches it).
+    w.external_route_via_host("10.89.6.0/24");
+    assert_tcp_ok(&w.host, s3.addr(r3.ip()));
+    refused(&w.external, s3.addr(r3.ip()));
+
+    // Isolated: the mapping would publish nothing, so it is refused (code 7), not stored.
+    let c4 = w.container("c4");
+    refused_as_invalid(
+        &w,
+        &c4,
+        "iso",
+        vec![pm(8080, 80, "tcp", None)],
+        "publishes nothing",
+    );
+    // Without mappings the same container attaches fine (the refusal was the mapping's).
+    w.cni_add(&c4, "iso");
+}
+
+/// A host address never widens exposure: on a routed family a mapping bound to one host
+/// address is refused (code 7) instead of opening the container port to every host that can
+/// route to it. On Docker's direct-routing network (IPv6 routed, IPv4 nat) an IPv4 host
+/// address applies to the NATed IPv4 family only, and opens nothing over IPv6.
+#[test]
+fn routed_family_refuses_a_host_address() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network(
+        "d",
+        &[
+            "--subnet",
+            "10.89.8.0/24",
+            "--ipv6",
+            "--subnet6",
+            "fd00:89:8::/64",
+            "--routed",
+        ],
+    );
+    w.create_network(
+        "r4",
+        &["--subnet", "10.89.9.0/24", "--gateway-mode-ipv4", "routed"],
+    );
+    w.external_route_via_host("fd00:89:8::/64");
+    let c0 = w.container("c0");
+    for (net, host_ip) in [
+        ("d", HOST_EXT_V6),
+        ("d", "::1"),
+        ("r4", "127.0.0.1"),
+        ("r4", HOST_EXT_V4),
+    ] {
+        refused_as_invalid(
+            &w,
+            &c0,
+            net,
+            vec![pm(8080, 80, "tcp", Some(host_ip))],
+            "gateway mode routed",
+        );
+    }
+
+    // 127.0.0.1:8080:80 on the dual-stack network: IPv4 only, and it works on the host.
+    let c1 = w.container("c1");
+    let s1 = TcpServer::start_on_port(&c1, 80);
+    let r1 = add_ports_ok(&w, &c1, "d", vec![pm(8080, 80, "tcp", Some("127.0.0.1"))]);
+    let v6_1 = r1.ips().into_iter().find(IpAddr::is_ipv6).expect("IPv6");
+    assert_eq!(
+        assert_tcp_ok(&w.host, sa("127.0.0.1", 8080)).ip(),
+        ip("10.89.8.1")
+    );
+    // A mapping without host address on the same network opens IPv6 port 80 (control) ...
+    let c2 = w.container("c2");
+    let s2 = TcpServer::start_on_port(&c2, 80);
+    let r2 = add_ports_ok(&w, &c2, "d", vec![pm(9090, 80, "tcp", None)]);
+    let v6_2 = r2.ips().into_iter().find(IpAddr::is_ipv6).expect("IPv6");
+    assert_eq!(assert_tcp_ok(&w.external, s2.addr(v6_2)).ip(), ip(EXT_V6));
+    // ... while c1's IPv4-only mapping opens nothing over IPv6 (its server answers the host).
+    assert_tcp_ok(&w.host, s1.addr(v6_1));
+    refused(&w.external, s1.addr(v6_1));
+    let t = table(&w);
+    assert!(!t.contains(&format!("{v6_1} . tcp . 80")), "{t}");
+    // The unspecified IPv6 address is accepted: `::` opens the container port over IPv6.
+    let c3 = w.container("c3");
+    let s3 = TcpServer::start_on_port(&c3, 80);
+    let r3 = add_ports_ok(&w, &c3, "d", vec![pm(7070, 80, "tcp", Some("::"))]);
+    let v6_3 = r3.ips().into_iter().find(IpAddr::is_ipv6).expect("IPv6");
+    assert_tcp_ok(&w.external, s3.addr(v6_3));
 }
 
 /// Why netd refuses ::1: the same DNAT + masquerade that makes 127.0.0.1 work (here in a
