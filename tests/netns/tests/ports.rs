@@ -3,7 +3,7 @@
 //! external netns, from the host itself and from containers (hairpin). They need the
 //! product binaries (`cargo build --workspace --bins`).
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -576,6 +576,154 @@ fn loopback_binding_answers_only_on_the_host() {
     // reaches the published port.
     assert_tcp_ok(&c2, sa("10.89.1.1", host_lo.port()));
     assert_tcp_ok(&w.host, lo);
+}
+
+/// Sends one UDP datagram from `ns` with a source address of our choosing, as a container
+/// that forges its source would: a raw socket with its own IPv4 header (the kernel fills in
+/// the total length, ID and header checksum, and keeps the source; a UDP checksum of 0 means
+/// none in IPv4).
+fn send_udp4_from(ns: &Netns, src: Ipv4Addr, dst: SocketAddrV4, payload: &[u8]) {
+    let mut pkt = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0];
+    pkt.extend_from_slice(&src.octets());
+    pkt.extend_from_slice(&dst.ip().octets());
+    pkt.extend_from_slice(&40000u16.to_be_bytes());
+    pkt.extend_from_slice(&dst.port().to_be_bytes());
+    pkt.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    pkt.extend_from_slice(&[0, 0]);
+    pkt.extend_from_slice(payload);
+    ns.run_in(|| {
+        // SAFETY: a fresh raw socket, a sockaddr_in on the stack, a buffer we own; closed here.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let mut a: libc::sockaddr_in = std::mem::zeroed();
+            a.sin_family = libc::AF_INET as u16;
+            a.sin_addr.s_addr = u32::from_ne_bytes(dst.ip().octets());
+            let n = libc::sendto(
+                fd,
+                pkt.as_ptr() as *const libc::c_void,
+                pkt.len(),
+                0,
+                &a as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            );
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            assert_eq!(n, pkt.len() as isize, "raw send from {src} to {dst}: {err}");
+        }
+    });
+}
+
+/// The sources of the datagrams `sock` receives within one second.
+fn sources(sock: &UdpSocket) -> Vec<IpAddr> {
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut buf = [0u8; 256];
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok((_, from)) = sock.recv_from(&mut buf) {
+            seen.push(from.ip());
+        }
+    }
+    seen
+}
+
+/// route_localnet on netd's bridges (for ports published on 127.0.0.1) also switches off the
+/// kernel's martian check for 127/8 *sources* arriving there. netd's input and forward chains
+/// drop such packets; a container forging 127.0.0.2 reaches neither the host nor the outside,
+/// while the same datagram with its real source does, and the host's own loopback DNAT works.
+#[test]
+fn spoofed_loopback_sources_from_a_container_are_dropped() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network("a", &["--subnet", "10.89.1.0/24"]);
+    let c1 = w.container("c1");
+    let s1 = TcpServer::start(&c1);
+    let r1 = add_ports_ok(
+        &w,
+        &c1,
+        "a",
+        vec![pm(8080, s1.port(), "tcp", Some("127.0.0.1"))],
+    );
+    let a1 = match r1.ip() {
+        IpAddr::V4(a) => a,
+        other => panic!("not IPv4: {other}"),
+    };
+    let gw = Ipv4Addr::new(10, 89, 1, 1);
+    // Not 127.0.0.1: the kernel still refuses a source that is one of its own addresses
+    // (fib_validate_source), but any other 127/8 source passes once route_localnet is on.
+    let forged = Ipv4Addr::new(127, 0, 0, 2);
+    let bridge = w.inspect_network("a")["bridge"]
+        .as_str()
+        .expect("bridge")
+        .to_string();
+    // The kernel's own check is off on this bridge: only netd's rules stand in the way.
+    assert_eq!(
+        w.host
+            .sysctl_get(&format!("net.ipv4.conf.{bridge}.route_localnet")),
+        "1"
+    );
+    let host_rx = w.host.run_in(|| UdpSocket::bind("0.0.0.0:0")).unwrap();
+    let ext_rx = w.external.run_in(|| UdpSocket::bind("0.0.0.0:0")).unwrap();
+    let (p_in, p_out) = (
+        host_rx.local_addr().unwrap().port(),
+        ext_rx.local_addr().unwrap().port(),
+    );
+    // Counts the forged datagrams arriving on the bridge, so "nothing received" cannot mean
+    // "nothing sent".
+    w.host.nft_apply(&format!(
+        "table ip probe {{
+            chain pre {{
+                type filter hook prerouting priority -300; policy accept;
+                iifname \"{bridge}\" ip saddr {forged} udp dport {p_in} counter
+                iifname \"{bridge}\" ip saddr {forged} udp dport {p_out} counter
+            }}
+        }}"
+    ));
+    let arrivals = |port: u16| -> u64 {
+        let t = w.host.nft_table("ip", "probe").unwrap_or_default();
+        let needle = format!("udp dport {port} counter packets ");
+        t.lines()
+            .find_map(|l| l.split_once(&needle).map(|(_, r)| r.to_string()))
+            .and_then(|r| r.split_whitespace().next().and_then(|n| n.parse().ok()))
+            .unwrap_or_else(|| panic!("no counter for port {port} in:\n{t}"))
+    };
+
+    // Input path (to the gateway address): the real source arrives, the forged one does not.
+    send_udp4_from(&c1, a1, SocketAddrV4::new(gw, p_in), b"real\n");
+    assert_eq!(sources(&host_rx), vec![IpAddr::V4(a1)]);
+    send_udp4_from(&c1, forged, SocketAddrV4::new(gw, p_in), b"forged\n");
+    assert_eq!(sources(&host_rx), Vec::<IpAddr>::new());
+    assert_eq!(
+        arrivals(p_in),
+        1,
+        "the forged datagram did not reach the bridge"
+    );
+
+    // Forward path (to the external host). The real source goes first: it also resolves the
+    // neighbours on the way (an ARP request from a 127/8 source would itself be refused).
+    let ext = SocketAddrV4::new(EXT_V4.parse().unwrap(), p_out);
+    send_udp4_from(&c1, a1, ext, b"real\n");
+    assert_eq!(sources(&ext_rx), vec![ip(HOST_EXT_V4)], "masqueraded");
+    // The external host is told to accept loopback sources on its uplink, and does: the host
+    // itself gets such a datagram through to it.
+    w.external.sysctl("net.ipv4.conf.eth0.route_localnet", "1");
+    send_udp4_from(&w.host, forged, ext, b"from the host\n");
+    assert_eq!(sources(&ext_rx), vec![IpAddr::V4(forged)]);
+    send_udp4_from(&c1, forged, ext, b"forged\n");
+    assert_eq!(sources(&ext_rx), Vec::<IpAddr>::new());
+    assert_eq!(
+        arrivals(p_out),
+        1,
+        "the forged datagram did not reach the bridge"
+    );
+
+    // The host's own connection to the port published on 127.0.0.1 still works.
+    assert_eq!(
+        assert_tcp_ok(&w.host, sa("127.0.0.1", 8080)).ip(),
+        ip("10.89.1.1")
+    );
 }
 
 // ---------------------------------------------------------------------------
