@@ -874,6 +874,152 @@ fn stale_udp_conntrack_entries_are_cleared_on_add() {
     );
 }
 
+/// The host's IPv4 conntrack entries that name `addr` in either tuple.
+fn conntrack_with(w: &World, addr: IpAddr) -> Vec<String> {
+    let out = w.host.exec(&["conntrack", "-L"]);
+    assert!(out.success(), "conntrack -L: {out}");
+    let needle = (format!("src={addr} "), format!("dst={addr} "));
+    out.stdout
+        .lines()
+        .filter(|l| l.contains(&needle.0) || l.contains(&needle.1))
+        .map(str::to_string)
+        .collect()
+}
+
+/// DEL ends the released endpoint's flows: its conntrack entries (UDP and TCP, DNATed to it
+/// or masqueraded from it) go, so a UDP client that keeps sending to the published port
+/// reaches nothing afterwards, and the container that later gets the same address (the
+/// allocation cursor, kept across a restart, first hands out every other free address)
+/// receives none of the stale datagrams.
+#[test]
+fn del_clears_the_endpoints_flows_and_its_address_comes_back_last() {
+    let mut w = World::new();
+    w.start_netd();
+    // A /29: containers get .2 to .6, so five more ADDs bring a released .2 round again.
+    w.create_network("a", &["--subnet", "10.89.9.0/29"]);
+    let c1 = w.container("c1");
+    let u1 = UdpServer::start_on_port(&c1, 53);
+    let t1 = TcpServer::start(&c1);
+    let r1 = add_ports_ok(
+        &w,
+        &c1,
+        "a",
+        vec![pm(5353, 53, "udp", None), pm(8080, t1.port(), "tcp", None)],
+    );
+    let a1 = r1.ip();
+
+    // A client that keeps sending to the published UDP port, and is answered by c1.
+    let client = w
+        .external
+        .run_in(|| UdpSocket::bind("0.0.0.0:0"))
+        .expect("bind");
+    client.connect(sa(HOST_EXT_V4, 5353)).expect("connect");
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (s, stop) = (client.try_clone().unwrap(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let _ = s.send(b"stale\n");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let answers = |within: Duration| -> usize {
+        client
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let deadline = Instant::now() + within;
+        let mut buf = [0u8; 256];
+        let mut n = 0;
+        while Instant::now() < deadline {
+            // An ICMP port unreachable surfaces as an error on the connected socket.
+            if client.recv(&mut buf).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    };
+    assert!(answers(Duration::from_secs(1)) > 0, "c1 did not answer");
+    // More flows through c1: a DNATed TCP connection, and its own outbound TCP and UDP.
+    assert_eq!(
+        assert_tcp_ok(&w.external, sa(HOST_EXT_V4, 8080)).ip(),
+        ip(EXT_V4)
+    );
+    let (ext_t, ext_u) = (TcpServer::start(&w.external), UdpServer::start(&w.external));
+    assert_eq!(
+        assert_tcp_ok(&c1, ext_t.addr(ip(EXT_V4))).ip(),
+        ip(HOST_EXT_V4)
+    );
+    assert_eq!(
+        assert_udp_ok(&c1, ext_u.addr(ip(EXT_V4))).ip(),
+        ip(HOST_EXT_V4)
+    );
+    let before = conntrack_with(&w, a1);
+    for want in [
+        "dport=5353",
+        "dport=8080",
+        &format!("dport={}", ext_t.port()),
+    ] {
+        assert!(
+            before.iter().any(|l| l.contains(want)),
+            "no entry with {want} for {a1}:\n{}",
+            before.join("\n")
+        );
+    }
+    assert!(before
+        .iter()
+        .any(|l| l.starts_with("udp") && l.contains(&format!("dport={}", ext_u.port()))));
+
+    w.cni_del(&c1, "a");
+    assert_eq!(
+        conntrack_with(&w, a1),
+        Vec::<String>::new(),
+        "entries of the released address are left"
+    );
+    let log = strip_ansi(&w.netd_log());
+    assert!(
+        log.lines().any(
+            |l| l.contains("cleared the released endpoint's conntrack entries")
+                && !l.contains("deleted=0")
+        ),
+        "netd did not report clearing entries:\n{log}"
+    );
+    // The client, still sending, reaches nothing (answers already on their way are drained).
+    std::thread::sleep(Duration::from_millis(300));
+    answers(Duration::from_millis(300));
+    assert_eq!(answers(Duration::from_secs(1)), 0, "answered after DEL");
+    drop(u1);
+
+    // The cursor survives a restart: the next ADDs take every other free address first.
+    w.restart_netd(libc::SIGTERM);
+    let others: Vec<Netns> = (0..4).map(|i| w.container(&format!("d{i}"))).collect();
+    for (i, d) in others.iter().enumerate() {
+        let got = w.cni_add(d, "a").ip();
+        assert_ne!(got, a1, "the released address came back at once (ADD {i})");
+        if i == 0 {
+            assert_eq!(got, ip("10.89.9.3"), "next-fit continues after {a1}");
+        }
+    }
+    let c2 = w.container("c2");
+    let rx = c2
+        .run_in(|| UdpSocket::bind("0.0.0.0:53"))
+        .expect("bind :53");
+    let r2 = w.cni_add(&c2, "a");
+    assert_eq!(r2.ip(), a1, "the /29 is full but for c1's old address");
+    // c2 listens where c1 did and gets nothing of the client's, which is still sending ...
+    assert_eq!(
+        sources(&rx),
+        Vec::<IpAddr>::new(),
+        "stale datagrams reached c2"
+    );
+    // ... although it receives what is sent to it (control).
+    let probe = w.host.run_in(|| UdpSocket::bind("0.0.0.0:0")).unwrap();
+    probe.send_to(b"hello\n", SocketAddr::new(a1, 53)).unwrap();
+    assert_eq!(sources(&rx), vec![ip("10.89.9.1")]);
+    stop.store(true, Ordering::SeqCst);
+    sender.join().unwrap();
+}
+
 // ---------------------------------------------------------------------------
 // SCTP.
 // ---------------------------------------------------------------------------
