@@ -244,6 +244,9 @@ fn icc_off_holds_without_br_netfilter() {
     let ro2 = w.cni_add(&o2, "open");
     let (tb, ub) = (TcpServer::start(&b), UdpServer::start(&b));
     for addr in rb.ips() {
+        // Control: b's servers answer the host at this address.
+        assert_tcp_ok(&w.host, tb.addr(addr));
+        assert_udp_ok(&w.host, ub.addr(addr));
         assert_tcp_blocked(&a, tb.addr(addr));
         assert_udp_blocked(&a, ub.addr(addr));
         assert_ping_fails(&a, addr);

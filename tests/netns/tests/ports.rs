@@ -117,6 +117,9 @@ fn tcp_and_udp_reachable_from_outside_host_and_containers() {
     // NAT mode: the published port is the only way in from outside. Even with a route to
     // the container subnet, the container's own address does not answer from outside.
     w.external_route_via_host("10.89.1.0/24");
+    // Control: c1's servers answer at its own address (from the host).
+    assert_tcp_ok(&w.host, other.addr(r1.ip()));
+    assert_udp_ok(&w.host, u1.addr(r1.ip()));
     refused(&w.external, s1.addr(r1.ip()));
     refused(&w.external, other.addr(r1.ip()));
     assert_udp_blocked(&w.external, u1.addr(r1.ip()));
@@ -153,7 +156,15 @@ fn ipv6_published_port_reachable_and_ipv6_loopback_refused() {
         assert_tcp_ok(&w.external, sa(HOST_EXT_V4, 8080)).ip(),
         ip(EXT_V4)
     );
-    // [::1] on the host is not DNATed (it answers like any unused local port).
+    // [::1] on the host is not DNATed: with a host service on port 8080, [::1]:8080 reaches
+    // that service (which sees ::1), not the container (a refusal alone would also pass if
+    // ::1 reached nothing at all).
+    let host_8080 = TcpServer::start_on_port(&w.host, 8080);
+    assert_eq!(
+        assert_tcp_ok(&w.host, sa("::1", host_8080.port())).ip(),
+        ip("::1")
+    );
+    drop(host_8080);
     refused(&w.host, sa("::1", 8080));
 
     // ::1 bindings are refused with a clear error, and nothing changes.
@@ -209,7 +220,12 @@ fn host_ip_binding_answers_only_on_that_address() {
         ip(EXT_V4)
     );
     assert_tcp_ok(&w.host, sa(HOST_EXT_V4, 8080));
-    // The host's other address does not answer, from outside nor from the host.
+    // The host's other address does not answer, from outside nor from the host, although
+    // it and 127.0.0.1 reach the host's own services (control).
+    let host_srv = TcpServer::start(&w.host);
+    assert_tcp_ok(&w.external, sa("192.0.2.3", host_srv.port()));
+    assert_tcp_ok(&w.host, sa("192.0.2.3", host_srv.port()));
+    assert_tcp_ok(&w.host, sa("127.0.0.1", host_srv.port()));
     refused(&w.external, sa("192.0.2.3", 8080));
     assert_udp_blocked(&w.external, sa("192.0.2.3", 5353));
     refused(&w.host, sa("192.0.2.3", 8080));
@@ -526,9 +542,15 @@ fn loopback_binding_answers_only_on_the_host() {
         "0"
     );
 
-    // The host reaches it on 127.0.0.1 (masqueraded to the gateway), not elsewhere.
+    // The host reaches it on 127.0.0.1 (masqueraded to the gateway), not elsewhere, although
+    // the host's address answers for the host's own services (control).
     let lo = sa("127.0.0.1", 8080);
     assert_eq!(assert_tcp_ok(&w.host, lo).ip(), ip("10.89.1.1"));
+    let host_srv = TcpServer::start(&w.host);
+    assert_tcp_ok(&w.host, sa(HOST_EXT_V4, host_srv.port()));
+    assert_tcp_ok(&w.external, sa(HOST_EXT_V4, host_srv.port()));
+    assert_tcp_ok(&c2, sa(HOST_EXT_V4, host_srv.port()));
+    drop(host_srv);
     refused(&w.host, sa(HOST_EXT_V4, 8080));
     refused(&w.external, sa(HOST_EXT_V4, 8080));
     refused(&c2, sa(HOST_EXT_V4, 8080));
