@@ -1,15 +1,21 @@
-//! Clearing stale UDP conntrack entries over netlink (NETLINK_NETFILTER, ctnetlink).
+//! Clearing stale conntrack entries over netlink (NETLINK_NETFILTER, ctnetlink).
 //!
-//! A client that kept sending UDP to `hostIP:port` before a port was published there has a
-//! conntrack entry without DNAT (the datagrams went to the host itself, or to a container
-//! that published the port before). UDP has no handshake to end that entry, so as long as the
-//! client keeps sending, the entry lives on and the new mapping never sees the flow. After an
-//! endpoint publishes UDP ports, netd deletes the UDP entries whose original destination is one
-//! of the new bindings, as Docker and netavark do.
+//! After an ADD: a client that kept sending UDP to `hostIP:port` before a port was published
+//! there has a conntrack entry without DNAT (the datagrams went to the host itself, or to a
+//! container that published the port before). UDP has no handshake to end that entry, so as
+//! long as the client keeps sending, the entry lives on and the new mapping never sees the
+//! flow. After an endpoint publishes UDP ports, netd deletes the UDP entries whose original
+//! destination is one of the new bindings, as Docker and netavark do ([`clear_udp`]).
+//!
+//! After a DEL: the released endpoint's entries (any protocol, DNATed to it or not) would keep
+//! carrying a client's flow to its address, and so to the next container that gets that
+//! address. netd deletes every entry whose original or reply tuple holds one of the
+//! endpoint's addresses ([`clear_addrs`]).
 //!
 //! The request encoding and the entry matching are pure ([`dump_request`], [`delete_request`],
-//! [`parse_flows`], [`Flow::matches`], [`addr_dump_request`], [`parse_addrs`]); [`clear_udp`]
-//! does the socket work in the calling thread's network namespace.
+//! [`parse_flows`], [`Flow::matches`], [`Flow::involves`], [`addr_dump_request`],
+//! [`parse_addrs`]); [`clear_udp`] and [`clear_addrs`] do the socket work in the calling
+//! thread's network namespace.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -31,6 +37,7 @@ const NLA_F_NESTED: u16 = 0x8000;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
 const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
 const CTA_ZONE: u16 = 18;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
@@ -75,6 +82,9 @@ pub struct Flow {
     pub sport: u16,
     pub dport: u16,
     pub zone: Option<u16>,
+    /// Source and destination of the reply tuple (after NAT: a DNATed flow's reply comes
+    /// from the container's address).
+    pub reply: Option<(IpAddr, IpAddr)>,
     /// The CTA_TUPLE_ORIG payload, sent back as is to delete the entry.
     orig: Vec<u8>,
 }
@@ -97,6 +107,18 @@ impl Flow {
                         None => local.contains(&self.dst),
                     }
             })
+    }
+}
+
+impl Flow {
+    /// Whether any address of the entry, original or reply, is one of `addrs`: a flow from or
+    /// to that address, DNATed to it, or masqueraded from it.
+    pub fn involves(&self, addrs: &[IpAddr]) -> bool {
+        let mut all = vec![self.src, self.dst];
+        if let Some((s, d)) = self.reply {
+            all.extend([s, d]);
+        }
+        all.iter().any(|a| addrs.contains(a))
     }
 }
 
@@ -182,10 +204,12 @@ fn port_of(p: &[u8]) -> Option<u16> {
 fn parse_entry(payload: &[u8]) -> Option<Flow> {
     let family = *payload.first()?;
     let mut orig = None;
+    let mut reply = None;
     let mut zone = None;
     for (ty, p) in attrs(payload.get(4..)?) {
         match ty {
             CTA_TUPLE_ORIG => orig = Some(p),
+            CTA_TUPLE_REPLY => reply = tuple_addrs(p),
             CTA_ZONE => zone = port_of(p),
             _ => {}
         }
@@ -224,8 +248,26 @@ fn parse_entry(payload: &[u8]) -> Option<Flow> {
         sport: sport.unwrap_or(0),
         dport: dport.unwrap_or(0),
         zone,
+        reply,
         orig: orig.to_vec(),
     })
+}
+
+/// Source and destination address of a tuple.
+fn tuple_addrs(tuple: &[u8]) -> Option<(IpAddr, IpAddr)> {
+    let (mut src, mut dst) = (None, None);
+    for (ty, p) in attrs(tuple) {
+        if ty == CTA_TUPLE_IP {
+            for (ty, p) in attrs(p) {
+                match ty {
+                    CTA_IP_V4_SRC | CTA_IP_V6_SRC => src = ip_of(p),
+                    CTA_IP_V4_DST | CTA_IP_V6_DST => dst = ip_of(p),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Some((src?, dst?))
 }
 
 /// What one datagram of answers held.
@@ -449,6 +491,21 @@ pub fn clear_udp(bindings: &[Binding]) -> Result<usize, ConntrackError> {
     } else {
         Vec::new()
     };
+    delete_where(|f| f.matches(bindings, &local))
+}
+
+/// Deletes every conntrack entry (of the calling thread's network namespace, any protocol)
+/// that involves one of `addrs` (see [`Flow::involves`]). Returns how many were deleted.
+pub fn clear_addrs(addrs: &[IpAddr]) -> Result<usize, ConntrackError> {
+    if addrs.is_empty() {
+        return Ok(0);
+    }
+    delete_where(|f| f.involves(addrs))
+}
+
+/// Dumps the table once and deletes the entries `stale` picks, by original tuple and zone;
+/// entries that vanished meanwhile are not errors.
+fn delete_where(stale: impl Fn(&Flow) -> bool) -> Result<usize, ConntrackError> {
     let sock = Sock::open(NETLINK_NETFILTER)?;
     let stale: Vec<Flow> = dump(
         &sock,
@@ -457,7 +514,7 @@ pub fn clear_udp(bindings: &[Binding]) -> Result<usize, ConntrackError> {
         parse_flows,
     )?
     .into_iter()
-    .filter(|f| f.matches(bindings, &local))
+    .filter(|f| stale(f))
     .collect();
     let mut buf = vec![0u8; 4096];
     let mut deleted = 0;
@@ -506,6 +563,48 @@ mod tests {
         push_attr(&mut a, CTA_TUPLE_ORIG | NLA_F_NESTED, &tuple);
         push_attr(&mut a, CTA_ZONE, &7u16.to_be_bytes());
         message(0, NLM_F_MULTI, 1, family, &a)
+    }
+
+    /// A TCP entry of a DNATed flow: client -> host:8080, answered by ctr:80 -> client.
+    fn dnat_entry(client: [u8; 4], host: [u8; 4], ctr: [u8; 4]) -> Vec<u8> {
+        let tuple = |src: &[u8], dst: &[u8], sport: u16, dport: u16| {
+            let mut ip = Vec::new();
+            push_attr(&mut ip, CTA_IP_V4_SRC, src);
+            push_attr(&mut ip, CTA_IP_V4_DST, dst);
+            let mut pr = Vec::new();
+            push_attr(&mut pr, CTA_PROTO_NUM, &[6]);
+            push_attr(&mut pr, CTA_PROTO_SRC_PORT, &sport.to_be_bytes());
+            push_attr(&mut pr, CTA_PROTO_DST_PORT, &dport.to_be_bytes());
+            let mut t = Vec::new();
+            push_attr(&mut t, CTA_TUPLE_IP | NLA_F_NESTED, &ip);
+            push_attr(&mut t, CTA_TUPLE_PROTO | NLA_F_NESTED, &pr);
+            t
+        };
+        let mut a = Vec::new();
+        push_attr(
+            &mut a,
+            CTA_TUPLE_ORIG | NLA_F_NESTED,
+            &tuple(&client, &host, 40000, 8080),
+        );
+        push_attr(
+            &mut a,
+            CTA_TUPLE_REPLY | NLA_F_NESTED,
+            &tuple(&ctr, &client, 80, 40000),
+        );
+        message(0, NLM_F_MULTI, 1, AF_INET, &a)
+    }
+
+    #[test]
+    fn released_addresses_match_original_and_reply_tuples() {
+        let p = parse_flows(&dnat_entry([192, 0, 2, 2], [192, 0, 2, 1], [10, 1, 0, 2])).unwrap();
+        let f = &p.items[0];
+        let a = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(f.reply, Some((a("10.1.0.2"), a("192.0.2.2"))));
+        // DNATed to the container: only the reply tuple names it.
+        assert!(f.involves(&[a("10.1.0.2")]));
+        assert!(f.involves(&[a("192.0.2.2")]));
+        assert!(!f.involves(&[a("10.1.0.3"), a("fd00::2")]));
+        assert!(!f.involves(&[]));
     }
 
     fn b(family: Family, addr: Option<&str>, port: u16) -> Binding {

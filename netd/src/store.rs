@@ -7,6 +7,7 @@
 //! `networks/NAME.json`, `endpoints/NETWORK@CONTAINER@IFNAME.json`, `meta.json`.
 //! '@' cannot occur in validated names, so file names map back to keys unambiguously.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -42,6 +43,9 @@ pub struct Meta {
     /// RFC 4193 global ID for ULA subnets, chosen once so subnets stay stable across restarts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ula_global_id: Option<u64>,
+    /// Per network, where address allocation continues ([`crate::ipam::Cursor`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cursors: BTreeMap<String, crate::ipam::Cursor>,
 }
 
 #[derive(Debug, Default)]
@@ -240,6 +244,7 @@ mod tests {
         store
             .put_meta(&Meta {
                 ula_global_id: Some(42),
+                ..Default::default()
             })
             .unwrap();
 

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IpamError {
@@ -187,6 +188,17 @@ pub fn check_gateway6(subnet: Ipv6Net, gateway: Ipv6Addr) -> Result<(), IpamErro
         });
     }
     Ok(())
+}
+
+/// Where address allocation continues in one network: the last address handed out per
+/// family (next-fit, like host-local's `last_reserved_ip`). It is persisted, so that a restart
+/// does not hand out an address that was just released either.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last4: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last6: Option<Ipv6Addr>,
 }
 
 /// Picks a free host address in `subnet`, starting after `after` (the last one handed out) so

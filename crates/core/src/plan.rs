@@ -357,7 +357,7 @@ pub fn endpoint_elems(net: &Network, ep: &Endpoint) -> BTreeSet<(SetId, Elem)> {
         return out;
     }
     for pm in &ep.ports {
-        for b in ports::bindings(net, pm) {
+        for b in ports::targets(net, pm) {
             let (mode, ctr) = match b.family {
                 Family::V4 => (net.gateway_mode4, ep.addr4.map(IpAddr::V4)),
                 Family::V6 => (net.gateway_mode6, ep.addr6.map(IpAddr::V6)),

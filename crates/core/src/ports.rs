@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use crate::model::{Endpoint, Network, PortMapping, Proto};
+use crate::model::{Endpoint, GatewayMode, Network, PortMapping, Proto};
 
 /// Address family of a binding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -43,10 +43,11 @@ impl std::fmt::Display for Binding {
     }
 }
 
-/// The bindings a mapping claims on a network: a mapping without a host address (or with the
-/// unspecified one) applies to every family the network has; one with an address only to that
-/// address's family.
-pub fn bindings(net: &Network, pm: &PortMapping) -> Vec<Binding> {
+/// Where a mapping applies on a network, one entry per family: a mapping without a host
+/// address (or with the unspecified one) applies to every family the network has; one with an
+/// address only to that address's family (as in Docker: `-p 127.0.0.1:8080:80` is IPv4 only).
+/// What each entry becomes depends on the family's gateway mode (see [`bindings`]).
+pub fn targets(net: &Network, pm: &PortMapping) -> Vec<Binding> {
     let fam = |family, addr| Binding {
         family,
         proto: pm.protocol,
@@ -71,6 +72,31 @@ pub fn bindings(net: &Network, pm: &PortMapping) -> Vec<Binding> {
     }
 }
 
+/// A network's gateway mode for one family.
+pub fn mode(net: &Network, family: Family) -> GatewayMode {
+    match family {
+        Family::V4 => net.gateway_mode4,
+        Family::V6 => net.gateway_mode6,
+    }
+}
+
+fn family_name(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "IPv4",
+        Family::V6 => "IPv6",
+    }
+}
+
+/// The host bindings a mapping claims: its [`targets`] in `nat` families. A `routed` family
+/// opens the container port at the container's own address and claims no host port (two
+/// routed containers may both publish port 80); an `isolated` one publishes nothing.
+pub fn bindings(net: &Network, pm: &PortMapping) -> Vec<Binding> {
+    targets(net, pm)
+        .into_iter()
+        .filter(|b| mode(net, b.family) == GatewayMode::Nat)
+        .collect()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PortError {
     #[error("port mapping {0}: port 0 is not a valid host or container port")]
@@ -92,6 +118,19 @@ pub enum PortError {
     },
     #[error("host port {0} is requested twice by this endpoint")]
     Duplicate(String),
+    #[error("port mapping {mapping}: network {network} routes {family} (gateway mode routed), so the port is opened at the container's own address for every host that can route to it; a host address cannot narrow that, and netd will not widen the binding behind your back. Publish it without hostIP (or with {any}), or publish on one host address from a network whose {family} gateway mode is nat")]
+    RoutedHostIp {
+        mapping: String,
+        network: String,
+        family: &'static str,
+        any: &'static str,
+    },
+    #[error("port mapping {mapping}: network {network} publishes nothing there ({families} gateway mode isolated: no traffic in or out)")]
+    Isolated {
+        mapping: String,
+        network: String,
+        families: String,
+    },
 }
 
 fn describe(pm: &PortMapping) -> String {
@@ -102,6 +141,56 @@ fn describe(pm: &PortMapping) -> String {
         ),
         None => format!("{}->{}/{}", pm.host_port, pm.container_port, pm.protocol),
     }
+}
+
+/// Checks what the network's gateway modes make of each mapping, before any conflict check:
+/// a specific host address on a routed family is refused (routed ports are the container's
+/// own, reachable by whoever routes to it, so a host address could only pretend to narrow
+/// them), and so is a mapping that publishes nothing because each family it applies to is
+/// isolated. Internal networks and families without a subnet are [`check`]'s to refuse.
+pub fn validate(net: &Network, mappings: &[PortMapping]) -> Result<(), PortError> {
+    if net.internal {
+        return Ok(());
+    }
+    for pm in mappings {
+        let present: Vec<Binding> = targets(net, pm)
+            .into_iter()
+            .filter(|b| match b.family {
+                Family::V4 => net.subnet4.is_some(),
+                Family::V6 => net.subnet6.is_some(),
+            })
+            .collect();
+        if let Some(b) = present
+            .iter()
+            .find(|b| b.addr.is_some() && mode(net, b.family) == GatewayMode::Routed)
+        {
+            return Err(PortError::RoutedHostIp {
+                mapping: describe(pm),
+                network: net.name.clone(),
+                family: family_name(b.family),
+                any: match b.family {
+                    Family::V4 => "0.0.0.0",
+                    Family::V6 => "::",
+                },
+            });
+        }
+        if !present.is_empty()
+            && present
+                .iter()
+                .all(|b| mode(net, b.family) == GatewayMode::Isolated)
+        {
+            return Err(PortError::Isolated {
+                mapping: describe(pm),
+                network: net.name.clone(),
+                families: present
+                    .iter()
+                    .map(|b| family_name(b.family))
+                    .collect::<Vec<_>>()
+                    .join(" and "),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Checks a new endpoint's mappings against themselves and against every existing endpoint.
@@ -256,6 +345,66 @@ mod tests {
         let existing = [(&holder, &n)];
         assert!(check(&n, &[pm(80, Proto::Tcp, Some("::"))], existing.into_iter()).is_ok());
         assert!(check(&n, &[pm(80, Proto::Tcp, None)], existing.into_iter()).is_err());
+    }
+
+    #[test]
+    fn routed_ports_claim_no_host_port() {
+        let mut r = net("r", true);
+        r.gateway_mode4 = GatewayMode::Routed;
+        r.gateway_mode6 = GatewayMode::Routed;
+        let nat = net("a", false);
+        let routed_holder = ep("c1", vec![pm(80, Proto::Tcp, None)]);
+        let nat_holder = ep("c2", vec![pm(80, Proto::Tcp, None)]);
+        let existing = [(&routed_holder, &r), (&nat_holder, &nat)];
+        // Another routed container publishing 80, and on every host address: no conflict.
+        assert!(bindings(&r, &pm(80, Proto::Tcp, None)).is_empty());
+        assert_eq!(targets(&r, &pm(80, Proto::Tcp, None)).len(), 2);
+        assert!(check(&r, &[pm(80, Proto::Tcp, None)], existing.into_iter()).is_ok());
+        // A NAT network's host port 80 is still held by the NAT container only.
+        let err = check(&nat, &[pm(80, Proto::Tcp, None)], existing.into_iter()).unwrap_err();
+        assert!(err.to_string().contains("container c2"), "{err}");
+    }
+
+    #[test]
+    fn a_host_address_never_widens_on_a_routed_family() {
+        // Docker's direct-routing network: IPv6 routed, IPv4 nat.
+        let mut n = net("d", true);
+        n.gateway_mode6 = GatewayMode::Routed;
+        for ip in ["2001:db8::1", "::1"] {
+            let err = validate(&n, &[pm(8080, Proto::Tcp, Some(ip))]).unwrap_err();
+            assert!(
+                matches!(err, PortError::RoutedHostIp { family: "IPv6", .. }),
+                "{err}"
+            );
+            assert!(err.to_string().contains("routes IPv6"), "{err}");
+        }
+        // An IPv4 address applies to the NATed IPv4 family only, as in Docker: accepted, and
+        // it opens nothing over IPv6.
+        let lo = pm(8080, Proto::Tcp, Some("127.0.0.1"));
+        assert!(validate(&n, &[lo]).is_ok());
+        assert_eq!(targets(&n, &lo).len(), 1);
+        assert_eq!(bindings(&n, &lo)[0].family, Family::V4);
+        // Unspecified or no address: accepted.
+        for ip in [None, Some("::"), Some("0.0.0.0")] {
+            assert!(validate(&n, &[pm(8080, Proto::Tcp, ip)]).is_ok(), "{ip:?}");
+        }
+        // Routed IPv4 refuses an IPv4 host address the same way.
+        n.gateway_mode4 = GatewayMode::Routed;
+        let err = validate(&n, &[lo]).unwrap_err();
+        assert!(err.to_string().contains("0.0.0.0"), "{err}");
+    }
+
+    #[test]
+    fn a_mapping_that_publishes_nothing_is_refused() {
+        let mut n = net("i", true);
+        n.gateway_mode6 = GatewayMode::Isolated;
+        // Still published over IPv4.
+        assert!(validate(&n, &[pm(80, Proto::Tcp, None)]).is_ok());
+        let err = validate(&n, &[pm(80, Proto::Tcp, Some("::"))]).unwrap_err();
+        assert!(matches!(err, PortError::Isolated { .. }), "{err}");
+        n.gateway_mode4 = GatewayMode::Isolated;
+        let err = validate(&n, &[pm(80, Proto::Tcp, None)]).unwrap_err();
+        assert!(err.to_string().contains("IPv4 and IPv6"), "{err}");
     }
 
     #[test]

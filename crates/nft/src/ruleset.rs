@@ -390,6 +390,30 @@ fn loopback_input(accept_dnat: bool) -> Vec<Expr> {
     v
 }
 
+/// `iifname @bridges ip saddr 127.0.0.0/8 drop` / `iifname @bridges ip6 saddr ::1 drop`.
+/// route_localnet on netd's bridges also switches off the kernel's martian check for 127/8
+/// *sources* arriving there (ip_route_input_slow), so a container could send packets that
+/// claim to come from the host's loopback; these rules put that check back, on the input and
+/// forward paths. No legitimate packet has such a source on a bridge: the host's DNATed
+/// 127.0.0.1 connections leave masqueraded to the bridge address, and their answers come
+/// from the container's address. The kernel drops ::1 sources on non-loopback interfaces
+/// itself (ip6_rcv_core); netd's rule says the same for the table's readers.
+fn loopback_source_drop(v6: bool) -> Vec<Expr> {
+    let mut v = vec![
+        meta(MetaKey::Iifname, R0),
+        lookup(SetId::Bridges.name(), R0),
+    ];
+    if v6 {
+        v.extend(nfproto(NFPROTO_IPV6));
+        v.push(payload(PayloadBase::Network, 8, 16, R0));
+        v.push(cmp_eq(R0, Ipv6Addr::LOCALHOST.octets()));
+    } else {
+        v.extend(loopback4(12));
+    }
+    v.push(drop_());
+    v
+}
+
 fn outbound_masq(v6: bool) -> Vec<Expr> {
     let mut v = Vec::new();
     if v6 {
@@ -416,10 +440,33 @@ fn iface_vmap(v6: bool, key: MetaKey, set: SetId) -> Vec<Expr> {
 
 /// The rules of netd's own chains (every chain but `user_forward`), with their nft text for
 /// error messages. The expressions are the ones nft 1.0.6 generates for the template.
-pub fn rules() -> Vec<(&'static str, &'static str, Vec<Expr>)> {
-    let mut r: Vec<(&'static str, &'static str, Vec<Expr>)> = Vec::new();
+pub fn rules() -> Vec<RuleDef> {
+    let mut r = Vec::new();
+    filter_rules(&mut r);
+    nat_rules(&mut r);
+    input_rules(&mut r);
+    r
+}
+
+/// A rule: its chain, its text as `nft list` prints it, its expressions. One definition
+/// gives the batch, the template (`render_skeleton`) and error messages.
+pub type RuleDef = (&'static str, &'static str, Vec<Expr>);
+
+/// `forward` and the chains its verdict maps jump to.
+fn filter_rules(r: &mut Vec<RuleDef>) {
     let mut add = |chain, text, e: Vec<Expr>| r.push((chain, text, e));
 
+    // Before the operator's chain: no rule of theirs should let a spoofed loopback through.
+    add(
+        "forward",
+        "iifname @bridges ip saddr 127.0.0.0/8 drop",
+        loopback_source_drop(false),
+    );
+    add(
+        "forward",
+        "iifname @bridges ip6 saddr ::1 drop",
+        loopback_source_drop(true),
+    );
     add(
         "forward",
         "jump user_forward",
@@ -517,7 +564,11 @@ pub fn rules() -> Vec<(&'static str, &'static str, Vec<Expr>)> {
     add(tr, "icmp type echo-request accept", icmp_echo(false));
     add(tr, "icmpv6 type echo-request accept", icmp_echo(true));
     add(tr, "drop", vec![drop_()]);
+}
 
+/// Published ports (DNAT) and masquerade.
+fn nat_rules(r: &mut Vec<RuleDef>) {
+    let mut add = |chain, text, e: Vec<Expr>| r.push((chain, text, e));
     let mut lo4 = nfproto(NFPROTO_IPV4).to_vec();
     lo4.push(payload(PayloadBase::Network, 16, 1, R0));
     lo4.push(cmp_eq(R0, [127]));
@@ -586,6 +637,21 @@ pub fn rules() -> Vec<(&'static str, &'static str, Vec<Expr>)> {
         "ip6 saddr @masq6 oifname != @bridges masquerade",
         outbound_masq(true),
     );
+}
+
+/// The host's loopback, guarded against netd's bridges (see docs/ports.md).
+fn input_rules(r: &mut Vec<RuleDef>) {
+    let mut add = |chain, text, e: Vec<Expr>| r.push((chain, text, e));
+    add(
+        "input",
+        "iifname @bridges ip saddr 127.0.0.0/8 drop",
+        loopback_source_drop(false),
+    );
+    add(
+        "input",
+        "iifname @bridges ip6 saddr ::1 drop",
+        loopback_source_drop(true),
+    );
     add(
         "input",
         "iifname @bridges ip daddr 127.0.0.0/8 ct status dnat accept",
@@ -596,7 +662,6 @@ pub fn rules() -> Vec<(&'static str, &'static str, Vec<Expr>)> {
         "iifname @bridges ip daddr 127.0.0.0/8 drop",
         loopback_input(false),
     );
-    r
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1336,8 +1401,8 @@ mod tests {
         d.insert(SetId::Bridges, Elem::Iface("br0".into()));
         d.insert(SetId::Masq4, Elem::Net4("10.0.0.0/24".parse().unwrap()));
         let (b, groups) = full_batch("netd", &d).unwrap();
-        // table + 11 chains + 17 sets + 10 flushes + 40 rules + 17 set flushes + 2 elem msgs
-        assert_eq!(b.len(), 1 + 11 + 17 + 10 + 40 + 17 + 2);
+        // table + 11 chains + 17 sets + 10 flushes + 44 rules + 17 set flushes + 2 elem msgs
+        assert_eq!(b.len(), 1 + 11 + 17 + 10 + 44 + 17 + 2);
         assert!(b
             .descriptions()
             .all(|d| d != "flush chain netd user_forward"));
@@ -1383,6 +1448,6 @@ mod tests {
         assert_eq!(chains().len(), 11);
         let r = rules();
         assert!(r.iter().all(|(c, _, _)| *c != USER_CHAIN));
-        assert_eq!(r.len(), 40);
+        assert_eq!(r.len(), 44);
     }
 }

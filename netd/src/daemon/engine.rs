@@ -54,6 +54,11 @@ pub trait Kernel: Send {
     fn clear_udp_conntrack(&mut self, _bindings: &[ports::Binding]) -> Result<usize, KernelError> {
         Ok(0)
     }
+    /// Deletes the conntrack entries that involve one of `addrs` (a released endpoint's; see
+    /// [`crate::conntrack::clear_addrs`]) and returns how many; the default has none.
+    fn clear_conntrack_of(&mut self, _addrs: &[IpAddr]) -> Result<usize, KernelError> {
+        Ok(0)
+    }
     /// Removes a host link after the current request is answered (see
     /// [`super::reaper`]); the default removes it at once.
     fn remove_link_later(&mut self, name: &str) {
@@ -148,7 +153,8 @@ pub struct Engine {
     endpoints: BTreeMap<EndpointKey, Endpoint>,
     /// What netd's table holds now.
     applied: Desired,
-    /// The address handed out last per network, so released ones are not reused at once.
+    /// The address handed out last per network, so released ones are not reused at once
+    /// (persisted in `meta.cursors` when an address is released, see [`Self::save_cursor`]).
     last4: BTreeMap<String, Ipv4Addr>,
     last6: BTreeMap<String, Ipv6Addr>,
     started: SystemTime,
@@ -201,6 +207,15 @@ impl Engine {
             elements = desired.len(),
             "table applied from state"
         );
+        let cursors = &loaded.meta.cursors;
+        let last4 = cursors
+            .iter()
+            .filter_map(|(n, c)| Some((n.clone(), c.last4?)))
+            .collect();
+        let last6 = cursors
+            .iter()
+            .filter_map(|(n, c)| Some((n.clone(), c.last6?)))
+            .collect();
         let mut engine = Engine {
             cfg,
             store,
@@ -209,8 +224,8 @@ impl Engine {
             networks,
             endpoints,
             applied: desired,
-            last4: BTreeMap::new(),
-            last6: BTreeMap::new(),
+            last4,
+            last6,
             started: SystemTime::now(),
         };
         engine.sync_conflists()?;
@@ -671,6 +686,7 @@ impl Engine {
         let id = u64::from_le_bytes(buf) & 0xff_ffff_ffff;
         let meta = Meta {
             ula_global_id: Some(id),
+            ..self.meta.clone()
         };
         self.store
             .put_meta(&meta)
@@ -710,6 +726,16 @@ impl Engine {
         self.applied = desired;
         self.last4.remove(name);
         self.last6.remove(name);
+        if self.meta.cursors.contains_key(name) {
+            let mut meta = self.meta.clone();
+            meta.cursors.remove(name);
+            match self.store.put_meta(&meta) {
+                Ok(()) => self.meta = meta,
+                Err(e) => {
+                    warn!(network = %name, error = %e, "could not forget the allocation cursor")
+                }
+            }
+        }
         let path = self.cfg.cni_conf_dir.join(conflist::file_name(name));
         if let Err(e) = std::fs::remove_file(&path) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -843,6 +869,9 @@ impl Engine {
             .endpoints
             .values()
             .filter_map(|e| self.networks.get(&e.network).map(|n| (e, n)));
+        // What the gateway modes make of the mappings is a property of the request (code 7),
+        // not a conflict with another endpoint.
+        ports::validate(&net, &req.port_mappings).map_err(|e| ApiError::invalid(e.to_string()))?;
         ports::check(&net, &req.port_mappings, existing).map_err(port_error)?;
         refuse_ipv6_loopback(&req.port_mappings)?;
 
@@ -1010,6 +1039,9 @@ impl Engine {
         };
         let net = self.network(&ep.network)?;
         let diff = self.apply_endpoint(&net, &ep, false)?;
+        // Before the endpoint file goes: a crash in between keeps the endpoint, never a
+        // released address behind a stale cursor.
+        self.save_cursor(&net.name);
         if let Err(e) = self.store.delete_endpoint(key) {
             self.undo_diff(&diff);
             return Err(internal("removing the endpoint from state", e));
@@ -1017,7 +1049,53 @@ impl Engine {
         self.commit_diff(&diff);
         self.endpoints.remove(key);
         info!(endpoint = %key, "endpoint detached");
+        self.clear_flows_of(&ep);
         Ok(true)
+    }
+
+    /// Persists a network's allocation cursor if it moved since it was last saved. Saving it
+    /// when an address is released is enough: every address handed out after the saved
+    /// cursor and before the next release is still in use at that release, so next-fit from
+    /// the saved cursor skips them and lands where the in-memory one would. ADD stays one
+    /// write. A failure is logged: the release itself goes on.
+    fn save_cursor(&mut self, network: &str) {
+        let cursor = ipam::Cursor {
+            last4: self.last4.get(network).copied(),
+            last6: self.last6.get(network).copied(),
+        };
+        if cursor == ipam::Cursor::default() || self.meta.cursors.get(network) == Some(&cursor) {
+            return;
+        }
+        let mut meta = self.meta.clone();
+        meta.cursors.insert(network.to_string(), cursor);
+        match self.store.put_meta(&meta) {
+            Ok(()) => self.meta = meta,
+            Err(e) => warn!(network = %network, error = %e, "could not save the allocation cursor"),
+        }
+    }
+
+    /// After `ep` was released (its table elements are gone): deletes the conntrack entries
+    /// of its addresses, so a client's flow DNATed to it, or any flow from or to it, does not
+    /// live on (UDP without end while the client keeps sending) and reach the next container
+    /// that gets the address. A failure is logged; the release itself has succeeded.
+    fn clear_flows_of(&mut self, ep: &Endpoint) {
+        let addrs: Vec<IpAddr> = ep
+            .addr4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(ep.addr6.map(IpAddr::V6))
+            .collect();
+        if addrs.is_empty() {
+            return;
+        }
+        match self.kernel.clear_conntrack_of(&addrs) {
+            Ok(n) => {
+                info!(endpoint = %ep.key(), deleted = n, "cleared the released endpoint's conntrack entries")
+            }
+            Err(e) => {
+                warn!(endpoint = %ep.key(), error = %e, "could not clear the released endpoint's conntrack entries")
+            }
+        }
     }
 
     /// CNI GC: releases the network's endpoints the runtime no longer lists.
@@ -1153,6 +1231,8 @@ mod tests {
         refused: usize,
         links: Vec<HostLink>,
         gone_netns: Vec<String>,
+        /// Addresses whose conntrack entries the engine asked to clear.
+        cleared: Vec<IpAddr>,
     }
 
     struct FakeKernel(Arc<Mutex<FakeTable>>);
@@ -1229,6 +1309,10 @@ mod tests {
         }
         fn is_netns(&mut self, path: &str) -> bool {
             !self.0.lock().unwrap().gone_netns.iter().any(|p| p == path)
+        }
+        fn clear_conntrack_of(&mut self, addrs: &[IpAddr]) -> Result<usize, KernelError> {
+            self.0.lock().unwrap().cleared.extend_from_slice(addrs);
+            Ok(addrs.len())
         }
     }
 
@@ -1602,6 +1686,39 @@ mod tests {
         let e = fx.engine();
         assert_eq!(e.network("pods").unwrap().subnet4, one.network.subnet4);
         assert!(e.network("fresh").is_err());
+    }
+
+    #[test]
+    fn release_clears_flows_and_the_cursor_survives_a_restart() {
+        let fx = Fixture::new("cursor");
+        let mut e = fx.engine();
+        e.create_network(create("a")).unwrap();
+        let one = e
+            .attach(attach("a", "c1", vec![tcp(8080)]))
+            .unwrap()
+            .endpoint;
+        assert!(fx.table.lock().unwrap().cleared.is_empty());
+        assert!(e.release(&one.key()).unwrap());
+        assert_eq!(
+            fx.table.lock().unwrap().cleared,
+            vec![IpAddr::V4(one.addr4.unwrap())]
+        );
+        // A restarted netd continues after the released address instead of handing it out
+        // again at once.
+        drop(e);
+        let mut e = fx.engine();
+        let two = e.attach(attach("a", "c2", vec![])).unwrap().endpoint;
+        assert_ne!(two.addr4, one.addr4);
+        assert_eq!(
+            u32::from(two.addr4.unwrap()),
+            u32::from(one.addr4.unwrap()) + 1
+        );
+        // Removing the network forgets its cursor.
+        e.release(&two.key()).unwrap();
+        e.remove_network("a").unwrap();
+        drop(e);
+        let e = fx.engine();
+        assert!(e.meta.cursors.is_empty());
     }
 
     #[test]

@@ -115,6 +115,10 @@ impl Kernel for HostKernel {
     ) -> Result<usize, KernelError> {
         crate::conntrack::clear_udp(bindings).map_err(|e| KernelError(e.to_string()))
     }
+
+    fn clear_conntrack_of(&mut self, addrs: &[std::net::IpAddr]) -> Result<usize, KernelError> {
+        crate::conntrack::clear_addrs(addrs).map_err(|e| KernelError(e.to_string()))
+    }
 }
 
 /// Destinations of /proc/net/route (main table, IPv4): hex little-endian address and mask.

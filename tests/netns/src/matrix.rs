@@ -9,16 +9,20 @@ pub enum Kind {
     Default,
     IccOff,
     Internal,
+    /// `--routed`: IPv6 routed, IPv4 NATed (Docker's direct-routing setup).
     Routed,
+    /// Both families routed: `--routed --gateway-mode-ipv4 routed`.
+    RoutedBoth,
     Isolated,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Default,
         Kind::IccOff,
         Kind::Internal,
         Kind::Routed,
+        Kind::RoutedBoth,
         Kind::Isolated,
     ];
 
@@ -28,18 +32,21 @@ impl Kind {
             Kind::Default => "default (`nat`)",
             Kind::IccOff => "`--icc=false`",
             Kind::Internal => "`--internal`",
-            Kind::Routed => "`--routed`",
+            Kind::Routed => "`--routed` (IPv6 routed, IPv4 nat)",
+            Kind::RoutedBoth => "`--routed --gateway-mode-ipv4 routed`",
             Kind::Isolated => "`--gateway-mode-ipv4/6 isolated`",
         }
     }
 
-    /// `netctl network create` options (besides the subnets).
+    /// `netctl network create` options (besides the subnets; every matrix network has both
+    /// families).
     pub fn create_args(self) -> &'static [&'static str] {
         match self {
             Kind::Default => &[],
             Kind::IccOff => &["--icc=false"],
             Kind::Internal => &["--internal"],
             Kind::Routed => &["--routed"],
+            Kind::RoutedBoth => &["--routed", "--gateway-mode-ipv4", "routed"],
             Kind::Isolated => &[
                 "--gateway-mode-ipv4",
                 "isolated",
@@ -48,6 +55,26 @@ impl Kind {
             ],
         }
     }
+
+    /// Whether this kind routes (no NAT) the given family.
+    pub fn routes(self, fam: Fam) -> bool {
+        match self {
+            Kind::Routed => fam == Fam::V6,
+            Kind::RoutedBoth => true,
+            _ => false,
+        }
+    }
+}
+
+/// Address family of a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fam {
+    V4,
+    V6,
+}
+
+impl Fam {
+    pub const ALL: [Fam; 2] = [Fam::V4, Fam::V6];
 }
 
 /// Who talks to whom. "c1" is a container on the network under test.
@@ -114,8 +141,8 @@ const PING_ONLY: Outcome = Outcome {
     icmp: true,
 };
 
-/// The matrix. Same for IPv4 and IPv6 (the kinds set both families' modes).
-pub fn expected(kind: Kind, path: Path) -> Outcome {
+/// The matrix, per address family (`--routed` routes IPv6 only).
+pub fn expected(kind: Kind, path: Path, fam: Fam) -> Outcome {
     use Kind::*;
     use Path::*;
     match (kind, path) {
@@ -125,18 +152,18 @@ pub fn expected(kind: Kind, path: Path) -> Outcome {
         (_, OtherNetwork) => NO,
         (Internal | Isolated, External) => NO,
         (_, External) => YES,
-        (Routed, ExternalToContainer) => PING_ONLY,
+        (k, ExternalToContainer) if k.routes(fam) => PING_ONLY,
         (_, ExternalToContainer) => NO,
         (_, HostToContainer) => YES,
     }
 }
 
 /// What an external host sees as the source of a container's connection.
-pub fn external_sees(kind: Kind) -> Option<&'static str> {
+pub fn external_sees(kind: Kind, fam: Fam) -> Option<&'static str> {
     match kind {
-        Kind::Default | Kind::IccOff => Some("the host's address (masquerade)"),
-        Kind::Routed => Some("the container's own address"),
         Kind::Internal | Kind::Isolated => None,
+        k if k.routes(fam) => Some("the container's own address"),
+        _ => Some("the host's address (masquerade)"),
     }
 }
 
@@ -162,16 +189,28 @@ pub fn render_markdown() -> String {
     s.push_str(" |\n|---|");
     s.push_str(&"---|".repeat(Kind::ALL.len()));
     s.push('\n');
+    // A cell names the families only where they differ.
+    let per_family = |v4: &str, v6: &str| {
+        if v4 == v6 {
+            v4.to_string()
+        } else {
+            format!("IPv4: {v4}; IPv6: {v6}")
+        }
+    };
     for p in Path::ALL {
         s.push_str(&format!("| {} |", p.title()));
         for k in Kind::ALL {
-            s.push_str(&format!(" {} |", cell(expected(k, p))));
+            let v4 = cell(expected(k, p, Fam::V4));
+            let v6 = cell(expected(k, p, Fam::V6));
+            s.push_str(&format!(" {} |", per_family(v4, v6)));
         }
         s.push('\n');
     }
     s.push_str("| source address an external host sees |");
     for k in Kind::ALL {
-        s.push_str(&format!(" {} |", external_sees(k).unwrap_or("—")));
+        let v4 = external_sees(k, Fam::V4).unwrap_or("—");
+        let v6 = external_sees(k, Fam::V6).unwrap_or("—");
+        s.push_str(&format!(" {} |", per_family(v4, v6)));
     }
     s.push('\n');
     s

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use netd_netns_tests::world::{EXT_V6, HOST_EXT_V6};
+use netd_netns_tests::world::{EXT_V4, EXT_V6, HOST_EXT_V4, HOST_EXT_V6};
 use netd_netns_tests::*;
 
 fn ip(s: &str) -> IpAddr {
@@ -75,6 +75,7 @@ fn ula_subnets_are_distinct_rfc4193_and_stable_across_restarts() {
     );
 }
 
+/// `--routed` is Docker's direct-routing setup: IPv6 routed, IPv4 still NATed.
 #[test]
 fn routed_ipv6_publishes_container_ports_at_their_own_address() {
     let mut w = World::new();
@@ -92,8 +93,12 @@ fn routed_ipv6_publishes_container_ports_at_their_own_address() {
     );
     let insp = w.inspect_network("r6");
     assert_eq!(insp["gateway_mode6"], "routed");
-    assert_eq!(insp["gateway_mode4"], "routed");
+    assert_eq!(
+        insp["gateway_mode4"], "nat",
+        "--routed must leave IPv4 NATed"
+    );
     w.external_route_via_host("fd66:1::/64");
+    w.external_route_via_host("10.66.1.0/24");
     let c = w.container("c");
     let r = w.cni(
         "ADD",
@@ -107,23 +112,49 @@ fn routed_ipv6_publishes_container_ports_at_their_own_address() {
     );
     assert!(r.success(), "{r}\n{}", w.netd_log());
     let a = v6_of(&r);
+    let a4 = r
+        .ips()
+        .into_iter()
+        .find(IpAddr::is_ipv4)
+        .expect("IPv4 address");
     let web = TcpServer::start_on_port(&c, 80);
     let other = TcpServer::start_on_port(&c, 81);
     let dns = UdpServer::start_on_port(&c, 53);
+    let host_srv = TcpServer::start(&w.host);
 
-    // Published container ports answer at the container's own address, and the container
-    // sees the client's real address (no NAT in either direction).
+    // IPv6: published container ports answer at the container's own address, and the
+    // container sees the client's real address (no NAT in either direction).
     let seen = assert_tcp_ok(&w.external, web.addr(a));
     assert_eq!(seen.ip(), ip(EXT_V6));
     assert_eq!(assert_udp_ok(&w.external, dns.addr(a)).ip(), ip(EXT_V6));
     // Unpublished ports do not; ICMPv6 echo does.
     assert_tcp_blocked(&w.external, other.addr(a));
     assert_ping_ok(&w.external, a);
-    // The host port means nothing in routed mode: nothing is DNATed on the host's address.
+    // The host port means nothing for the routed family: nothing is DNATed on the host's
+    // IPv6 address, although the host answers there (control) ...
+    assert_tcp_ok(&w.external, host_srv.addr(ip(HOST_EXT_V6)));
     assert_tcp_blocked(&w.external, SocketAddr::new(ip(HOST_EXT_V6), 8080));
-    // Outbound keeps the container's address.
+    // ... while the NATed IPv4 family publishes the same mapping on the host's address, and
+    // the container's IPv4 address is no way in, although the external host routes to it.
+    assert_eq!(
+        assert_tcp_ok(&w.external, SocketAddr::new(ip(HOST_EXT_V4), 8080)).ip(),
+        ip(EXT_V4)
+    );
+    assert_tcp_blocked(&w.external, web.addr(a4));
+    assert_ping_fails(&w.external, a4);
+    // Outbound: IPv6 keeps the container's address, IPv4 is masqueraded to the host's.
     let ext = TcpServer::start(&w.external);
     assert_eq!(assert_tcp_ok(&c, ext.addr(ip(EXT_V6))).ip(), a);
+    assert_eq!(
+        assert_tcp_ok(&c, ext.addr(ip(EXT_V4))).ip(),
+        ip(HOST_EXT_V4)
+    );
+    let ext_udp = UdpServer::start(&w.external);
+    assert_eq!(assert_udp_ok(&c, ext_udp.addr(ip(EXT_V6))).ip(), a);
+    assert_eq!(
+        assert_udp_ok(&c, ext_udp.addr(ip(EXT_V4))).ip(),
+        ip(HOST_EXT_V4)
+    );
 
     // DEL closes the port again.
     w.cni_del(&c, "r6");
@@ -164,7 +195,9 @@ fn nat_ipv6_publishes_on_the_host_address_and_hides_containers() {
     let seen = assert_tcp_ok(&w.external, SocketAddr::new(ip(HOST_EXT_V6), 8080));
     assert_eq!(seen.ip(), ip(EXT_V6));
     // The container's own address is not reachable from outside, not even the published
-    // container port, nor by ping.
+    // container port, nor by ping, although its server answers the host (control).
+    assert_tcp_ok(&w.host, web.addr(a));
+    assert_ping_ok(&w.host, a);
     assert_tcp_blocked(&w.external, web.addr(a));
     assert_ping_fails(&w.external, a);
 }

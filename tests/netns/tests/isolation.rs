@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use netd_netns_tests::matrix::{self, expected, Kind, Path};
+use netd_netns_tests::matrix::{self, expected, Fam, Kind, Path};
 use netd_netns_tests::world::{EXT_V4, EXT_V6, HOST_EXT_V4, HOST_EXT_V6};
 use netd_netns_tests::*;
 
@@ -34,6 +34,13 @@ struct Family {
 }
 
 impl Family {
+    fn fam(&self) -> Fam {
+        if self.v6 {
+            Fam::V6
+        } else {
+            Fam::V4
+        }
+    }
     fn ext(&self) -> IpAddr {
         (if self.v6 { EXT_V6 } else { EXT_V4 }).parse().unwrap()
     }
@@ -122,8 +129,16 @@ fn run_kind(kind: Kind, n: u8) {
         let a1 = fam.pick(&r1.ips());
         let a2 = fam.pick(&r2.ips());
         let ap = fam.pick(&rp.ips());
+        // Positive controls in this very setup, so that no refusal below can pass because a
+        // server, an address or a route is missing: every container's servers answer the
+        // host, and the external host reaches the host (its route back exists).
+        for (t, u, a) in [(&t_c1, &u_c1, a1), (&t_c2, &u_c2, a2), (&t_p1, &u_p1, ap)] {
+            assert_tcp_ok(&w.host, t.addr(a));
+            assert_udp_ok(&w.host, u.addr(a));
+        }
+        assert_tcp_ok(&w.external, t_host.addr(fam.host_uplink()));
         for path in Path::ALL {
-            let want = expected(kind, path);
+            let want = expected(kind, path, fam.fam());
             let what = format!("{kind:?} {path:?} v6={}", fam.v6);
             match path {
                 Path::SameNetwork => {
@@ -138,7 +153,7 @@ fn run_kind(kind: Kind, n: u8) {
                 Path::External => {
                     let seen = check(&c1, fam.ext(), &t_ext, &u_ext, want, &what);
                     if let Some(seen) = seen {
-                        let expect = if kind == Kind::Routed {
+                        let expect = if kind.routes(fam.fam()) {
                             a1
                         } else {
                             fam.host_uplink()
@@ -186,6 +201,11 @@ fn matrix_isolated() {
     run_kind(Kind::Isolated, 5);
 }
 
+#[test]
+fn matrix_routed_both() {
+    run_kind(Kind::RoutedBoth, 6);
+}
+
 /// ICC isolation must not depend on br_netfilter: with the bridge-nf-call sysctls off in the
 /// host netns, bridged frames never reach the inet forward hook, and the bridge-port
 /// `isolated` flag alone keeps containers apart (ARP included), while the gateway answers.
@@ -224,6 +244,9 @@ fn icc_off_holds_without_br_netfilter() {
     let ro2 = w.cni_add(&o2, "open");
     let (tb, ub) = (TcpServer::start(&b), UdpServer::start(&b));
     for addr in rb.ips() {
+        // Control: b's servers answer the host at this address.
+        assert_tcp_ok(&w.host, tb.addr(addr));
+        assert_udp_ok(&w.host, ub.addr(addr));
         assert_tcp_blocked(&a, tb.addr(addr));
         assert_udp_blocked(&a, ub.addr(addr));
         assert_ping_fails(&a, addr);

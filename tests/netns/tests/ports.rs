@@ -3,7 +3,7 @@
 //! external netns, from the host itself and from containers (hairpin). They need the
 //! product binaries (`cargo build --workspace --bins`).
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -117,6 +117,9 @@ fn tcp_and_udp_reachable_from_outside_host_and_containers() {
     // NAT mode: the published port is the only way in from outside. Even with a route to
     // the container subnet, the container's own address does not answer from outside.
     w.external_route_via_host("10.89.1.0/24");
+    // Control: c1's servers answer at its own address (from the host).
+    assert_tcp_ok(&w.host, other.addr(r1.ip()));
+    assert_udp_ok(&w.host, u1.addr(r1.ip()));
     refused(&w.external, s1.addr(r1.ip()));
     refused(&w.external, other.addr(r1.ip()));
     assert_udp_blocked(&w.external, u1.addr(r1.ip()));
@@ -153,7 +156,15 @@ fn ipv6_published_port_reachable_and_ipv6_loopback_refused() {
         assert_tcp_ok(&w.external, sa(HOST_EXT_V4, 8080)).ip(),
         ip(EXT_V4)
     );
-    // [::1] on the host is not DNATed (it answers like any unused local port).
+    // [::1] on the host is not DNATed: with a host service on port 8080, [::1]:8080 reaches
+    // that service (which sees ::1), not the container (a refusal alone would also pass if
+    // ::1 reached nothing at all).
+    let host_8080 = TcpServer::start_on_port(&w.host, 8080);
+    assert_eq!(
+        assert_tcp_ok(&w.host, sa("::1", host_8080.port())).ip(),
+        ip("::1")
+    );
+    drop(host_8080);
     refused(&w.host, sa("::1", 8080));
 
     // ::1 bindings are refused with a clear error, and nothing changes.
@@ -209,7 +220,12 @@ fn host_ip_binding_answers_only_on_that_address() {
         ip(EXT_V4)
     );
     assert_tcp_ok(&w.host, sa(HOST_EXT_V4, 8080));
-    // The host's other address does not answer, from outside nor from the host.
+    // The host's other address does not answer, from outside nor from the host, although
+    // it and 127.0.0.1 reach the host's own services (control).
+    let host_srv = TcpServer::start(&w.host);
+    assert_tcp_ok(&w.external, sa("192.0.2.3", host_srv.port()));
+    assert_tcp_ok(&w.host, sa("192.0.2.3", host_srv.port()));
+    assert_tcp_ok(&w.host, sa("127.0.0.1", host_srv.port()));
     refused(&w.external, sa("192.0.2.3", 8080));
     assert_udp_blocked(&w.external, sa("192.0.2.3", 5353));
     refused(&w.host, sa("192.0.2.3", 8080));
@@ -526,9 +542,15 @@ fn loopback_binding_answers_only_on_the_host() {
         "0"
     );
 
-    // The host reaches it on 127.0.0.1 (masqueraded to the gateway), not elsewhere.
+    // The host reaches it on 127.0.0.1 (masqueraded to the gateway), not elsewhere, although
+    // the host's address answers for the host's own services (control).
     let lo = sa("127.0.0.1", 8080);
     assert_eq!(assert_tcp_ok(&w.host, lo).ip(), ip("10.89.1.1"));
+    let host_srv = TcpServer::start(&w.host);
+    assert_tcp_ok(&w.host, sa(HOST_EXT_V4, host_srv.port()));
+    assert_tcp_ok(&w.external, sa(HOST_EXT_V4, host_srv.port()));
+    assert_tcp_ok(&c2, sa(HOST_EXT_V4, host_srv.port()));
+    drop(host_srv);
     refused(&w.host, sa(HOST_EXT_V4, 8080));
     refused(&w.external, sa(HOST_EXT_V4, 8080));
     refused(&c2, sa(HOST_EXT_V4, 8080));
@@ -576,6 +598,154 @@ fn loopback_binding_answers_only_on_the_host() {
     // reaches the published port.
     assert_tcp_ok(&c2, sa("10.89.1.1", host_lo.port()));
     assert_tcp_ok(&w.host, lo);
+}
+
+/// Sends one UDP datagram from `ns` with a source address of our choosing, as a container
+/// that forges its source would: a raw socket with its own IPv4 header (the kernel fills in
+/// the total length, ID and header checksum, and keeps the source; a UDP checksum of 0 means
+/// none in IPv4).
+fn send_udp4_from(ns: &Netns, src: Ipv4Addr, dst: SocketAddrV4, payload: &[u8]) {
+    let mut pkt = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0];
+    pkt.extend_from_slice(&src.octets());
+    pkt.extend_from_slice(&dst.ip().octets());
+    pkt.extend_from_slice(&40000u16.to_be_bytes());
+    pkt.extend_from_slice(&dst.port().to_be_bytes());
+    pkt.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    pkt.extend_from_slice(&[0, 0]);
+    pkt.extend_from_slice(payload);
+    ns.run_in(|| {
+        // SAFETY: a fresh raw socket, a sockaddr_in on the stack, a buffer we own; closed here.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let mut a: libc::sockaddr_in = std::mem::zeroed();
+            a.sin_family = libc::AF_INET as u16;
+            a.sin_addr.s_addr = u32::from_ne_bytes(dst.ip().octets());
+            let n = libc::sendto(
+                fd,
+                pkt.as_ptr() as *const libc::c_void,
+                pkt.len(),
+                0,
+                &a as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            );
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            assert_eq!(n, pkt.len() as isize, "raw send from {src} to {dst}: {err}");
+        }
+    });
+}
+
+/// The sources of the datagrams `sock` receives within one second.
+fn sources(sock: &UdpSocket) -> Vec<IpAddr> {
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut buf = [0u8; 256];
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok((_, from)) = sock.recv_from(&mut buf) {
+            seen.push(from.ip());
+        }
+    }
+    seen
+}
+
+/// route_localnet on netd's bridges (for ports published on 127.0.0.1) also switches off the
+/// kernel's martian check for 127/8 *sources* arriving there. netd's input and forward chains
+/// drop such packets; a container forging 127.0.0.2 reaches neither the host nor the outside,
+/// while the same datagram with its real source does, and the host's own loopback DNAT works.
+#[test]
+fn spoofed_loopback_sources_from_a_container_are_dropped() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network("a", &["--subnet", "10.89.1.0/24"]);
+    let c1 = w.container("c1");
+    let s1 = TcpServer::start(&c1);
+    let r1 = add_ports_ok(
+        &w,
+        &c1,
+        "a",
+        vec![pm(8080, s1.port(), "tcp", Some("127.0.0.1"))],
+    );
+    let a1 = match r1.ip() {
+        IpAddr::V4(a) => a,
+        other => panic!("not IPv4: {other}"),
+    };
+    let gw = Ipv4Addr::new(10, 89, 1, 1);
+    // Not 127.0.0.1: the kernel still refuses a source that is one of its own addresses
+    // (fib_validate_source), but any other 127/8 source passes once route_localnet is on.
+    let forged = Ipv4Addr::new(127, 0, 0, 2);
+    let bridge = w.inspect_network("a")["bridge"]
+        .as_str()
+        .expect("bridge")
+        .to_string();
+    // The kernel's own check is off on this bridge: only netd's rules stand in the way.
+    assert_eq!(
+        w.host
+            .sysctl_get(&format!("net.ipv4.conf.{bridge}.route_localnet")),
+        "1"
+    );
+    let host_rx = w.host.run_in(|| UdpSocket::bind("0.0.0.0:0")).unwrap();
+    let ext_rx = w.external.run_in(|| UdpSocket::bind("0.0.0.0:0")).unwrap();
+    let (p_in, p_out) = (
+        host_rx.local_addr().unwrap().port(),
+        ext_rx.local_addr().unwrap().port(),
+    );
+    // Counts the forged datagrams arriving on the bridge, so "nothing received" cannot mean
+    // "nothing sent".
+    w.host.nft_apply(&format!(
+        "table ip probe {{
+            chain pre {{
+                type filter hook prerouting priority -300; policy accept;
+                iifname \"{bridge}\" ip saddr {forged} udp dport {p_in} counter
+                iifname \"{bridge}\" ip saddr {forged} udp dport {p_out} counter
+            }}
+        }}"
+    ));
+    let arrivals = |port: u16| -> u64 {
+        let t = w.host.nft_table("ip", "probe").unwrap_or_default();
+        let needle = format!("udp dport {port} counter packets ");
+        t.lines()
+            .find_map(|l| l.split_once(&needle).map(|(_, r)| r.to_string()))
+            .and_then(|r| r.split_whitespace().next().and_then(|n| n.parse().ok()))
+            .unwrap_or_else(|| panic!("no counter for port {port} in:\n{t}"))
+    };
+
+    // Input path (to the gateway address): the real source arrives, the forged one does not.
+    send_udp4_from(&c1, a1, SocketAddrV4::new(gw, p_in), b"real\n");
+    assert_eq!(sources(&host_rx), vec![IpAddr::V4(a1)]);
+    send_udp4_from(&c1, forged, SocketAddrV4::new(gw, p_in), b"forged\n");
+    assert_eq!(sources(&host_rx), Vec::<IpAddr>::new());
+    assert_eq!(
+        arrivals(p_in),
+        1,
+        "the forged datagram did not reach the bridge"
+    );
+
+    // Forward path (to the external host). The real source goes first: it also resolves the
+    // neighbours on the way (an ARP request from a 127/8 source would itself be refused).
+    let ext = SocketAddrV4::new(EXT_V4.parse().unwrap(), p_out);
+    send_udp4_from(&c1, a1, ext, b"real\n");
+    assert_eq!(sources(&ext_rx), vec![ip(HOST_EXT_V4)], "masqueraded");
+    // The external host is told to accept loopback sources on its uplink, and does: the host
+    // itself gets such a datagram through to it.
+    w.external.sysctl("net.ipv4.conf.eth0.route_localnet", "1");
+    send_udp4_from(&w.host, forged, ext, b"from the host\n");
+    assert_eq!(sources(&ext_rx), vec![IpAddr::V4(forged)]);
+    send_udp4_from(&c1, forged, ext, b"forged\n");
+    assert_eq!(sources(&ext_rx), Vec::<IpAddr>::new());
+    assert_eq!(
+        arrivals(p_out),
+        1,
+        "the forged datagram did not reach the bridge"
+    );
+
+    // The host's own connection to the port published on 127.0.0.1 still works.
+    assert_eq!(
+        assert_tcp_ok(&w.host, sa("127.0.0.1", 8080)).ip(),
+        ip("10.89.1.1")
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -726,6 +896,152 @@ fn stale_udp_conntrack_entries_are_cleared_on_add() {
     );
 }
 
+/// The host's IPv4 conntrack entries that name `addr` in either tuple.
+fn conntrack_with(w: &World, addr: IpAddr) -> Vec<String> {
+    let out = w.host.exec(&["conntrack", "-L"]);
+    assert!(out.success(), "conntrack -L: {out}");
+    let needle = (format!("src={addr} "), format!("dst={addr} "));
+    out.stdout
+        .lines()
+        .filter(|l| l.contains(&needle.0) || l.contains(&needle.1))
+        .map(str::to_string)
+        .collect()
+}
+
+/// DEL ends the released endpoint's flows: its conntrack entries (UDP and TCP, DNATed to it
+/// or masqueraded from it) go, so a UDP client that keeps sending to the published port
+/// reaches nothing afterwards, and the container that later gets the same address (the
+/// allocation cursor, kept across a restart, first hands out every other free address)
+/// receives none of the stale datagrams.
+#[test]
+fn del_clears_the_endpoints_flows_and_its_address_comes_back_last() {
+    let mut w = World::new();
+    w.start_netd();
+    // A /29: containers get .2 to .6, so five more ADDs bring a released .2 round again.
+    w.create_network("a", &["--subnet", "10.89.9.0/29"]);
+    let c1 = w.container("c1");
+    let u1 = UdpServer::start_on_port(&c1, 53);
+    let t1 = TcpServer::start(&c1);
+    let r1 = add_ports_ok(
+        &w,
+        &c1,
+        "a",
+        vec![pm(5353, 53, "udp", None), pm(8080, t1.port(), "tcp", None)],
+    );
+    let a1 = r1.ip();
+
+    // A client that keeps sending to the published UDP port, and is answered by c1.
+    let client = w
+        .external
+        .run_in(|| UdpSocket::bind("0.0.0.0:0"))
+        .expect("bind");
+    client.connect(sa(HOST_EXT_V4, 5353)).expect("connect");
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (s, stop) = (client.try_clone().unwrap(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let _ = s.send(b"stale\n");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let answers = |within: Duration| -> usize {
+        client
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let deadline = Instant::now() + within;
+        let mut buf = [0u8; 256];
+        let mut n = 0;
+        while Instant::now() < deadline {
+            // An ICMP port unreachable surfaces as an error on the connected socket.
+            if client.recv(&mut buf).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    };
+    assert!(answers(Duration::from_secs(1)) > 0, "c1 did not answer");
+    // More flows through c1: a DNATed TCP connection, and its own outbound TCP and UDP.
+    assert_eq!(
+        assert_tcp_ok(&w.external, sa(HOST_EXT_V4, 8080)).ip(),
+        ip(EXT_V4)
+    );
+    let (ext_t, ext_u) = (TcpServer::start(&w.external), UdpServer::start(&w.external));
+    assert_eq!(
+        assert_tcp_ok(&c1, ext_t.addr(ip(EXT_V4))).ip(),
+        ip(HOST_EXT_V4)
+    );
+    assert_eq!(
+        assert_udp_ok(&c1, ext_u.addr(ip(EXT_V4))).ip(),
+        ip(HOST_EXT_V4)
+    );
+    let before = conntrack_with(&w, a1);
+    for want in [
+        "dport=5353",
+        "dport=8080",
+        &format!("dport={}", ext_t.port()),
+    ] {
+        assert!(
+            before.iter().any(|l| l.contains(want)),
+            "no entry with {want} for {a1}:\n{}",
+            before.join("\n")
+        );
+    }
+    assert!(before
+        .iter()
+        .any(|l| l.starts_with("udp") && l.contains(&format!("dport={}", ext_u.port()))));
+
+    w.cni_del(&c1, "a");
+    assert_eq!(
+        conntrack_with(&w, a1),
+        Vec::<String>::new(),
+        "entries of the released address are left"
+    );
+    let log = strip_ansi(&w.netd_log());
+    assert!(
+        log.lines().any(
+            |l| l.contains("cleared the released endpoint's conntrack entries")
+                && !l.contains("deleted=0")
+        ),
+        "netd did not report clearing entries:\n{log}"
+    );
+    // The client, still sending, reaches nothing (answers already on their way are drained).
+    std::thread::sleep(Duration::from_millis(300));
+    answers(Duration::from_millis(300));
+    assert_eq!(answers(Duration::from_secs(1)), 0, "answered after DEL");
+    drop(u1);
+
+    // The cursor survives a restart: the next ADDs take every other free address first.
+    w.restart_netd(libc::SIGTERM);
+    let others: Vec<Netns> = (0..4).map(|i| w.container(&format!("d{i}"))).collect();
+    for (i, d) in others.iter().enumerate() {
+        let got = w.cni_add(d, "a").ip();
+        assert_ne!(got, a1, "the released address came back at once (ADD {i})");
+        if i == 0 {
+            assert_eq!(got, ip("10.89.9.3"), "next-fit continues after {a1}");
+        }
+    }
+    let c2 = w.container("c2");
+    let rx = c2
+        .run_in(|| UdpSocket::bind("0.0.0.0:53"))
+        .expect("bind :53");
+    let r2 = w.cni_add(&c2, "a");
+    assert_eq!(r2.ip(), a1, "the /29 is full but for c1's old address");
+    // c2 listens where c1 did and gets nothing of the client's, which is still sending ...
+    assert_eq!(
+        sources(&rx),
+        Vec::<IpAddr>::new(),
+        "stale datagrams reached c2"
+    );
+    // ... although it receives what is sent to it (control).
+    let probe = w.host.run_in(|| UdpSocket::bind("0.0.0.0:0")).unwrap();
+    probe.send_to(b"hello\n", SocketAddr::new(a1, 53)).unwrap();
+    assert_eq!(sources(&rx), vec![ip("10.89.9.1")]);
+    stop.store(true, Ordering::SeqCst);
+    sender.join().unwrap();
+}
+
 // ---------------------------------------------------------------------------
 // SCTP.
 // ---------------------------------------------------------------------------
@@ -864,7 +1180,10 @@ fn sctp_published_port() {
 fn routed_mode_opens_only_the_published_container_port() {
     let mut w = World::new();
     w.start_netd();
-    w.create_network("r", &["--subnet", "10.89.5.0/24", "--routed"]);
+    w.create_network(
+        "r",
+        &["--subnet", "10.89.5.0/24", "--gateway-mode-ipv4", "routed"],
+    );
     w.external_route_via_host("10.89.5.0/24");
     let c1 = w.container("c1");
     let s1 = TcpServer::start(&c1);
@@ -876,7 +1195,178 @@ fn routed_mode_opens_only_the_published_container_port() {
         "{t}"
     );
     assert_eq!(assert_tcp_ok(&w.external, s1.addr(r.ip())).ip(), ip(EXT_V4));
+    // The unpublished server is up (it answers the host), yet closed from outside.
+    assert_tcp_ok(&w.host, other.addr(r.ip()));
     refused(&w.external, other.addr(r.ip()));
+}
+
+/// Asserts an ADD with `maps` on `net` is refused as invalid (CNI code 7) with a message
+/// containing `needle`, and changes neither the table nor the endpoints nor the links.
+fn refused_as_invalid(w: &World, c: &Netns, net: &str, maps: Vec<Value>, needle: &str) {
+    let before = table(w);
+    let eps = w.netctl_json(&["endpoint", "ls"]);
+    let r = add_ports(w, c, net, maps.clone());
+    assert!(!r.success(), "ADD {maps:?} on {net} should be refused: {r}");
+    assert_eq!(r.error_code(), Some(7), "{r}");
+    let msg = r.json.as_ref().map(|j| j.to_string()).unwrap_or_default();
+    assert!(
+        msg.contains(needle),
+        "the error does not say {needle:?}: {r}"
+    );
+    assert_eq!(table(w), before, "a refused ADD changed the table");
+    assert_eq!(w.netctl_json(&["endpoint", "ls"]), eps);
+    assert!(c.wait_link_gone("eth0", Duration::from_secs(5)));
+}
+
+/// In routed mode the host port is not used: two routed containers both publish container
+/// port 80, and a NAT network's container holds host port 80, without any conflict. Each
+/// routed one answers at its own address, the NAT one at the host's. A mapping on an isolated
+/// family publishes nothing and is refused rather than stored.
+#[test]
+fn routed_ports_are_not_host_ports() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network(
+        "r",
+        &["--subnet", "10.89.5.0/24", "--gateway-mode-ipv4", "routed"],
+    );
+    w.create_network("n", &["--subnet", "10.89.6.0/24"]);
+    w.create_network(
+        "iso",
+        &[
+            "--subnet",
+            "10.89.7.0/24",
+            "--gateway-mode-ipv4",
+            "isolated",
+        ],
+    );
+    w.external_route_via_host("10.89.5.0/24");
+    let (c1, c2, c3) = (w.container("c1"), w.container("c2"), w.container("c3"));
+    let (s1, s2, s3) = (
+        TcpServer::start_on_port(&c1, 80),
+        TcpServer::start_on_port(&c2, 80),
+        TcpServer::start_on_port(&c3, 80),
+    );
+    let unpublished = TcpServer::start_on_port(&c1, 81);
+    let u1 = UdpServer::start_on_port(&c1, 80);
+    let r3 = add_ports_ok(&w, &c3, "n", vec![pm(80, 80, "tcp", None)]);
+    let r1 = add_ports_ok(
+        &w,
+        &c1,
+        "r",
+        vec![pm(80, 80, "tcp", None), pm(80, 80, "udp", None)],
+    );
+    let r2 = add_ports_ok(&w, &c2, "r", vec![pm(80, 80, "tcp", Some("0.0.0.0"))]);
+    let t = table(&w);
+    for r in [&r1, &r2] {
+        assert!(t.contains(&format!("{} . tcp . 80", r.ip())), "{t}");
+    }
+
+    // Each routed container at its own address; the external host's real address is seen.
+    assert_eq!(
+        assert_tcp_ok(&w.external, s1.addr(r1.ip())).ip(),
+        ip(EXT_V4)
+    );
+    assert_eq!(
+        assert_udp_ok(&w.external, u1.addr(r1.ip())).ip(),
+        ip(EXT_V4)
+    );
+    assert_eq!(
+        assert_tcp_ok(&w.external, s2.addr(r2.ip())).ip(),
+        ip(EXT_V4)
+    );
+    // The NAT container at the host's port 80, which is its alone.
+    assert_eq!(
+        assert_tcp_ok(&w.external, sa(HOST_EXT_V4, 80)).ip(),
+        ip(EXT_V4)
+    );
+    // Only the published container port opens: c1's 81 answers the host but not outside.
+    assert_tcp_ok(&w.host, unpublished.addr(r1.ip()));
+    refused(&w.external, unpublished.addr(r1.ip()));
+    // The NAT container's own address stays closed (control: the host reaches it).
+    w.external_route_via_host("10.89.6.0/24");
+    assert_tcp_ok(&w.host, s3.addr(r3.ip()));
+    refused(&w.external, s3.addr(r3.ip()));
+
+    // Isolated: the mapping would publish nothing, so it is refused (code 7), not stored.
+    let c4 = w.container("c4");
+    refused_as_invalid(
+        &w,
+        &c4,
+        "iso",
+        vec![pm(8080, 80, "tcp", None)],
+        "publishes nothing",
+    );
+    // Without mappings the same container attaches fine (the refusal was the mapping's).
+    w.cni_add(&c4, "iso");
+}
+
+/// A host address never widens exposure: on a routed family a mapping bound to one host
+/// address is refused (code 7) instead of opening the container port to every host that can
+/// route to it. On Docker's direct-routing network (IPv6 routed, IPv4 nat) an IPv4 host
+/// address applies to the NATed IPv4 family only, and opens nothing over IPv6.
+#[test]
+fn routed_family_refuses_a_host_address() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network(
+        "d",
+        &[
+            "--subnet",
+            "10.89.8.0/24",
+            "--ipv6",
+            "--subnet6",
+            "fd00:89:8::/64",
+            "--routed",
+        ],
+    );
+    w.create_network(
+        "r4",
+        &["--subnet", "10.89.9.0/24", "--gateway-mode-ipv4", "routed"],
+    );
+    w.external_route_via_host("fd00:89:8::/64");
+    let c0 = w.container("c0");
+    for (net, host_ip) in [
+        ("d", HOST_EXT_V6),
+        ("d", "::1"),
+        ("r4", "127.0.0.1"),
+        ("r4", HOST_EXT_V4),
+    ] {
+        refused_as_invalid(
+            &w,
+            &c0,
+            net,
+            vec![pm(8080, 80, "tcp", Some(host_ip))],
+            "gateway mode routed",
+        );
+    }
+
+    // 127.0.0.1:8080:80 on the dual-stack network: IPv4 only, and it works on the host.
+    let c1 = w.container("c1");
+    let s1 = TcpServer::start_on_port(&c1, 80);
+    let r1 = add_ports_ok(&w, &c1, "d", vec![pm(8080, 80, "tcp", Some("127.0.0.1"))]);
+    let v6_1 = r1.ips().into_iter().find(IpAddr::is_ipv6).expect("IPv6");
+    assert_eq!(
+        assert_tcp_ok(&w.host, sa("127.0.0.1", 8080)).ip(),
+        ip("10.89.8.1")
+    );
+    // A mapping without host address on the same network opens IPv6 port 80 (control) ...
+    let c2 = w.container("c2");
+    let s2 = TcpServer::start_on_port(&c2, 80);
+    let r2 = add_ports_ok(&w, &c2, "d", vec![pm(9090, 80, "tcp", None)]);
+    let v6_2 = r2.ips().into_iter().find(IpAddr::is_ipv6).expect("IPv6");
+    assert_eq!(assert_tcp_ok(&w.external, s2.addr(v6_2)).ip(), ip(EXT_V6));
+    // ... while c1's IPv4-only mapping opens nothing over IPv6 (its server answers the host).
+    assert_tcp_ok(&w.host, s1.addr(v6_1));
+    refused(&w.external, s1.addr(v6_1));
+    let t = table(&w);
+    assert!(!t.contains(&format!("{v6_1} . tcp . 80")), "{t}");
+    // The unspecified IPv6 address is accepted: `::` opens the container port over IPv6.
+    let c3 = w.container("c3");
+    let s3 = TcpServer::start_on_port(&c3, 80);
+    let r3 = add_ports_ok(&w, &c3, "d", vec![pm(7070, 80, "tcp", Some("::"))]);
+    let v6_3 = r3.ips().into_iter().find(IpAddr::is_ipv6).expect("IPv6");
+    assert_tcp_ok(&w.external, s3.addr(v6_3));
 }
 
 /// Why netd refuses ::1: the same DNAT + masquerade that makes 127.0.0.1 work (here in a

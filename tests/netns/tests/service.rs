@@ -79,6 +79,7 @@ const NETCTL_PAGES: &[&str] = &[
     "netctl-network-ls",
     "netctl-network-prune",
     "netctl-network-rm",
+    "netctl-plan",
     "netctl-status",
 ];
 
@@ -442,9 +443,13 @@ fn netctl_table_and_json_output() {
         "db",
         &["--subnet", "10.89.2.0/24", "--internal", "--icc=false"],
     );
-    w.create_network(
-        "pub",
-        &[
+    // `network create` says which gateway mode each family got: --routed routes IPv6 only.
+    golden(
+        "network-create-pub.table",
+        &w.netctl_ok(&[
+            "network",
+            "create",
+            "pub",
             "--subnet",
             "10.89.3.0/24",
             "--ipv6",
@@ -453,7 +458,14 @@ fn netctl_table_and_json_output() {
             "--routed",
             "--cni-version",
             "1.1.0",
-        ],
+        ]),
+    );
+    // Without IPv6 there is nothing for --routed to route: refused, naming the IPv4 option.
+    let out = w.netctl(&["network", "create", "r4", "--routed"]);
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(
+        out.stderr.contains("--gateway-mode-ipv4 routed"),
+        "the refusal does not name --gateway-mode-ipv4 routed: {out}"
     );
     let c1 = w.container("c1");
     let r = w.cni(

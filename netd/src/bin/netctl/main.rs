@@ -143,8 +143,8 @@ struct CreateArgs {
     /// Inter-container communication on the network (--icc=false isolates containers).
     #[arg(long, action = ArgAction::Set, value_name = "BOOL")]
     icc: Option<bool>,
-    /// Routed gateway mode (no NAT) on every address family of the network.
-    #[arg(long, conflicts_with_all = ["gateway_mode_ipv4", "gateway_mode_ipv6"])]
+    /// Routed gateway mode (no NAT) for IPv6; IPv4 stays nat unless --gateway-mode-ipv4 routed.
+    #[arg(long, conflicts_with = "gateway_mode_ipv6")]
     routed: bool,
     /// Gateway mode for IPv4: nat, routed or isolated.
     #[arg(long, value_name = "MODE")]
@@ -236,7 +236,7 @@ fn run(client: &Client, format: Format, command: Command) -> Result<(), Failure>
             let net = client.create_network(&create_request(a)?)?;
             match format {
                 Format::Json => print_json(&net),
-                Format::Table => println!("{}", net.name),
+                Format::Table => print!("{}", render::created(&net)),
             }
         }
         Command::Network(NetworkCmd::Ls) => {
@@ -380,8 +380,16 @@ fn create_request(a: CreateArgs) -> Result<CreateNetwork, Failure> {
         }),
         a.gateway6,
     )?;
-    let ipv6 = a.ipv6 || subnet6.is_some();
-    let mode6 = if a.routed && ipv6 {
+    let ipv6 = a.ipv6 || subnet6.is_some() || gateway6.is_some();
+    // `--routed` is Docker's direct-routing setup: IPv6 routed, IPv4 still NATed. A private
+    // IPv4 subnet sent out unmasqueraded breaks on an ordinary host, so routing IPv4 takes
+    // its own explicit option.
+    if a.routed && !ipv6 {
+        return Err(Failure::Usage(
+            "--routed sets the IPv6 gateway mode, and this network has no IPv6; add --ipv6, or use --gateway-mode-ipv4 routed for a routed IPv4 network".into(),
+        ));
+    }
+    let mode6 = if a.routed {
         Some(GatewayMode::Routed)
     } else {
         a.gateway_mode_ipv6
@@ -397,11 +405,7 @@ fn create_request(a: CreateArgs) -> Result<CreateNetwork, Failure> {
         no_ipv4: a.no_ipv4,
         internal: a.internal,
         icc: a.icc,
-        gateway_mode_ipv4: if a.routed {
-            Some(GatewayMode::Routed)
-        } else {
-            a.gateway_mode_ipv4
-        },
+        gateway_mode_ipv4: a.gateway_mode_ipv4,
         gateway_mode_ipv6: mode6,
         mtu: a.mtu,
         cni_version: a.cni_version,

@@ -75,6 +75,27 @@ pub fn networks(nets: &[Network], eps: &[Endpoint]) -> String {
     table(rows)
 }
 
+/// What `network create` chose, one family per line, so the gateway modes in effect are never
+/// a surprise (`--routed` routes IPv6 only).
+pub fn created(n: &Network) -> String {
+    let mut out = format!("{} (bridge {})\n", n.name, n.bridge);
+    let families = [
+        ("IPv4", n.subnet4.map(|s| s.to_string()), n.gateway_mode4),
+        ("IPv6", n.subnet6.map(|s| s.to_string()), n.gateway_mode6),
+    ];
+    for (family, subnet, mode) in families {
+        if let Some(subnet) = subnet {
+            let mode = if n.internal {
+                "internal".to_string()
+            } else {
+                format!("gateway mode {mode}")
+            };
+            out.push_str(&format!("  {family}  {subnet}  {mode}\n"));
+        }
+    }
+    out
+}
+
 pub fn endpoints(eps: &[Endpoint]) -> String {
     let mut rows = vec![header(&[
         "CONTAINER",
