@@ -697,7 +697,8 @@ fn age_endpoint(w: &World, net: &str, cid: &str) {
 fn plugin_without_daemon_and_restart_after_netns_deleted() {
     let mut w = World::new();
     w.start_netd();
-    w.create_network("r", &["--subnet", "10.89.5.0/24"]);
+    // 1.1.0: the conflist version that allows STATUS (checked below).
+    w.create_network("r", &["--subnet", "10.89.5.0/24", "--cni-version", "1.1.0"]);
     let gone1 = w.container("gone1");
     let gone2 = w.container("gone2");
     let deld = w.container("deld");
