@@ -229,7 +229,15 @@ fn add_to_an_unknown_network_is_code_7() {
         &conf(&netd, json!({"network": "foo"})),
     )
     .error(7);
-    assert_eq!(v["msg"], "network foo is not known to netd");
+    let msg = v["msg"].as_str().unwrap();
+    assert!(
+        msg.starts_with("network foo is not known to netd: "),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("netctl network create foo") && msg.contains("\"subnets\""),
+        "the fix is named: {msg}"
+    );
 }
 
 #[test]

@@ -15,6 +15,9 @@
 //! | DELETE | …/{ifname}?links=remove (CNI DEL: also removes the host veth, after answering) | | [`Released`] |
 //! | POST   | /v1/gc                                         | [`GcRequest`]   | [`GcResult`]        |
 //!
+//! An [`AttachRequest`] may carry fixed addresses and a MAC, and an `ensure_network`: the
+//! network to create first if it does not exist (refused if it exists with other subnets).
+//!
 //! Errors are `{"error": {"kind": ..., "message": ...}}` ([`ApiError`]) with a matching status.
 
 pub mod client;

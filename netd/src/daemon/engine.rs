@@ -875,76 +875,37 @@ impl Engine {
         ports::check(&net, &req.port_mappings, existing).map_err(port_error)?;
         refuse_ipv6_loopback(&req.port_mappings)?;
 
-        let (fixed4, fixed6) = requested_addrs(&net, &req.ips)?;
-        let holders = |family_v4: bool| -> BTreeMap<IpAddr, String> {
-            self.endpoints
-                .values()
-                .filter(|e| e.network == net.name)
-                .filter_map(|e| {
-                    let a = if family_v4 {
-                        e.addr4.map(IpAddr::V4)
-                    } else {
-                        e.addr6.map(IpAddr::V6)
-                    }?;
-                    Some((a, format!("container {} {}", e.container_id, e.ifname)))
-                })
-                .collect()
-        };
-        let ipam_err = |e: ipam::IpamError| {
-            if e.is_conflict() {
-                ApiError::conflict(e.to_string())
-            } else {
-                ApiError::invalid(e.to_string())
-            }
-        };
+        let (fixed4, fixed6) = self.fixed_addrs(&net, &req.ips)?;
         let addr4 = match (net.subnet4, net.gateway4) {
-            (Some(s), Some(g)) => Some(match fixed4 {
-                Some(a) => {
-                    ipam::check_requested(
-                        IpNet::V4(s),
-                        IpAddr::V4(g),
-                        IpAddr::V4(a),
-                        &holders(true),
-                    )
-                    .map_err(ipam_err)?;
-                    a
-                }
-                None => {
-                    let used: BTreeSet<Ipv4Addr> = self
-                        .endpoints
-                        .values()
-                        .filter(|e| e.network == net.name)
-                        .filter_map(|e| e.addr4)
-                        .collect();
+            _ if fixed4.is_some() => fixed4,
+            (Some(s), Some(g)) => {
+                let used: BTreeSet<Ipv4Addr> = self
+                    .endpoints
+                    .values()
+                    .filter(|e| e.network == net.name)
+                    .filter_map(|e| e.addr4)
+                    .collect();
+                Some(
                     ipam::allocate4(s, g, &used, self.last4.get(&net.name).copied())
-                        .map_err(|e| ApiError::conflict(e.to_string()))?
-                }
-            }),
+                        .map_err(|e| ApiError::conflict(e.to_string()))?,
+                )
+            }
             _ => None,
         };
         let addr6 = match (net.subnet6, net.gateway6) {
-            (Some(s), Some(g)) => Some(match fixed6 {
-                Some(a) => {
-                    ipam::check_requested(
-                        IpNet::V6(s),
-                        IpAddr::V6(g),
-                        IpAddr::V6(a),
-                        &holders(false),
-                    )
-                    .map_err(ipam_err)?;
-                    a
-                }
-                None => {
-                    let used: BTreeSet<Ipv6Addr> = self
-                        .endpoints
-                        .values()
-                        .filter(|e| e.network == net.name)
-                        .filter_map(|e| e.addr6)
-                        .collect();
+            _ if fixed6.is_some() => fixed6,
+            (Some(s), Some(g)) => {
+                let used: BTreeSet<Ipv6Addr> = self
+                    .endpoints
+                    .values()
+                    .filter(|e| e.network == net.name)
+                    .filter_map(|e| e.addr6)
+                    .collect();
+                Some(
                     ipam::allocate6(s, g, &used, self.last6.get(&net.name).copied())
-                        .map_err(|e| ApiError::conflict(e.to_string()))?
-                }
-            }),
+                        .map_err(|e| ApiError::conflict(e.to_string()))?,
+                )
+            }
             _ => None,
         };
         let mut port_mappings = req.port_mappings;
@@ -982,6 +943,59 @@ impl Engine {
             network: net,
             endpoint: ep,
         })
+    }
+
+    /// The fixed addresses an attach asks for, checked against the network: one per family,
+    /// in its subnet, a host address, not the gateway, and held by no other endpoint. An
+    /// address another endpoint holds is a conflict; anything else wrong is invalid.
+    fn fixed_addrs(
+        &self,
+        net: &Network,
+        ips: &[model::RequestedAddr],
+    ) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), ApiError> {
+        let (fixed4, fixed6) = requested_addrs(net, ips)?;
+        let holders: BTreeMap<IpAddr, String> = self
+            .endpoints
+            .values()
+            .filter(|e| e.network == net.name)
+            .flat_map(|e| {
+                let who = format!("container {} {}", e.container_id, e.ifname);
+                let v4 = e.addr4.map(|a| (IpAddr::V4(a), who.clone()));
+                let v6 = e.addr6.map(|a| (IpAddr::V6(a), who));
+                v4.into_iter().chain(v6)
+            })
+            .collect();
+        let check = |subnet: Option<IpNet>, gateway: Option<IpAddr>, addr: IpAddr| {
+            // requested_addrs refused a family without a subnet; a subnet always has a gateway.
+            let (Some(subnet), Some(gateway)) = (subnet, gateway) else {
+                return Err(ApiError::internal(format!(
+                    "network {} has no gateway for {addr}",
+                    net.name
+                )));
+            };
+            ipam::check_requested(subnet, gateway, addr, &holders).map_err(|e| {
+                if e.is_conflict() {
+                    ApiError::conflict(e.to_string())
+                } else {
+                    ApiError::invalid(e.to_string())
+                }
+            })
+        };
+        if let Some(a) = fixed4 {
+            check(
+                net.subnet4.map(IpNet::V4),
+                net.gateway4.map(IpAddr::V4),
+                IpAddr::V4(a),
+            )?;
+        }
+        if let Some(a) = fixed6 {
+            check(
+                net.subnet6.map(IpNet::V6),
+                net.gateway6.map(IpAddr::V6),
+                IpAddr::V6(a),
+            )?;
+        }
+        Ok((fixed4, fixed6))
     }
 
     pub fn endpoint(&self, key: &EndpointKey) -> Result<Attachment, ApiError> {
@@ -1138,7 +1152,6 @@ fn apply_to(table: &mut Desired, diff: &Diff) {
     }
 }
 
-/// `nd-NAME` when that fits an interface name, else `nd-` and a hash of the name.
 /// An existing network matches a conflist's subnets when it has exactly those, per family.
 /// Anything else is refused, naming both: attaching pods to a network other than the one the
 /// node's configuration describes would give them addresses nobody routes.
@@ -1203,6 +1216,7 @@ fn requested_addrs(
     Ok((v4, v6))
 }
 
+/// `nd-NAME` when that fits an interface name, else `nd-` and a hash of the name.
 pub fn default_bridge_name(network: &str) -> String {
     let plain = format!("nd-{network}");
     if model::validate_ifname(&plain).is_ok() {

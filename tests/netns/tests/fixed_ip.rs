@@ -118,6 +118,17 @@ fn fixed_addresses_and_mac_through_the_capabilities() {
     assert!(neigh.contains("02:42:0a:5a:01:32"), "{neigh}");
 
     // CHECK passes on the fixed attachment.
+    let chk = w.cni_with_prev("CHECK", &c1, "eth0", NET, None, Some(result.clone()));
+    assert!(chk.success(), "{chk}");
+    // ... and fails once the interface no longer has the MAC asked for.
+    c1.ip(&["link", "set", "eth0", "address", "02:42:0a:5a:01:33"]);
+    let chk = w.cni_with_prev("CHECK", &c1, "eth0", NET, None, Some(result.clone()));
+    assert_eq!(chk.error_code(), Some(103), "{chk}");
+    assert!(
+        chk.stdout.contains("not the 02:42:0a:5a:01:32 asked for"),
+        "{chk}"
+    );
+    c1.ip(&["link", "set", "eth0", "address", "02:42:0a:5a:01:32"]);
     let chk = w.cni_with_prev("CHECK", &c1, "eth0", NET, None, Some(result));
     assert!(chk.success(), "{chk}");
 

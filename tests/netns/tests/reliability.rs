@@ -946,7 +946,7 @@ fn age_endpoint(w: &World, net: &str, cid: &str) {
 fn plugin_without_daemon_and_restart_after_netns_deleted() {
     let mut w = World::new();
     w.start_netd();
-    // STATUS below needs a 1.1.0 conflist (1.0.0 ones refuse it, as the spec says).
+    // 1.1.0: the conflist version that allows STATUS (checked below).
     w.create_network("r", &["--subnet", "10.89.5.0/24", "--cni-version", "1.1.0"]);
     let gone1 = w.container("gone1");
     let gone2 = w.container("gone2");
