@@ -680,12 +680,17 @@ fn spoofed_loopback_sources_from_a_container_are_dropped() {
         .as_str()
         .expect("bridge")
         .to_string();
-    // The kernel's own check is off on this bridge: only netd's rules stand in the way.
+    // The kernel's own check is off on this bridge, and reverse-path filtering (which would
+    // refuse 127/8 sources too) is off as by the kernel's default: only netd's rules stand
+    // in the way.
     assert_eq!(
         w.host
             .sysctl_get(&format!("net.ipv4.conf.{bridge}.route_localnet")),
         "1"
     );
+    w.host.sysctl("net.ipv4.conf.all.rp_filter", "0");
+    w.host
+        .sysctl(&format!("net.ipv4.conf.{bridge}.rp_filter"), "0");
     let host_rx = w.host.run_in(|| UdpSocket::bind("0.0.0.0:0")).unwrap();
     let ext_rx = w.external.run_in(|| UdpSocket::bind("0.0.0.0:0")).unwrap();
     let (p_in, p_out) = (
