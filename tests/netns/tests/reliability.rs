@@ -523,7 +523,7 @@ fn foreign_links_named_like_netds_survive_restart_check_and_network_rm() {
     let c2 = w.container("c2");
     let c3 = w.container("c3");
     w.cni_add(&c1, "own");
-    let r2 = w.cni_add(&c2, "own");
+    w.cni_add(&c2, "own");
     w.cni_add(&c3, "gone");
     w.cni_del(&c3, "gone");
     let veth2 = w
@@ -561,7 +561,6 @@ fn foreign_links_named_like_netds_survive_restart_check_and_network_rm() {
     );
     assert!(!shows(&veth2), "netd's orphan veth stayed\n{}", d.log());
     assert!(!c2.link_names().iter().any(|l| l == "eth0"));
-    let _ = r2;
     // Several periodic checks (1 s apart) run, and leave the foreign links alone.
     let checks = d.log().matches("table matches the state").count();
     wait_log(
