@@ -27,8 +27,13 @@ impl Netns {
     fn new() -> Option<Netns> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipping: needs root");
-            return None;
+            // Fails loudly unless skipping was asked for (never in CI): a kernel test that
+            // passes by not running proves nothing.
+            if std::env::var_os("NETD_TESTS_ALLOW_SKIP").is_some_and(|v| v == "1") {
+                eprintln!("SKIPPED (NETD_TESTS_ALLOW_SKIP=1): needs root");
+                return None;
+            }
+            panic!("this test needs root (network namespaces, nf_tables); run it as root, or set NETD_TESTS_ALLOW_SKIP=1 to skip it");
         }
         let name = format!(
             "nftt-{}-{}",

@@ -600,38 +600,8 @@ mod tests {
                     0000000000000000 12  4244       00000000 0        0        0     2        0        779\n";
         assert_eq!(parse_netlink_table(text, &[777, 778]), vec![4242]);
         // A real netfilter socket of this process is listed.
-        // SAFETY: socket(2) with constant arguments; the fd is closed below.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 12) };
-        assert!(
-            fd >= 0,
-            "socket(NETLINK_NETFILTER): {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: sockaddr_nl is plain old data; all zeroes is a valid value.
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: sa is a live sockaddr_nl of the size passed.
-        let rc = unsafe {
-            libc::bind(
-                fd,
-                &sa as *const libc::sockaddr_nl as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-        let mut len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-        // SAFETY: sa and len are live and writable; len holds sa's size.
-        let rc = unsafe {
-            libc::getsockname(
-                fd,
-                &mut sa as *mut libc::sockaddr_nl as *mut libc::sockaddr,
-                &mut len,
-            )
-        };
-        assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
-        assert!(own_netfilter_portids().contains(&sa.nl_pid));
-        // SAFETY: fd is ours and not used after this.
-        unsafe { libc::close(fd) };
+        let sock = netd_netlink::NetfilterSocket::open().expect("a netfilter netlink socket");
+        assert!(own_netfilter_portids().contains(&sock.portid()));
     }
 
     #[test]

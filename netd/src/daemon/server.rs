@@ -38,9 +38,12 @@ pub enum ServeError {
     },
 }
 
-/// Binds the socket with mode 0660, replacing a stale socket file left by a crash but never
-/// one that a running daemon still answers on.
-pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
+/// Binds the socket with owner root:`gid` and `mode`, replacing a stale socket file left by
+/// a crash but never one that a running daemon still answers on. The socket is bound under a
+/// temporary name in the same directory, given its owner and mode, and only then renamed to
+/// `path`: a client can never connect while the socket is still wider open than asked.
+fn bind(path: &Path, mode: u32, gid: u32) -> Result<UnixListener, ServeError> {
+    use std::os::unix::fs::MetadataExt;
     let io = |op, source| ServeError::Io {
         op,
         path: path.to_path_buf(),
@@ -55,9 +58,39 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
         }
         std::fs::remove_file(path).map_err(|e| io("removing stale socket", e))?;
     }
-    let listener = UnixListener::bind(path).map_err(|e| io("binding", e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .map_err(|e| io("setting the mode of", e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(|e| io("binding", e))?;
+    let secured = std::os::unix::fs::chown(&tmp, Some(0), Some(gid))
+        .map_err(|e| io("changing the owner of", e))
+        .and_then(|()| {
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| io("setting the mode of", e))
+        })
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| io("renaming into place", e)));
+    if let Err(e) = secured {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let meta = std::fs::metadata(path).map_err(|e| io("checking", e))?;
+    if meta.mode() & 0o777 != mode || meta.uid() != 0 || meta.gid() != gid {
+        return Err(io(
+            "securing",
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "socket has mode {:04o} uid {} gid {} after setting {mode:04o} uid 0 gid {gid}",
+                    meta.mode() & 0o777,
+                    meta.uid(),
+                    meta.gid(),
+                ),
+            ),
+        ));
+    }
     Ok(listener)
 }
 
@@ -117,13 +150,13 @@ pub fn check_socket_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Binds the socket ([`bind`]) after checking its directory, then sets who may use it:
+/// Binds the socket ([`bind`]) after checking its directory, owned and moded for who may
+/// use it:
 /// with `group` unset, root only (root:root 0600), which is what the docs promise and what a
 /// firewall's control socket should be unless the operator says otherwise; with a group that
 /// exists, root:`group` 0660; with a group that does not exist, root only again (logged),
 /// failing closed rather than open. The mode and owner are read back.
 pub fn bind_secure(path: &Path, group: Option<&str>) -> Result<UnixListener, ServeError> {
-    use std::os::unix::fs::MetadataExt;
     let bad = |msg: String| ServeError::Io {
         op: "securing",
         path: path.to_path_buf(),
@@ -137,39 +170,11 @@ pub fn bind_secure(path: &Path, group: Option<&str>) -> Result<UnixListener, Ser
         })?;
         check_socket_dir(dir).map_err(bad)?;
     }
-    let listener = bind(path)?;
     let gid = group.and_then(group_gid);
     let mode = if gid.is_some() { 0o660 } else { 0o600 };
-    // Root's group unless a socket group was found: a socket inherits the creating process's
-    // group, which need not be root's (e.g. netd started through sudo -g or setgid).
-    std::os::unix::fs::chown(path, Some(0), Some(gid.unwrap_or(0))).map_err(|e| {
-        ServeError::Io {
-            op: "changing the owner of",
-            path: path.to_path_buf(),
-            source: e,
-        }
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
-        ServeError::Io {
-            op: "setting the mode of",
-            path: path.to_path_buf(),
-            source: e,
-        }
-    })?;
-    let meta = std::fs::metadata(path).map_err(|e| ServeError::Io {
-        op: "checking",
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    if meta.mode() & 0o777 != mode || meta.uid() != 0 || meta.gid() != gid.unwrap_or(0) {
-        return Err(bad(format!(
-            "socket has mode {:04o} uid {} gid {} after setting {mode:04o} uid 0 gid {}",
-            meta.mode() & 0o777,
-            meta.uid(),
-            meta.gid(),
-            gid.unwrap_or(0)
-        )));
-    }
+    // Root's group unless a socket group was found: a socket would otherwise inherit the
+    // creating process's group, which need not be root's (netd started through sudo -g).
+    let listener = bind(path, mode, gid.unwrap_or(0))?;
     let _ = SOCKET_GID.set(gid);
     match (group, gid) {
         (Some(group), Some(g)) => {

@@ -182,3 +182,14 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+/// For a test that cannot run here (a tool or kernel feature missing): panics with `why`,
+/// so the test fails loudly, unless `NETD_TESTS_ALLOW_SKIP=1` asks for skipping (never set
+/// in CI); then prints a SKIPPED line and returns, and the caller returns too.
+pub fn cannot_run(test: &str, why: &str) {
+    if std::env::var_os("NETD_TESTS_ALLOW_SKIP").is_some_and(|v| v == "1") {
+        eprintln!("SKIPPED {test} (NETD_TESTS_ALLOW_SKIP=1): {why}");
+        return;
+    }
+    panic!("{test} cannot run: {why}; install what it needs, or set NETD_TESTS_ALLOW_SKIP=1 to skip it");
+}

@@ -366,7 +366,10 @@ const FAKE_NETCTL: &str = "#!/bin/sh\nprintf '{\"args\": \"%s\"}\\n' \"$*\"\n";
 
 fn fake_bins() -> Option<netd_netns_tests::util::TempDir> {
     if !run(&["python3", "-c", "pass"]).success() {
-        eprintln!("python3 not found: skipping the fake-binaries test");
+        netd_netns_tests::util::cannot_run(
+            "the fake-binaries test",
+            "python3 is not installed (apt-get install python3)",
+        );
         return None;
     }
     use std::os::unix::fs::PermissionsExt;

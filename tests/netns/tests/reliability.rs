@@ -523,7 +523,7 @@ fn foreign_links_named_like_netds_survive_restart_check_and_network_rm() {
     let c2 = w.container("c2");
     let c3 = w.container("c3");
     w.cni_add(&c1, "own");
-    let r2 = w.cni_add(&c2, "own");
+    w.cni_add(&c2, "own");
     w.cni_add(&c3, "gone");
     w.cni_del(&c3, "gone");
     let veth2 = w
@@ -561,7 +561,6 @@ fn foreign_links_named_like_netds_survive_restart_check_and_network_rm() {
     );
     assert!(!shows(&veth2), "netd's orphan veth stayed\n{}", d.log());
     assert!(!c2.link_names().iter().any(|l| l == "eth0"));
-    let _ = r2;
     // Several periodic checks (1 s apart) run, and leave the foreign links alone.
     let checks = d.log().matches("table matches the state").count();
     wait_log(
@@ -979,8 +978,13 @@ fn plugin_without_daemon_and_restart_after_netns_deleted() {
         "message does not name the socket: {msg}"
     );
     assert_eq!((w.host.link_names(), fresh.link_names()), before);
-    // STATUS: 50.
-    let r = w.cni("STATUS", &fresh, "eth0", "r", None);
+    // STATUS: 50. STATUS exists from CNI 1.1.0 on; netd's conflists declare 1.0.0 (for
+    // libcni before 1.2), so a runtime that calls STATUS sends a 1.1.0 config.
+    let mut conf = w.cni_conf("r");
+    conf["cniVersion"] = json!("1.1.0");
+    let env = w.cni_env("STATUS", &fresh, "eth0");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = w.cni_raw(&env, conf.to_string().as_bytes());
     assert_eq!(r.error_code(), Some(50), "{r}");
     // DEL without netd removes the links it can and succeeds.
     let r = w.cni("DEL", &deld, "eth0", "r", None);
