@@ -19,22 +19,19 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use netd_netlink::{
+    attrs, push_attr, NlSocket, NLA_F_NESTED, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP,
+    NLM_F_REQUEST,
+};
 
 use crate::model::Proto;
 use crate::ports::{Binding, Family};
 
-const NETLINK_NETFILTER: i32 = 12;
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
-
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLA_F_NESTED: u16 = 0x8000;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
@@ -65,11 +62,8 @@ pub enum ConntrackError {
     Malformed(&'static str),
 }
 
-fn io_err(op: &'static str) -> ConntrackError {
-    ConntrackError::Io {
-        op,
-        source: io::Error::last_os_error(),
-    }
+fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> ConntrackError {
+    move |source| ConntrackError::Io { op, source }
 }
 
 /// One conntrack entry's original tuple, as the dump gives it.
@@ -122,26 +116,8 @@ impl Flow {
     }
 }
 
-fn push_attr(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&ty.to_ne_bytes());
-    buf.extend_from_slice(payload);
-    buf.resize((buf.len() + 3) & !3, 0);
-}
-
 fn message(msg: u16, flags: u16, seq: u32, family: u8, attrs: &[u8]) -> Vec<u8> {
-    let len = 16 + 4 + attrs.len();
-    let mut b = Vec::with_capacity(len);
-    b.extend_from_slice(&(len as u32).to_ne_bytes());
-    b.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | msg).to_ne_bytes());
-    b.extend_from_slice(&flags.to_ne_bytes());
-    b.extend_from_slice(&seq.to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes());
-    // struct nfgenmsg: family, version (NFNETLINK_V0), res_id (big endian)
-    b.extend_from_slice(&[family, 0, 0, 0]);
-    b.extend_from_slice(attrs);
-    b
+    netd_netlink::nfnl_request(NFNL_SUBSYS_CTNETLINK, msg, flags, seq, family, attrs)
 }
 
 /// `IPCTNL_MSG_CT_GET` dump of the whole conntrack table (every family).
@@ -169,23 +145,6 @@ pub fn delete_request(flow: &Flow, seq: u32) -> Vec<u8> {
         flow.family,
         &attrs,
     )
-}
-
-/// Attributes of a netlink attribute stream: (type without flags, payload).
-fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > b.len() {
-            return None;
-        }
-        let payload = &b[4..len];
-        b = &b[((len + 3) & !3).min(b.len())..];
-        Some((ty, payload))
-    })
 }
 
 fn ip_of(p: &[u8]) -> Option<IpAddr> {
@@ -280,9 +239,10 @@ pub struct Parsed<T> {
 }
 
 /// Splits a datagram of netlink messages into DONE, errors/acks and items (`item` gets each
-/// other message's type and payload).
+/// other message's type and payload). A datagram that does not split into whole messages is
+/// malformed.
 fn parse_messages<T>(
-    mut b: &[u8],
+    b: &[u8],
     item: impl Fn(u16, &[u8]) -> Option<T>,
 ) -> Result<Parsed<T>, ConntrackError> {
     let mut out = Parsed {
@@ -290,24 +250,21 @@ fn parse_messages<T>(
         done: false,
         errors: Vec::new(),
     };
-    while b.len() >= 16 {
-        let len = u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize;
-        let ty = u16::from_ne_bytes([b[4], b[5]]);
-        if len < 16 || len > b.len() {
-            return Err(ConntrackError::Malformed("netlink message length"));
-        }
-        let payload = &b[16..len];
-        match ty {
+    let mut consumed = 0;
+    for (h, msg, payload) in netd_netlink::messages(b) {
+        consumed += (msg.len() + 3) & !3;
+        match h.ty {
             NLMSG_DONE => out.done = true,
             NLMSG_ERROR => {
-                let e = payload
-                    .get(..4)
+                let ack = netd_netlink::ack(msg, 0)
                     .ok_or(ConntrackError::Malformed("short error message"))?;
-                out.errors.push(-i32::from_ne_bytes(e.try_into().unwrap()));
+                out.errors.push(ack.errno);
             }
-            _ => out.items.extend(item(ty, payload)),
+            _ => out.items.extend(item(h.ty, payload)),
         }
-        b = &b[((len + 3) & !3).min(b.len())..];
+    }
+    if consumed < b.len() {
+        return Err(ConntrackError::Malformed("netlink message length"));
     }
     Ok(out)
 }
@@ -324,16 +281,8 @@ const IFA_LOCAL: u16 = 2;
 
 /// `RTM_GETADDR` dump of every address of every interface.
 pub fn addr_dump_request(seq: u32) -> Vec<u8> {
-    let len = 16 + 8;
-    let mut b = Vec::with_capacity(len);
-    b.extend_from_slice(&(len as u32).to_ne_bytes());
-    b.extend_from_slice(&RTM_GETADDR.to_ne_bytes());
-    b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    b.extend_from_slice(&seq.to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes());
     // struct ifaddrmsg: family (all), prefixlen, flags, scope, index
-    b.extend_from_slice(&[0u8; 8]);
-    b
+    netd_netlink::request(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, &[0u8; 8])
 }
 
 /// The local address of one `RTM_NEWADDR` (IFA_LOCAL, else IFA_ADDRESS).
@@ -357,104 +306,28 @@ pub fn parse_addrs(b: &[u8]) -> Result<Parsed<IpAddr>, ConntrackError> {
     parse_messages(b, parse_addr)
 }
 
-struct Sock(i32);
+/// How long a ctnetlink or rtnetlink answer may take.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
-impl Drop for Sock {
-    fn drop(&mut self) {
-        // SAFETY: closing the fd we own.
-        unsafe { libc::close(self.0) };
-    }
-}
-
-impl Sock {
-    fn open(protocol: i32) -> Result<Sock, ConntrackError> {
-        // SAFETY: plain socket(2).
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                protocol,
-            )
-        };
-        if fd < 0 {
-            return Err(io_err("socket(AF_NETLINK)"));
-        }
-        let s = Sock(fd);
-        let tv = libc::timeval {
-            tv_sec: 5,
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt with a valid timeval of the right size.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
-        // SAFETY: a zeroed sockaddr_nl is the kernel-assigned-port address.
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: bind with a valid sockaddr_nl.
-        let rc = unsafe {
-            libc::bind(
-                fd,
-                &sa as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(io_err("bind"));
-        }
-        Ok(s)
-    }
-
-    fn send(&self, msg: &[u8]) -> Result<(), ConntrackError> {
-        // SAFETY: sending a buffer we own to the kernel (connected by default to pid 0).
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: msg outlives the call and sa is a valid sockaddr_nl of the size passed.
-        let n = unsafe {
-            libc::sendto(
-                self.0,
-                msg.as_ptr() as *const libc::c_void,
-                msg.len(),
-                0,
-                &sa as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if n < 0 {
-            return Err(io_err("send"));
-        }
-        Ok(())
-    }
-
-    fn recv(&self, buf: &mut [u8]) -> Result<usize, ConntrackError> {
-        // SAFETY: receiving into a buffer we own.
-        let n = unsafe { libc::recv(self.0, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
-        if n < 0 {
-            return Err(io_err("recv"));
-        }
-        Ok(n as usize)
-    }
+fn open(sock: io::Result<NlSocket>) -> Result<NlSocket, ConntrackError> {
+    let sock = sock.map_err(io_err("socket(AF_NETLINK)"))?;
+    sock.set_recv_timeout(ANSWER_TIMEOUT)
+        .map_err(io_err("setsockopt(SO_RCVTIMEO)"))?;
+    Ok(sock)
 }
 
 /// Sends a dump request and collects every item of the answer.
 fn dump<T>(
-    sock: &Sock,
+    sock: &NlSocket,
     request: &[u8],
     what: &'static str,
     parse: impl Fn(&[u8]) -> Result<Parsed<T>, ConntrackError>,
 ) -> Result<Vec<T>, ConntrackError> {
-    sock.send(request)?;
-    let mut buf = vec![0u8; 1 << 16];
+    sock.send(request).map_err(io_err("send"))?;
+    let mut buf = Vec::with_capacity(1 << 16);
     let mut out = Vec::new();
     loop {
-        let n = sock.recv(&mut buf)?;
-        let p = parse(&buf[..n])?;
+        let p = parse(sock.recv(&mut buf).map_err(io_err("recv"))?)?;
         if let Some(e) = p.errors.iter().find(|e| **e != 0) {
             return Err(ConntrackError::Io {
                 op: what,
@@ -470,7 +343,7 @@ fn dump<T>(
 
 /// The host's addresses (of the calling thread's network namespace).
 pub fn local_addrs() -> Result<Vec<IpAddr>, ConntrackError> {
-    let sock = Sock::open(libc::NETLINK_ROUTE)?;
+    let sock = open(NlSocket::route())?;
     dump(
         &sock,
         &addr_dump_request(1),
@@ -506,7 +379,7 @@ pub fn clear_addrs(addrs: &[IpAddr]) -> Result<usize, ConntrackError> {
 /// Dumps the table once and deletes the entries `stale` picks, by original tuple and zone;
 /// entries that vanished meanwhile are not errors.
 fn delete_where(stale: impl Fn(&Flow) -> bool) -> Result<usize, ConntrackError> {
-    let sock = Sock::open(NETLINK_NETFILTER)?;
+    let sock = open(NlSocket::netfilter())?;
     let stale: Vec<Flow> = dump(
         &sock,
         &dump_request(1),
@@ -516,12 +389,12 @@ fn delete_where(stale: impl Fn(&Flow) -> bool) -> Result<usize, ConntrackError> 
     .into_iter()
     .filter(|f| stale(f))
     .collect();
-    let mut buf = vec![0u8; 4096];
+    let mut buf = Vec::with_capacity(4096);
     let mut deleted = 0;
     for (i, flow) in stale.iter().enumerate() {
-        sock.send(&delete_request(flow, 2 + i as u32))?;
-        let n = sock.recv(&mut buf)?;
-        let p = parse_flows(&buf[..n])?;
+        sock.send(&delete_request(flow, 2 + i as u32))
+            .map_err(io_err("send"))?;
+        let p = parse_flows(sock.recv(&mut buf).map_err(io_err("recv"))?)?;
         match p.errors.first() {
             Some(0) => deleted += 1,
             Some(e) if *e == libc::ENOENT => {}

@@ -1,6 +1,7 @@
-//! The netlink plumbing netd's netfilter edges share: a bound `NETLINK_NETFILTER` socket
-//! ([`NetfilterSocket`], on netlink-sys) and the pure walkers over what it sends and receives
-//! ([`messages`], [`attrs`], [`ack`], [`nfnl_request`]).
+//! The netlink plumbing netd's netfilter edges share: a bound netlink socket ([`NlSocket`], on
+//! netlink-sys; `NETLINK_NETFILTER`, or `NETLINK_ROUTE` for the few look-ups conntrack needs)
+//! and the pure walkers over what it sends and receives ([`messages`], [`attrs`], [`ack`],
+//! [`nfnl_request`]).
 //!
 //! nf_tables batches, the nf_tables monitor and dumps, and ctnetlink all speak nfnetlink over
 //! the same kind of socket; they differ only in the subsystem byte of the message type and in
@@ -29,18 +30,29 @@ pub const NLA_TYPE_MASK: u16 = 0x3fff;
 const NLMSGERR_ATTR_MSG: u16 = 1;
 const NLMSGERR_ATTR_OFFS: u16 = 2;
 const NETLINK_NETFILTER: isize = 12;
+const NETLINK_ROUTE: isize = 0;
 
-/// A `NETLINK_NETFILTER` socket bound in the network namespace of the thread that opened it.
-pub struct NetfilterSocket {
+/// A netlink socket bound in the network namespace of the thread that opened it.
+pub struct NlSocket {
     sock: Socket,
     portid: u32,
 }
 
-impl NetfilterSocket {
-    pub fn open() -> io::Result<NetfilterSocket> {
-        let mut sock = Socket::new(NETLINK_NETFILTER)?;
+impl NlSocket {
+    /// nfnetlink: nf_tables, its notifications, ctnetlink.
+    pub fn netfilter() -> io::Result<NlSocket> {
+        NlSocket::open(NETLINK_NETFILTER)
+    }
+
+    /// rtnetlink, for look-ups the netfilter edges need (the host's addresses).
+    pub fn route() -> io::Result<NlSocket> {
+        NlSocket::open(NETLINK_ROUTE)
+    }
+
+    fn open(protocol: isize) -> io::Result<NlSocket> {
+        let mut sock = Socket::new(protocol)?;
         let addr = sock.bind_auto()?;
-        Ok(NetfilterSocket {
+        Ok(NlSocket {
             sock,
             portid: addr.port_number(),
         })
@@ -246,6 +258,19 @@ pub fn ack(msg: &[u8], flags: u16) -> Option<Ack> {
     Some(a)
 }
 
+/// A netlink message: header, then `body` (which starts with the family's own header).
+pub fn request(ty: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + body.len();
+    let mut req = Vec::with_capacity(len);
+    req.extend_from_slice(&(len as u32).to_ne_bytes());
+    req.extend_from_slice(&ty.to_ne_bytes());
+    req.extend_from_slice(&flags.to_ne_bytes());
+    req.extend_from_slice(&seq.to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    req.extend_from_slice(body);
+    req
+}
+
 /// One nfnetlink request: header, `nfgenmsg` (family, version 0, resource id 0), attributes.
 pub fn nfnl_request(
     subsys: u16,
@@ -255,16 +280,10 @@ pub fn nfnl_request(
     family: u8,
     body: &[u8],
 ) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + 4 + body.len();
-    let mut req = Vec::with_capacity(len);
-    req.extend_from_slice(&(len as u32).to_ne_bytes());
-    req.extend_from_slice(&((subsys << 8) | msg).to_ne_bytes());
-    req.extend_from_slice(&flags.to_ne_bytes());
-    req.extend_from_slice(&seq.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
-    req.extend_from_slice(&[family, 0, 0, 0]);
-    req.extend_from_slice(body);
-    req
+    let mut b = Vec::with_capacity(4 + body.len());
+    b.extend_from_slice(&[family, 0, 0, 0]);
+    b.extend_from_slice(body);
+    request((subsys << 8) | msg, flags, seq, &b)
 }
 
 #[cfg(test)]

@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::time::Duration;
 
-use netd_netlink::{
-    NetfilterSocket, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
-};
+use netd_netlink::{NlSocket, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST};
 
 use super::batch::{ElemData, SetElem, SET_ELEM_F_INTERVAL_END};
 use super::expr::Verdict;
@@ -190,7 +188,7 @@ pub fn parse_events(data: &[u8]) -> Vec<Event> {
 /// A socket subscribed to nf_tables notifications in the network namespace of the thread that
 /// opened it.
 pub struct Monitor {
-    sock: NetfilterSocket,
+    sock: NlSocket,
     buf: Vec<u8>,
 }
 
@@ -333,7 +331,7 @@ pub struct TableView {
 
 /// A socket for dumping table contents.
 pub struct Inspector {
-    sock: NetfilterSocket,
+    sock: NlSocket,
     seq: u32,
     buf: Vec<u8>,
 }

@@ -3,7 +3,7 @@
 use std::io;
 use std::time::Duration;
 
-use netd_netlink::{NetfilterSocket, NLMSG_ERROR};
+use netd_netlink::{NlSocket, NLMSG_ERROR};
 
 use super::batch::{Batch, ElemGroup};
 use super::NftError;
@@ -12,8 +12,8 @@ use super::NftError;
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A NETLINK_NETFILTER socket, bound, in the network namespace of the calling thread.
-pub(crate) fn open_netfilter() -> Result<NetfilterSocket, NftError> {
-    NetfilterSocket::open().map_err(|source| NftError::Io {
+pub(crate) fn open_netfilter() -> Result<NlSocket, NftError> {
+    NlSocket::netfilter().map_err(|source| NftError::Io {
         op: "socket(NETLINK_NETFILTER)",
         source,
     })
@@ -21,7 +21,7 @@ pub(crate) fn open_netfilter() -> Result<NetfilterSocket, NftError> {
 
 /// A netlink socket bound to the network namespace of the thread that opened it.
 pub struct Socket {
-    sock: NetfilterSocket,
+    sock: NlSocket,
     next_seq: u32,
 }
 

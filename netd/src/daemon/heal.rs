@@ -600,7 +600,7 @@ mod tests {
                     0000000000000000 12  4244       00000000 0        0        0     2        0        779\n";
         assert_eq!(parse_netlink_table(text, &[777, 778]), vec![4242]);
         // A real netfilter socket of this process is listed.
-        let sock = netd_netlink::NetfilterSocket::open().expect("a netfilter netlink socket");
+        let sock = netd_netlink::NlSocket::netfilter().expect("a netfilter netlink socket");
         assert!(own_netfilter_portids().contains(&sock.portid()));
     }
 
