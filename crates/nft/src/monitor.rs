@@ -67,7 +67,41 @@ pub enum Event {
     },
 }
 
+/// What kind of nf_tables object a notification is about, from its `NFT_MSG_*` type (each
+/// kind has NEW, GET and DEL messages, in that order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ObjectKind {
+    Table,
+    Chain,
+    Rule,
+    Set,
+    Element,
+    /// Stateful objects and flowtables: netd makes none.
+    Other,
+}
+
+impl ObjectKind {
+    pub fn of(msg: u8) -> ObjectKind {
+        match msg {
+            NFT_MSG_NEWTABLE..=NFT_MSG_DELTABLE => ObjectKind::Table,
+            NFT_MSG_NEWCHAIN..=NFT_MSG_DELCHAIN => ObjectKind::Chain,
+            NFT_MSG_NEWRULE..=NFT_MSG_DELRULE => ObjectKind::Rule,
+            NFT_MSG_NEWSET..=NFT_MSG_DELSET => ObjectKind::Set,
+            NFT_MSG_NEWSETELEM..=NFT_MSG_DELSETELEM => ObjectKind::Element,
+            _ => ObjectKind::Other,
+        }
+    }
+}
+
 impl Event {
+    /// The kind of object an `Object` event is about (None for `NewGen`).
+    pub fn kind(&self) -> Option<ObjectKind> {
+        match self {
+            Event::Object { msg, .. } => Some(ObjectKind::of(*msg)),
+            Event::NewGen { .. } => None,
+        }
+    }
+
     /// Whether the event changed something of table `table` (family inet).
     pub fn touches(&self, table: &str) -> bool {
         matches!(self, Event::Object { family, table: Some(t), .. } if *family == 1 && t == table)
@@ -117,15 +151,14 @@ fn msg_text(msg: u8) -> (&'static str, &'static str) {
         | NFT_MSG_NEWSETELEM | 18 | 22 => "add",
         _ => "delete",
     };
-    let what = match msg {
-        0..=2 => "table",
-        3..=5 => "chain",
-        6..=8 => "rule in",
-        9..=11 => "set",
-        12..=14 => "element of",
-        18..=21 => "object",
-        22..=24 => "flowtable",
-        _ => "object",
+    let what = match ObjectKind::of(msg) {
+        ObjectKind::Table => "table",
+        ObjectKind::Chain => "chain",
+        ObjectKind::Rule => "rule in",
+        ObjectKind::Set => "set",
+        ObjectKind::Element => "element of",
+        ObjectKind::Other if (22..=24).contains(&msg) => "flowtable",
+        ObjectKind::Other => "object",
     };
     (verb, what)
 }
@@ -169,10 +202,10 @@ pub fn parse_events(data: &[u8]) -> Vec<Event> {
             });
             continue;
         }
-        let object = match msg {
-            0..=2 => None,
-            3..=5 => attr_str(a, 3), // NFTA_CHAIN_NAME
-            _ => attr_str(a, 2),     // rule's chain, set name, element's set, object name
+        let object = match ObjectKind::of(msg) {
+            ObjectKind::Table => None,
+            ObjectKind::Chain => attr_str(a, 3), // NFTA_CHAIN_NAME
+            _ => attr_str(a, 2), // rule's chain, set name, element's set, object name
         };
         out.push(Event::Object {
             msg,

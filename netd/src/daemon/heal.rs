@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
 use super::engine::Engine;
-use crate::nft::monitor::{ElemPrint, Event, Inspector, Monitor, RecvError, TableView};
-use crate::nft::NftError;
+use crate::nft::monitor::{ElemPrint, Event, Inspector, Monitor, ObjectKind, RecvError, TableView};
+use crate::nft::{NftError, Policy};
 use crate::plan::{Desired, SetId};
 use crate::ruleset::{self, USER_CHAIN};
 
@@ -123,8 +123,8 @@ pub fn differences(expected: &TableView, actual: &TableView) -> Vec<String> {
 
 fn policy_name(p: u32) -> String {
     match p {
-        0 => "drop".into(),
-        1 => "accept".into(),
+        p if p == Policy::Drop as u32 => "drop".into(),
+        p if p == Policy::Accept as u32 => "accept".into(),
         n => format!("{n}"),
     }
 }
@@ -186,18 +186,18 @@ fn parse_netlink_table(text: &str, inodes: &[u64]) -> Vec<u32> {
 
 /// Changes to the operator's chain are theirs to make.
 fn is_operator_event(e: &Event) -> bool {
-    matches!(e, Event::Object { object: Some(o), msg, .. }
-        if o == USER_CHAIN && (3..=8).contains(msg))
+    matches!(e, Event::Object { object: Some(o), .. }
+        if o == USER_CHAIN && matches!(e.kind(), Some(ObjectKind::Chain | ObjectKind::Rule)))
 }
 
 /// "delete table inet netd; delete chain inet netd forward (x3); ..." for a log line.
 pub fn summarize(events: &[Event]) -> String {
     // Tables first, then chains and sets, then rules and elements: the cause before the
     // consequences.
-    let rank = |e: &Event| match e {
-        Event::Object { msg: 0..=2, .. } => 0,
-        Event::Object { msg: 3..=5, .. } => 1,
-        Event::Object { msg: 9..=11, .. } => 2,
+    let rank = |e: &Event| match e.kind() {
+        Some(ObjectKind::Table) => 0,
+        Some(ObjectKind::Chain) => 1,
+        Some(ObjectKind::Set) => 2,
         _ => 3,
     };
     let mut sorted: Vec<&Event> = events.iter().collect();
