@@ -32,9 +32,11 @@
 //! dirs (netd log, state, conflists); `NETD_LOG` is passed to netd (default
 //! `debug` here). netd's log is printed when a test panics.
 
+pub mod image;
 pub mod matrix;
 pub mod netns;
 pub mod probe;
+pub mod runtime;
 pub mod util;
 pub mod world;
 
