@@ -41,13 +41,29 @@ impl Containerd {
     /// Sandbox + netd, containerd started (socket answering), both images imported into the
     /// CRI namespace and the busybox image into [`CTR_NAMESPACE`].
     pub fn new(world: &mut World) -> Containerd {
+        Self::with_conf_template(world, None)
+    }
+
+    /// [`Containerd::new`] with the CRI plugin's `conf_template` set to a file holding
+    /// `template`: containerd renders it into `conf_dir` when kubelet (here the test) sends
+    /// the node's pod CIDR with UpdateRuntimeConfig.
+    pub fn with_conf_template(world: &mut World, template: Option<&str>) -> Containerd {
         let sb = Sandbox::new(world);
         let d = sb.dir().to_path_buf();
         let socket = d.join("containerd.sock");
         let config = d.join("config.toml");
         let busybox = Image::busybox(&d.join("busybox"));
         let pause = Image::pause(&d.join("pause"));
-        std::fs::write(&config, config_toml(&d, &pause.reference)).expect("write config.toml");
+        let tmpl_path = template.map(|t| {
+            let p = d.join("netd.conflist.tmpl");
+            std::fs::write(&p, t).expect("write conf_template");
+            p
+        });
+        std::fs::write(
+            &config,
+            config_toml(&d, &pause.reference, tmpl_path.as_deref()),
+        )
+        .expect("write config.toml");
         let log = d.join("containerd.log");
         let logf = File::create(&log).expect("containerd log");
         let mut cmd = sb.command(&[
@@ -152,7 +168,14 @@ impl Drop for Containerd {
 
 /// The private configuration. The `[plugins."io.containerd.grpc.v1.cri".cni]` table is the
 /// one docs/kubernetes.md shows.
-fn config_toml(d: &std::path::Path, sandbox_image: &str) -> String {
+fn config_toml(
+    d: &std::path::Path,
+    sandbox_image: &str,
+    conf_template: Option<&std::path::Path>,
+) -> String {
+    let template = conf_template
+        .map(|p| format!("    conf_template = \"{}\"\n", p.display()))
+        .unwrap_or_default();
     format!(
         r#"version = 2
 root = "{d}/root"
@@ -186,7 +209,7 @@ disabled_plugins = [
     bin_dir = "/opt/cni/bin"
     conf_dir = "/etc/cni/net.d"
     max_conf_num = 1
-"#,
+{template}"#,
         d = d.display()
     )
 }
