@@ -220,6 +220,49 @@ fn cri_pod_sandbox_publishes_port_and_stop_removes_it() {
     );
 }
 
+/// The CRI plugin of containerd 1.6 refuses a 1.1.0 result too, and cleans up after itself
+/// (it runs DEL for the failed sandbox, so netd keeps no endpoint).
+#[test]
+fn cri_refuses_cni_1_1_0_results() {
+    let Some((w, cd)) = setup() else { return };
+    w.create_network("pods", &["--subnet", "10.89.75.0/24"]);
+    let p = w.conflist_path("pods");
+    let text = std::fs::read_to_string(&p).expect("read conflist");
+    std::fs::write(&p, text.replace("\"1.0.0\"", "\"1.1.0\"")).expect("write conflist");
+    let mut cri = Cri::connect(cd.socket());
+    // The plugin reloads conf_dir on change: a sandbox made from the 1.0.0 file it may have
+    // loaded first is removed and the call repeated.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let err = loop {
+        match cri.run_pod("v110", &[]) {
+            Ok(id) => cri.stop_and_remove_pod(&id),
+            Err(e) if e.message().contains("unsupported CNI result version") => break e,
+            Err(e) if e.message().contains("cni config not initialized") => {}
+            Err(e) => panic!("unexpected RunPodSandbox error: {e}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CRI plugin never used the 1.1.0 conflist"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        err.message().contains(
+            r#"plugin type="netd-cni" failed (add): unsupported CNI result version "1.1.0""#
+        ),
+        "{err}"
+    );
+    assert!(
+        endpoints(&w).is_empty(),
+        "containerd should have run DEL for the failed sandbox: {:?}",
+        endpoints(&w)
+    );
+    eprintln!(
+        "containerd 1.6 CRI with cniVersion 1.1.0: {}",
+        err.message()
+    );
+}
+
 /// RunPodSandbox, retried while the CRI plugin has not yet loaded the conflist netctl just
 /// wrote (it watches conf_dir; "cni config not initialized" until then).
 fn run_pod_retrying(

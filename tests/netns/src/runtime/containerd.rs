@@ -1,10 +1,9 @@
 //! containerd (1.6) with its CRI plugin, from a private `config.toml`, inside a [`Sandbox`].
 //!
 //! Root, state, the gRPC/ttrpc sockets and the images are in the sandbox's temp dir; the CRI
-//! plugin's CNI settings are its defaults written out (`/etc/cni/net.d`, `/opt/cni/bin`,
-//! which the sandbox makes netd's conflist dir and the built plugin), so the snippet in
-//! docs/kubernetes.md is what runs here. `ctr run --cni` (go-cni) has no flags for CNI dirs
-//! and reads exactly those defaults.
+//! plugin's CNI table is [`CRI_CNI_CONF`], the snippet of docs/guide.md. `ctr run --cni`
+//! (go-cni) has no flags for CNI dirs and reads its defaults, `/etc/cni/net.d` and
+//! `/opt/cni/bin` (the sandbox makes them netd's conflist dir and the built plugin).
 //!
 //! Quirks (containerd 1.6.20, Debian 12): AppArmor off and `restrict_oom_score_adj` because
 //! the test machine may have neither an AppArmor profile nor room to raise OOM scores; the
@@ -26,6 +25,14 @@ use crate::world::World;
 pub const CRI_NAMESPACE: &str = "k8s.io";
 /// The namespace `ctr` tests use.
 pub const CTR_NAMESPACE: &str = "netd";
+
+/// The CRI plugin's CNI table, exactly as docs/guide.md shows it for containerd 1.x: a conflist
+/// dir that only netd writes (in the sandbox, netd's conflist dir is mounted there).
+pub const CRI_CNI_CONF: &str = r#"[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "/opt/cni/bin"
+  conf_dir = "/etc/cni/netd.d"
+  max_conf_num = 1
+"#;
 
 /// A private containerd inside a [`Sandbox`] (which also runs netd).
 pub struct Containerd {
@@ -205,11 +212,7 @@ disabled_plugins = [
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/opt/cni/bin"
-    conf_dir = "/etc/cni/net.d"
-    max_conf_num = 1
-{template}"#,
+{CRI_CNI_CONF}{template}"#,
         d = d.display()
     )
 }

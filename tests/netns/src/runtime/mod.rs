@@ -4,8 +4,11 @@
 //! Runtimes insist on fixed paths (`/run/netns`, `/var/lib/cni`, `/etc/cni/net.d`,
 //! `/opt/cni/bin`, `/run/containerd`...). A [`Sandbox`] gives them private ones: a long-lived
 //! holder process in the World's host netns and in a private mount namespace where `/run`,
-//! `/var/lib` and `/opt` are empty tmpfs, `/opt/cni/bin` holds the built `netd-cni` beside
-//! the reference plugins of `/usr/lib/cni`, and `/etc/cni/net.d` is netd's conflist dir.
+//! `/var/lib`, `/opt` and `/etc/cni` are empty tmpfs, `/opt/cni/bin` holds the built
+//! `netd-cni` beside the reference plugins of `/usr/lib/cni`, and both `/etc/cni/net.d` (the
+//! runtimes' default) and `/etc/cni/netd.d` (the dedicated dir docs/guide.md suggests for
+//! containerd) are netd's conflist dir. So the runtime configurations in the tests name the
+//! same paths as the guide's examples.
 //! Runtime commands and netd itself run in it through `nsenter -t HOLDER -m -n`: netd too,
 //! because the daemon opens the CNI_NETNS path the runtime hands the plugin, and runtimes
 //! make those paths under the private `/run/netns`.
@@ -118,7 +121,7 @@ impl Sandbox {
             dir,
         };
         // The copies of /run/netns's mounts pin other tests' namespaces: detach them first.
-        // Then empty /run, /var/lib and /opt, and lay out the CNI dirs runtimes default to.
+        // Then empty /run, /var/lib, /opt and /etc/cni, and lay out the CNI dirs.
         let script = r#"set -e
 umount -l /run/netns 2>/dev/null || true
 mount -t tmpfs -o mode=755 netd-test /run
@@ -129,9 +132,10 @@ mount -t tmpfs -o mode=755 netd-test /opt
 mkdir -p /opt/cni/bin
 for p in /usr/lib/cni/*; do [ -e "$p" ] && ln -s "$p" /opt/cni/bin/; done
 ln -sf "$1" /opt/cni/bin/netd-cni
-[ -d /etc/cni/net.d ] || mount -t tmpfs -o mode=755 netd-test /etc/cni
-mkdir -p /etc/cni/net.d
+mount -t tmpfs -o mode=755 netd-test /etc/cni
+mkdir -p /etc/cni/net.d /etc/cni/netd.d
 mount --bind "$2" /etc/cni/net.d
+mount --bind "$2" /etc/cni/netd.d
 "#;
         let out = sb.run(&[
             "sh".as_ref(),

@@ -32,6 +32,13 @@ pub const RUN_FLAGS: &[&str] = &[
     "nproc=1024:1024",
 ];
 
+/// The `[network]` table of containers.conf, exactly as docs/guide.md shows it.
+pub const NETWORK_CONF: &str = r#"[network]
+network_backend = "cni"
+network_config_dir = "/etc/cni/net.d"
+cni_plugin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
+"#;
+
 const PODMAN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A private Podman inside a [`Sandbox`] (which also runs netd).
@@ -58,11 +65,8 @@ impl Podman {
         std::fs::write(
             &conf,
             format!(
-                r#"[network]
-network_backend = "cni"
-cni_plugin_dirs = ["/opt/cni/bin"]
-network_config_dir = "/etc/cni/net.d"
-
+                r#"{NETWORK_CONF}
+# Test-only: private state, no systemd.
 [engine]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
@@ -72,7 +76,7 @@ tmp_dir = "{d}/tmp"
 static_dir = "{d}/static"
 volume_path = "{d}/volumes"
 "#,
-                d = d.display()
+                d = d.display(),
             ),
         )
         .expect("write containers.conf");
