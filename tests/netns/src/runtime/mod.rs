@@ -239,20 +239,31 @@ mount --bind "$2" /etc/cni/netd.d
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        // Every process ever found is killed until it is gone (a zombie counts as gone):
+        // a container whose shim died first is reparented away from the sandbox and would
+        // not be found again, so it must stay on the list.
+        let mut victims: HashMap<u32, u64> = HashMap::new();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let victims = self.processes();
+            for p in self.processes() {
+                if let Some(start) = proc_stat(p).map(|s| s.start) {
+                    victims.entry(p).or_insert(start);
+                }
+            }
+            // Alive: same start time (not a reused pid) and not a zombie.
+            victims.retain(|p, start| {
+                proc_stat(*p).is_some_and(|s| s.start == *start && s.state != 'Z')
+            });
             if victims.is_empty() {
                 break;
             }
             if Instant::now() >= deadline {
-                eprintln!("warning: processes of the runtime sandbox survive SIGKILL: {victims:?}");
+                eprintln!("warning: runtime sandbox processes survive SIGKILL: {victims:?}");
                 break;
             }
-            for p in victims {
-                // SAFETY: kill(2); the pids were just read from /proc and belong to the
-                // sandbox (a reused pid within these milliseconds is the only risk).
-                unsafe { libc::kill(p as libc::pid_t, libc::SIGKILL) };
+            for p in victims.keys() {
+                // SAFETY: kill(2) on a pid whose start time we just checked.
+                unsafe { libc::kill(*p as libc::pid_t, libc::SIGKILL) };
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -267,11 +278,28 @@ fn mnt_ns_of(pid: &str) -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
-fn ppid_of(pid: u32) -> Option<u32> {
+/// The fields of /proc/PID/stat the sweep needs.
+struct ProcStat {
+    state: char,
+    ppid: u32,
+    /// Start time in clock ticks after boot: tells a reused pid from the process we saw.
+    start: u64,
+}
+
+fn proc_stat(pid: u32) -> Option<ProcStat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // comm may hold spaces and parentheses: the fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    let rest: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    // proc(5): state is field 3, ppid 4, starttime 22; `rest` starts at field 3.
+    Some(ProcStat {
+        state: rest.first()?.chars().next()?,
+        ppid: rest.get(1)?.parse().ok()?,
+        start: rest.get(19)?.parse().ok()?,
+    })
+}
+
+fn ppid_of(pid: u32) -> Option<u32> {
+    proc_stat(pid).map(|s| s.ppid)
 }
 
 /// Connects from `ns` to `dst` and reads what the server says before closing (the
