@@ -27,7 +27,7 @@ fn sa(addr: IpAddr, port: u16) -> SocketAddr {
 }
 
 fn setup() -> Option<(World, Containerd)> {
-    if !require(&["containerd", "ctr", "runc", "nsenter", "unshare"]) {
+    if !require(&["containerd", "ctr", "runc", "nsenter", "unshare", "busybox"]) {
         return None;
     }
     let mut w = World::new();
@@ -307,7 +307,7 @@ fn run_pod_retrying(
 #[test]
 #[ignore = "needs the cnifeat branch: netd creating a network from a conflist's subnets, and deploy/netd.conflist.tmpl"]
 fn cri_pod_cidr_from_conf_template_creates_the_network() {
-    if !require(&["containerd", "ctr", "runc", "nsenter", "unshare"]) {
+    if !require(&["containerd", "ctr", "runc", "nsenter", "unshare", "busybox"]) {
         return;
     }
     let tmpl_path =

@@ -34,7 +34,7 @@ fn serve(pm: &Podman, name: &str, net: &str, extra: &[&str]) -> String {
 
 /// World + netd + Podman, or None when the runtime is missing and the skip variable is set.
 fn setup() -> Option<(World, Podman)> {
-    if !require(&["podman", "runc", "conmon", "nsenter", "unshare"]) {
+    if !require(&["podman", "runc", "conmon", "nsenter", "unshare", "busybox"]) {
         return None;
     }
     let mut w = World::new();
