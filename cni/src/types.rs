@@ -485,16 +485,34 @@ fn validate_cni_name(name: &str) -> Result<(), PluginError> {
     }
 }
 
-fn port_mapping(i: usize, pm: RawPortMapping) -> Result<PortMapping, PluginError> {
+fn port_mapping(i: usize, mut pm: RawPortMapping) -> Result<PortMapping, PluginError> {
     let at = format!("runtimeConfig.portMappings[{i}]");
-    if let Some((key, value)) = pm.unknown.iter().next() {
-        return Err(PluginError::UnsupportedField {
-            field: format!("{at}.{key}"),
-            reason: format!(
-                "port mappings take hostPort, containerPort, protocol and hostIP, not {key:?} (value {})",
-                excerpt(value)
-            ),
-        });
+    // Go's encoding/json matches keys in any letter case, and go-cni (containerd's CRI plugin
+    // and `ctr`) sends its struct's untagged field names: `HostPort`, `ContainerPort`,
+    // `Protocol`, `HostIP`. The reference portmap plugin takes them, so fold them onto ours.
+    for (key, value) in std::mem::take(&mut pm.unknown) {
+        let folded = match key.to_ascii_lowercase().as_str() {
+            "hostport" if pm.host_port.is_none() => value.as_i64().map(|v| pm.host_port = Some(v)),
+            "containerport" if pm.container_port.is_none() => {
+                value.as_i64().map(|v| pm.container_port = Some(v))
+            }
+            "protocol" if pm.protocol.is_none() => {
+                value.as_str().map(|v| pm.protocol = Some(v.to_string()))
+            }
+            "hostip" if pm.host_ip.is_none() => {
+                value.as_str().map(|v| pm.host_ip = Some(v.to_string()))
+            }
+            _ => None,
+        };
+        if folded.is_none() {
+            return Err(PluginError::UnsupportedField {
+                field: format!("{at}.{key}"),
+                reason: format!(
+                    "port mappings take hostPort, containerPort (numbers), protocol and hostIP (strings), once each, in any letter case; not {key:?} (value {})",
+                    excerpt(&value)
+                ),
+            });
+        }
     }
     let port = |what: &str, v: Option<i64>| -> Result<u16, PluginError> {
         let v = v.ok_or_else(|| PluginError::invalid_config(format!("{at} has no {what}")))?;
@@ -741,14 +759,44 @@ mod tests {
     fn unknown_port_mapping_key_is_code_2() {
         let mut v = base("1.0.0");
         v["runtimeConfig"] = json!({"portMappings": [
-            {"hostPort": 1, "containerPort": 1, "hostIp": "1.2.3.4"}
+            {"hostPort": 1, "containerPort": 1, "hostAddress": "1.2.3.4"}
         ]});
-        let e = parse(v).unwrap_err();
+        let e = parse(v.clone()).unwrap_err();
         assert_eq!(e.code(), 2);
         assert!(
             e.to_string()
-                .contains("runtimeConfig.portMappings[0].hostIp"),
+                .contains("runtimeConfig.portMappings[0].hostAddress"),
             "{e}"
+        );
+        // A key given twice (in two letter cases) is refused, not silently chosen.
+        v["runtimeConfig"] = json!({"portMappings": [
+            {"hostPort": 1, "HostPort": 2, "containerPort": 1}
+        ]});
+        assert_eq!(parse(v.clone()).unwrap_err().code(), 2);
+        // So is a port given as a string.
+        v["runtimeConfig"] = json!({"portMappings": [{"HostPort": "1", "containerPort": 1}]});
+        assert_eq!(parse(v).unwrap_err().code(), 2);
+    }
+
+    /// containerd's CRI plugin (go-cni 1.1) sends the Go field names, as the real runtime
+    /// test in tests/netns/tests/containerd.rs showed.
+    #[test]
+    fn go_cni_port_mapping_field_names_are_accepted() {
+        let mut v = base("1.0.0");
+        v["runtimeConfig"] = json!({"portMappings": [
+            {"HostPort": 8080, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""},
+            {"hostport": 5353, "containerport": 53, "protocol": "udp", "hostIp": "127.0.0.1"}
+        ]});
+        let c = parse(v).unwrap();
+        assert_eq!(c.port_mappings.len(), 2);
+        assert_eq!(c.port_mappings[0].host_port, 8080);
+        assert_eq!(c.port_mappings[0].container_port, 80);
+        assert_eq!(c.port_mappings[0].host_ip, None);
+        assert_eq!(c.port_mappings[1].host_port, 5353);
+        assert_eq!(c.port_mappings[1].container_port, 53);
+        assert_eq!(
+            c.port_mappings[1].host_ip,
+            Some("127.0.0.1".parse().unwrap())
         );
     }
 

@@ -26,15 +26,22 @@
 //! # let _ = r;
 //! ```
 //!
+//! Real runtimes ([`runtime`]): Podman and containerd run in the World's host netns and a
+//! private mount namespace of their own ([`runtime::Sandbox`]), where netd runs too; every
+//! process they start is killed on drop. `NETD_TEST_SKIP_RUNTIMES=1` turns a missing runtime
+//! into a skip (never set in CI).
+//!
 //! Environment: `NETD_BIN_DIR` overrides where netd, netctl and netd-cni are
 //! looked up (default: the cargo profile dir of the test executable, so run
 //! `cargo build --workspace --bins` first); `NETD_TEST_KEEP=1` keeps the temp
 //! dirs (netd log, state, conflists); `NETD_LOG` is passed to netd (default
 //! `debug` here). netd's log is printed when a test panics.
 
+pub mod image;
 pub mod matrix;
 pub mod netns;
 pub mod probe;
+pub mod runtime;
 pub mod util;
 pub mod world;
 

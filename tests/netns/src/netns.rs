@@ -28,6 +28,28 @@ impl Netns {
         ns
     }
 
+    /// Gives a namespace a runtime made (`src`: its nsfs file, e.g. `/proc/PID/ns/net`, or a
+    /// runtime's bind mount seen through `/proc/PID/root/...`) a unique name under
+    /// /run/netns, so that the probes work in it. Drop removes only that name (`ip netns
+    /// del` unmounts it); the namespace lives as long as the runtime keeps it.
+    pub fn adopt(src: &std::path::Path, label: &str) -> Netns {
+        let name = unique_name("a");
+        let dst = PathBuf::from("/run/netns").join(&name);
+        std::fs::create_dir_all("/run/netns").expect("mkdir /run/netns");
+        std::fs::File::create(&dst).unwrap_or_else(|e| panic!("create {}: {e}", dst.display()));
+        let src_s = src.display().to_string();
+        let dst_s = dst.display().to_string();
+        let out = crate::util::run(&["mount", "--bind", &src_s, &dst_s]);
+        if !out.success() {
+            let _ = std::fs::remove_file(&dst);
+            panic!("mount --bind {src_s} {dst_s}: {out}");
+        }
+        Netns {
+            name,
+            label: label.to_string(),
+        }
+    }
+
     /// The netns name under /run/netns.
     pub fn name(&self) -> &str {
         &self.name

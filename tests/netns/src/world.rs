@@ -116,6 +116,8 @@ pub struct World {
     dir: TempDir,
     log_path: PathBuf,
     bin_dir: PathBuf,
+    /// Replaces `ip netns exec HOST` in front of netd (see [`World::set_netd_launcher`]).
+    netd_launcher: Option<Vec<std::ffi::OsString>>,
 }
 
 impl World {
@@ -189,6 +191,7 @@ impl World {
             dir,
             log_path,
             bin_dir: opts.bin_dir.unwrap_or_else(crate::util::bin_dir),
+            netd_launcher: None,
         }
     }
 
@@ -232,10 +235,29 @@ impl World {
         Netns::new(label, "c")
     }
 
+    /// Runs netd (from its next start on) behind `argv` instead of `ip netns exec HOST`: a
+    /// runtime test starts it inside the runtime's private mount namespace, because the
+    /// daemon opens the CNI_NETNS paths the runtime names, and those exist only there.
+    /// `argv` must exec its last argument in the host netns (as `nsenter` does), so that the
+    /// child's pid is netd's own.
+    pub fn set_netd_launcher(&mut self, argv: Vec<std::ffi::OsString>) {
+        self.netd_launcher = Some(argv);
+    }
+
     fn netd_command(&self) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", self.host.name()])
-            .arg(self.bin("netd"))
+        let mut cmd = match &self.netd_launcher {
+            Some(argv) => {
+                let mut c = Command::new(&argv[0]);
+                c.args(&argv[1..]);
+                c
+            }
+            None => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", self.host.name()]);
+                c
+            }
+        };
+        cmd.arg(self.bin("netd"))
             .arg("--socket")
             .arg(self.socket())
             .arg("--state-dir")
