@@ -305,7 +305,6 @@ fn run_pod_retrying(
 /// (UpdateRuntimeConfig), containerd renders `deploy/netd.conflist.tmpl` from
 /// `conf_template`, and the first pod's ADD makes netd create the network with that subnet.
 #[test]
-#[ignore = "needs the cnifeat branch: netd creating a network from a conflist's subnets, and deploy/netd.conflist.tmpl"]
 fn cri_pod_cidr_from_conf_template_creates_the_network() {
     if !require(&["containerd", "ctr", "runc", "nsenter", "unshare", "busybox"]) {
         return;
