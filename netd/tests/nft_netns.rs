@@ -13,7 +13,8 @@ use std::time::Instant;
 
 use netd::model::Proto;
 use netd::nft::{Batch, ElemData, Family, SetElem, Socket, Verdict as NftVerdict};
-use netd::plan::{ChainId, Desired, Elem, SetId, Verdict};
+use netd::plan::shape::{BoundDnat, Dnat, Iface, IfaceVerdict, Open, SameIface};
+use netd::plan::{sets, ChainId, Desired, Elem, SetId, Verdict};
 use netd::ruleset::{self, render_template, Applier, TEMPLATE};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -123,10 +124,19 @@ impl Drop for Netns {
     }
 }
 
-fn dnat4(proto: Proto, host: Option<[u8; 4]>, hp: u16, a: [u8; 4], p: u16) -> Elem {
-    Elem::Dnat4 {
+fn any4(proto: Proto, hp: u16, a: [u8; 4], p: u16) -> Dnat<Ipv4Addr> {
+    Dnat {
         proto,
-        host_addr: host.map(Ipv4Addr::from),
+        host_port: hp,
+        addr: Ipv4Addr::from(a),
+        port: p,
+    }
+}
+
+fn bound4(proto: Proto, host: [u8; 4], hp: u16, a: [u8; 4], p: u16) -> BoundDnat<Ipv4Addr> {
+    BoundDnat {
+        proto,
+        host_addr: Ipv4Addr::from(host),
         host_port: hp,
         addr: Ipv4Addr::from(a),
         port: p,
@@ -140,82 +150,60 @@ fn v6(s: &str) -> Ipv6Addr {
 fn rich() -> Desired {
     let mut d = Desired::default();
     for b in ["br-a", "br-b", "br-int"] {
-        d.insert(SetId::Bridges, Elem::Iface(b.into()));
+        d.insert(sets::BRIDGES, Iface(b.into()));
     }
+    d.insert(sets::SAME_NET, SameIface("br-a".into(), Verdict::Accept));
     d.insert(
-        SetId::SameNet,
-        Elem::SameIface("br-a".into(), Verdict::Accept),
+        sets::SAME_NET,
+        SameIface("br-b".into(), Verdict::Goto(ChainId::IccOff)),
     );
     d.insert(
-        SetId::SameNet,
-        Elem::SameIface("br-b".into(), Verdict::Goto(ChainId::IccOff)),
+        sets::IN4,
+        IfaceVerdict("br-a".into(), Verdict::Goto(ChainId::ToNat)),
     );
     d.insert(
-        SetId::In4,
-        Elem::IfaceVerdict("br-a".into(), Verdict::Goto(ChainId::ToNat)),
+        sets::IN4,
+        IfaceVerdict("br-b".into(), Verdict::Goto(ChainId::ToRouted)),
     );
+    d.insert(sets::IN4, IfaceVerdict("br-int".into(), Verdict::Drop));
     d.insert(
-        SetId::In4,
-        Elem::IfaceVerdict("br-b".into(), Verdict::Goto(ChainId::ToRouted)),
+        sets::IN6,
+        IfaceVerdict("br-a".into(), Verdict::Goto(ChainId::ToNat)),
     );
-    d.insert(
-        SetId::In4,
-        Elem::IfaceVerdict("br-int".into(), Verdict::Drop),
-    );
-    d.insert(
-        SetId::In6,
-        Elem::IfaceVerdict("br-a".into(), Verdict::Goto(ChainId::ToNat)),
-    );
-    d.insert(
-        SetId::Out4,
-        Elem::IfaceVerdict("br-a".into(), Verdict::Accept),
-    );
-    d.insert(
-        SetId::Out4,
-        Elem::IfaceVerdict("br-int".into(), Verdict::Drop),
-    );
-    d.insert(
-        SetId::Out6,
-        Elem::IfaceVerdict("br-a".into(), Verdict::Accept),
-    );
-    d.insert(SetId::Sealed, Elem::Iface("br-int".into()));
+    d.insert(sets::OUT4, IfaceVerdict("br-a".into(), Verdict::Accept));
+    d.insert(sets::OUT4, IfaceVerdict("br-int".into(), Verdict::Drop));
+    d.insert(sets::OUT6, IfaceVerdict("br-a".into(), Verdict::Accept));
+    d.insert(sets::SEALED, Iface("br-int".into()));
     for n in ["10.88.0.0/16", "10.89.1.0/24"] {
-        d.insert(SetId::Masq4, Elem::Net4(n.parse().unwrap()));
+        d.insert(sets::MASQ4, n.parse().unwrap());
     }
     for n in ["10.88.0.0/16", "10.89.1.0/24", "10.90.0.0/24"] {
-        d.insert(SetId::Subnets4, Elem::Net4(n.parse().unwrap()));
+        d.insert(sets::SUBNETS4, n.parse().unwrap());
     }
-    d.insert(SetId::Masq6, Elem::Net6("fd00:88::/64".parse().unwrap()));
+    d.insert(sets::MASQ6, "fd00:88::/64".parse().unwrap());
     for n in ["fd00:88::/64", "fd00:89::/64"] {
-        d.insert(SetId::Subnets6, Elem::Net6(n.parse().unwrap()));
+        d.insert(sets::SUBNETS6, n.parse().unwrap());
     }
+    d.insert(sets::DNAT4_ANY, any4(Proto::Tcp, 8080, [10, 88, 0, 2], 80));
+    d.insert(sets::DNAT4_ANY, any4(Proto::Udp, 5353, [10, 88, 0, 3], 53));
     d.insert(
-        SetId::Dnat4Any,
-        dnat4(Proto::Tcp, None, 8080, [10, 88, 0, 2], 80),
+        sets::DNAT4_BOUND,
+        bound4(Proto::Tcp, [192, 0, 2, 1], 443, [10, 88, 0, 2], 443),
     );
     d.insert(
-        SetId::Dnat4Any,
-        dnat4(Proto::Udp, None, 5353, [10, 88, 0, 3], 53),
-    );
-    d.insert(
-        SetId::Dnat4Bound,
-        dnat4(Proto::Tcp, Some([192, 0, 2, 1]), 443, [10, 88, 0, 2], 443),
-    );
-    d.insert(
-        SetId::Dnat6Any,
-        Elem::Dnat6 {
+        sets::DNAT6_ANY,
+        Dnat {
             proto: Proto::Tcp,
-            host_addr: None,
             host_port: 8080,
             addr: v6("fd00:88::2"),
             port: 80,
         },
     );
     d.insert(
-        SetId::Dnat6Bound,
-        Elem::Dnat6 {
+        sets::DNAT6_BOUND,
+        BoundDnat {
             proto: Proto::Sctp,
-            host_addr: Some(v6("2001:db8::1")),
+            host_addr: v6("2001:db8::1"),
             host_port: 9,
             addr: v6("fd00:88::3"),
             port: 99,
@@ -223,8 +211,8 @@ fn rich() -> Desired {
     );
     for (p, port) in [(Proto::Tcp, 80), (Proto::Udp, 53)] {
         d.insert(
-            SetId::Open4,
-            Elem::Open4 {
+            sets::OPEN4,
+            Open {
                 addr: Ipv4Addr::new(10, 89, 1, 2),
                 proto: p,
                 port,
@@ -232,8 +220,8 @@ fn rich() -> Desired {
         );
     }
     d.insert(
-        SetId::Open6,
-        Elem::Open6 {
+        sets::OPEN6,
+        Open {
             addr: v6("fd00:89::2"),
             proto: Proto::Tcp,
             port: 80,
@@ -254,7 +242,7 @@ fn sync_full_matches_rendered_template_and_recovers() {
     let Some(ns) = Netns::new() else { return };
     let mut d = rich();
     // Covered by 10.88.0.0/16: normalized away (the kernel refuses overlapping intervals).
-    d.insert(SetId::Masq4, Elem::Net4("10.88.5.0/24".parse().unwrap()));
+    d.insert(sets::MASQ4, "10.88.5.0/24".parse().unwrap());
     let want = render_template(TEMPLATE, &d);
     assert_eq!(want, render_template(TEMPLATE, &rich()));
     ns.sync(&d).unwrap();
@@ -311,30 +299,27 @@ fn apply_diff_matches_rendered_template() {
         .get_mut(&SetId::Bridges)
         .unwrap()
         .remove(&Elem::Iface("br-int".into()));
-    new.insert(SetId::Bridges, Elem::Iface("br-c".into()));
-    new.insert(SetId::Subnets4, Elem::Net4("10.91.0.0/24".parse().unwrap()));
+    new.insert(sets::BRIDGES, Iface("br-c".into()));
+    new.insert(sets::SUBNETS4, "10.91.0.0/24".parse().unwrap());
     // Adjacent to 10.89.1.0/24 (its end element has the other's start key).
-    new.insert(SetId::Masq4, Elem::Net4("10.89.0.0/24".parse().unwrap()));
-    new.insert(SetId::Masq4, Elem::Net4("10.89.2.0/24".parse().unwrap()));
+    new.insert(sets::MASQ4, "10.89.0.0/24".parse().unwrap());
+    new.insert(sets::MASQ4, "10.89.2.0/24".parse().unwrap());
     new.sets
         .get_mut(&SetId::Subnets4)
         .unwrap()
         .remove(&Elem::Net4("10.89.1.0/24".parse().unwrap()));
     // Same key, new target: a removal and an addition in one batch.
-    new.sets.get_mut(&SetId::Dnat4Any).unwrap().remove(&dnat4(
-        Proto::Tcp,
-        None,
-        8080,
-        [10, 88, 0, 2],
-        80,
-    ));
+    new.sets
+        .get_mut(&SetId::Dnat4Any)
+        .unwrap()
+        .remove(&Elem::from(any4(Proto::Tcp, 8080, [10, 88, 0, 2], 80)));
     new.insert(
-        SetId::Dnat4Any,
-        dnat4(Proto::Tcp, None, 8080, [10, 88, 0, 9], 8080),
+        sets::DNAT4_ANY,
+        any4(Proto::Tcp, 8080, [10, 88, 0, 9], 8080),
     );
     new.insert(
-        SetId::In6,
-        Elem::IfaceVerdict("br-b".into(), Verdict::Goto(ChainId::ToRouted)),
+        sets::IN6,
+        IfaceVerdict("br-b".into(), Verdict::Goto(ChainId::ToRouted)),
     );
 
     ns.sync(&old).unwrap();
@@ -352,10 +337,9 @@ fn ten_thousand_dnat_elements_in_one_sync() {
     let mut d = Desired::default();
     for i in 0..10_000u32 {
         d.insert(
-            SetId::Dnat4Any,
-            dnat4(
+            sets::DNAT4_ANY,
+            any4(
                 Proto::Tcp,
-                None,
                 (10_000 + i) as u16,
                 [10, 88, (i / 250) as u8, (i % 250 + 2) as u8],
                 80,
@@ -401,7 +385,7 @@ fn failing_batch_changes_nothing_and_names_the_message() {
         .insert(SetId::Bridges, vec![Elem::Iface("br-a".into())]);
     diff.add.insert(
         SetId::Dnat4Any,
-        vec![dnat4(Proto::Tcp, None, 8080, [10, 88, 0, 7], 80)],
+        vec![any4(Proto::Tcp, 8080, [10, 88, 0, 7], 80).into()],
     );
     let err = ns.apply(&diff).unwrap_err();
     eprintln!("error: {err}");
@@ -587,28 +571,24 @@ fn published_ports_reach_the_container() {
     }
 
     let mut d = Desired::default();
-    d.insert(SetId::Bridges, Elem::Iface("h-c".into()));
-    for set in [SetId::In4, SetId::In6] {
+    d.insert(sets::BRIDGES, Iface("h-c".into()));
+    for set in [sets::IN4, sets::IN6] {
         d.insert(
             set,
-            Elem::IfaceVerdict("h-c".into(), Verdict::Goto(ChainId::ToNat)),
+            IfaceVerdict("h-c".into(), Verdict::Goto(ChainId::ToNat)),
         );
     }
-    d.insert(SetId::Subnets4, Elem::Net4("10.88.0.0/24".parse().unwrap()));
-    d.insert(SetId::Masq4, Elem::Net4("10.88.0.0/24".parse().unwrap()));
+    d.insert(sets::SUBNETS4, "10.88.0.0/24".parse().unwrap());
+    d.insert(sets::MASQ4, "10.88.0.0/24".parse().unwrap());
+    d.insert(sets::DNAT4_ANY, any4(Proto::Tcp, 8080, [10, 88, 0, 2], 80));
     d.insert(
-        SetId::Dnat4Any,
-        dnat4(Proto::Tcp, None, 8080, [10, 88, 0, 2], 80),
+        sets::DNAT4_BOUND,
+        bound4(Proto::Tcp, [192, 0, 2, 1], 8081, [10, 88, 0, 2], 80),
     );
     d.insert(
-        SetId::Dnat4Bound,
-        dnat4(Proto::Tcp, Some([192, 0, 2, 1]), 8081, [10, 88, 0, 2], 80),
-    );
-    d.insert(
-        SetId::Dnat6Any,
-        Elem::Dnat6 {
+        sets::DNAT6_ANY,
+        Dnat {
             proto: Proto::Tcp,
-            host_addr: None,
             host_port: 8080,
             addr: v6("fd00:88::2"),
             port: 80,

@@ -8,12 +8,14 @@
 //! This module is pure: it takes the model and returns values.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::marker::PhantomData;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::model::{Endpoint, GatewayMode, Network, PortMapping, Proto};
 use crate::ports::{self, Family};
+use shape::{BoundDnat, Dnat, Iface, IfaceVerdict, Open, SameIface};
 
 /// The named sets and maps of netd's table. The names are the ones in `nft-templates/netd.nft`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -189,13 +191,208 @@ impl Desired {
         self.sets.get(&set).into_iter().flatten()
     }
 
-    pub fn insert(&mut self, set: SetId, elem: Elem) {
-        self.sets.entry(set).or_default().insert(elem);
+    /// Adds an element to a set. The set's type names the shape of its elements, so an
+    /// element that does not fit the set does not compile.
+    pub fn insert<K: Into<Elem>>(&mut self, set: Set<K>, elem: K) {
+        self.sets.entry(set.id).or_default().insert(elem.into());
     }
 
-    pub fn insert_all(&mut self, set: SetId, elems: impl IntoIterator<Item = Elem>) {
-        self.sets.entry(set).or_default().extend(elems);
+    /// `self` after `diff`: removals, then additions. Diffs come from [`Desired::diff`] and
+    /// [`endpoint_elems`], whose elements were made through typed sets.
+    pub fn apply(&mut self, diff: &Diff) {
+        for (set, elems) in &diff.remove {
+            if let Some(s) = self.sets.get_mut(set) {
+                for e in elems {
+                    s.remove(e);
+                }
+            }
+        }
+        for (set, elems) in &diff.add {
+            self.sets
+                .entry(*set)
+                .or_default()
+                .extend(elems.iter().cloned());
+        }
     }
+}
+
+/// One of netd's sets, typed by the shape of its elements (`K`): [`Desired::insert`] and
+/// [`typed`] take a `Set<K>` and a `K`, which ties each element to its set at compile time.
+/// The constants in [`sets`] are the only values.
+#[derive(Debug)]
+pub struct Set<K> {
+    id: SetId,
+    shape: PhantomData<fn(K) -> Elem>,
+}
+
+impl<K> Clone for Set<K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<K> Copy for Set<K> {}
+
+impl<K> Set<K> {
+    const fn new(id: SetId) -> Set<K> {
+        Set {
+            id,
+            shape: PhantomData,
+        }
+    }
+
+    pub fn id(self) -> SetId {
+        self.id
+    }
+}
+
+/// An element of a set as the (set, element) pair diffs and encoders use.
+pub fn typed<K: Into<Elem>>(set: Set<K>, elem: K) -> (SetId, Elem) {
+    (set.id, elem.into())
+}
+
+/// Element shapes (see [`sets`]).
+pub mod shape {
+    use super::*;
+
+    /// An interface name: `bridges`, `sealed`.
+    pub struct Iface(pub String);
+    /// An interface and a verdict: `in4`, `in6`, `out4`, `out6`.
+    pub struct IfaceVerdict(pub String, pub Verdict);
+    /// A bridge and the verdict for traffic staying on it: `same_net`.
+    pub struct SameIface(pub String, pub Verdict);
+    /// A port published on every host address: `dnat4_any`, `dnat6_any`.
+    pub struct Dnat<A> {
+        pub proto: Proto,
+        pub host_port: u16,
+        pub addr: A,
+        pub port: u16,
+    }
+    /// A port published on one host address: `dnat4_bound`, `dnat6_bound`.
+    pub struct BoundDnat<A> {
+        pub proto: Proto,
+        pub host_addr: A,
+        pub host_port: u16,
+        pub addr: A,
+        pub port: u16,
+    }
+    /// A container port open at the container's own address: `open4`, `open6`.
+    pub struct Open<A> {
+        pub addr: A,
+        pub proto: Proto,
+        pub port: u16,
+    }
+
+    impl From<Iface> for Elem {
+        fn from(i: Iface) -> Elem {
+            Elem::Iface(i.0)
+        }
+    }
+    impl From<IfaceVerdict> for Elem {
+        fn from(i: IfaceVerdict) -> Elem {
+            Elem::IfaceVerdict(i.0, i.1)
+        }
+    }
+    impl From<SameIface> for Elem {
+        fn from(i: SameIface) -> Elem {
+            Elem::SameIface(i.0, i.1)
+        }
+    }
+    impl From<Ipv4Net> for Elem {
+        fn from(n: Ipv4Net) -> Elem {
+            Elem::Net4(n)
+        }
+    }
+    impl From<Ipv6Net> for Elem {
+        fn from(n: Ipv6Net) -> Elem {
+            Elem::Net6(n)
+        }
+    }
+    impl From<Dnat<Ipv4Addr>> for Elem {
+        fn from(d: Dnat<Ipv4Addr>) -> Elem {
+            Elem::Dnat4 {
+                proto: d.proto,
+                host_addr: None,
+                host_port: d.host_port,
+                addr: d.addr,
+                port: d.port,
+            }
+        }
+    }
+    impl From<Dnat<Ipv6Addr>> for Elem {
+        fn from(d: Dnat<Ipv6Addr>) -> Elem {
+            Elem::Dnat6 {
+                proto: d.proto,
+                host_addr: None,
+                host_port: d.host_port,
+                addr: d.addr,
+                port: d.port,
+            }
+        }
+    }
+    impl From<BoundDnat<Ipv4Addr>> for Elem {
+        fn from(d: BoundDnat<Ipv4Addr>) -> Elem {
+            Elem::Dnat4 {
+                proto: d.proto,
+                host_addr: Some(d.host_addr),
+                host_port: d.host_port,
+                addr: d.addr,
+                port: d.port,
+            }
+        }
+    }
+    impl From<BoundDnat<Ipv6Addr>> for Elem {
+        fn from(d: BoundDnat<Ipv6Addr>) -> Elem {
+            Elem::Dnat6 {
+                proto: d.proto,
+                host_addr: Some(d.host_addr),
+                host_port: d.host_port,
+                addr: d.addr,
+                port: d.port,
+            }
+        }
+    }
+    impl From<Open<Ipv4Addr>> for Elem {
+        fn from(o: Open<Ipv4Addr>) -> Elem {
+            Elem::Open4 {
+                addr: o.addr,
+                proto: o.proto,
+                port: o.port,
+            }
+        }
+    }
+    impl From<Open<Ipv6Addr>> for Elem {
+        fn from(o: Open<Ipv6Addr>) -> Elem {
+            Elem::Open6 {
+                addr: o.addr,
+                proto: o.proto,
+                port: o.port,
+            }
+        }
+    }
+}
+
+/// Every set of netd's table with the shape of its elements.
+pub mod sets {
+    use super::shape::*;
+    use super::*;
+
+    pub const BRIDGES: Set<Iface> = Set::new(SetId::Bridges);
+    pub const SAME_NET: Set<SameIface> = Set::new(SetId::SameNet);
+    pub const IN4: Set<IfaceVerdict> = Set::new(SetId::In4);
+    pub const IN6: Set<IfaceVerdict> = Set::new(SetId::In6);
+    pub const OUT4: Set<IfaceVerdict> = Set::new(SetId::Out4);
+    pub const OUT6: Set<IfaceVerdict> = Set::new(SetId::Out6);
+    pub const SEALED: Set<Iface> = Set::new(SetId::Sealed);
+    pub const MASQ4: Set<Ipv4Net> = Set::new(SetId::Masq4);
+    pub const MASQ6: Set<Ipv6Net> = Set::new(SetId::Masq6);
+    pub const SUBNETS4: Set<Ipv4Net> = Set::new(SetId::Subnets4);
+    pub const SUBNETS6: Set<Ipv6Net> = Set::new(SetId::Subnets6);
+    pub const DNAT4_ANY: Set<Dnat<Ipv4Addr>> = Set::new(SetId::Dnat4Any);
+    pub const DNAT4_BOUND: Set<BoundDnat<Ipv4Addr>> = Set::new(SetId::Dnat4Bound);
+    pub const DNAT6_ANY: Set<Dnat<Ipv6Addr>> = Set::new(SetId::Dnat6Any);
+    pub const DNAT6_BOUND: Set<BoundDnat<Ipv6Addr>> = Set::new(SetId::Dnat6Bound);
+    pub const OPEN4: Set<Open<Ipv4Addr>> = Set::new(SetId::Open4);
+    pub const OPEN6: Set<Open<Ipv6Addr>> = Set::new(SetId::Open6);
 }
 
 /// Element changes that turn one [`Desired`] into another.
@@ -287,28 +484,28 @@ pub fn desired<'a>(
     for net in networks {
         by_name.insert(net.name.as_str(), net);
         let br = &net.bridge;
-        d.insert(SetId::Bridges, Elem::Iface(br.clone()));
+        d.insert(sets::BRIDGES, Iface(br.clone()));
         let icc = if net.icc {
             Verdict::Accept
         } else {
             Verdict::Goto(ChainId::IccOff)
         };
-        d.insert(SetId::SameNet, Elem::SameIface(br.clone(), icc));
+        d.insert(sets::SAME_NET, SameIface(br.clone(), icc));
         if net.internal {
-            d.insert(SetId::Sealed, Elem::Iface(br.clone()));
+            d.insert(sets::SEALED, Iface(br.clone()));
         }
         let families = [
             (
                 net.subnet4.is_some(),
                 net.gateway_mode4,
-                SetId::In4,
-                SetId::Out4,
+                sets::IN4,
+                sets::OUT4,
             ),
             (
                 net.subnet6.is_some(),
                 net.gateway_mode6,
-                SetId::In6,
-                SetId::Out6,
+                sets::IN6,
+                sets::OUT6,
             ),
         ];
         for (present, mode, in_set, out_set) in families {
@@ -321,26 +518,26 @@ pub fn desired<'a>(
                     GatewayMode::Isolated => (Verdict::Drop, Verdict::Drop),
                 }
             };
-            d.insert(in_set, Elem::IfaceVerdict(br.clone(), inbound));
-            d.insert(out_set, Elem::IfaceVerdict(br.clone(), outbound));
+            d.insert(in_set, IfaceVerdict(br.clone(), inbound));
+            d.insert(out_set, IfaceVerdict(br.clone(), outbound));
         }
         if let Some(s) = net.subnet4 {
-            d.insert(SetId::Subnets4, Elem::Net4(s.trunc()));
+            d.insert(sets::SUBNETS4, s.trunc());
             if !net.internal && net.gateway_mode4 == GatewayMode::Nat {
-                d.insert(SetId::Masq4, Elem::Net4(s.trunc()));
+                d.insert(sets::MASQ4, s.trunc());
             }
         }
         if let Some(s) = net.subnet6 {
-            d.insert(SetId::Subnets6, Elem::Net6(s.trunc()));
+            d.insert(sets::SUBNETS6, s.trunc());
             if !net.internal && net.gateway_mode6 == GatewayMode::Nat {
-                d.insert(SetId::Masq6, Elem::Net6(s.trunc()));
+                d.insert(sets::MASQ6, s.trunc());
             }
         }
     }
     for ep in endpoints {
         if let Some(net) = by_name.get(ep.network.as_str()) {
             for (set, elem) in endpoint_elems(net, ep) {
-                d.insert(set, elem);
+                d.sets.entry(set).or_default().insert(elem);
             }
         }
     }
@@ -378,56 +575,83 @@ fn port_elem(
     ctr: IpAddr,
 ) -> Option<(SetId, Elem)> {
     let (proto, host_port, port) = (pm.protocol, pm.host_port, pm.container_port);
-    match (mode, ctr) {
-        (GatewayMode::Nat, IpAddr::V4(addr)) => {
-            let host_addr = match host {
-                Some(IpAddr::V4(a)) => Some(a),
-                _ => None,
-            };
-            let set = match host_addr {
-                Some(_) => SetId::Dnat4Bound,
-                None => SetId::Dnat4Any,
-            };
-            let elem = Elem::Dnat4 {
+    Some(match (mode, ctr, host) {
+        (GatewayMode::Nat, IpAddr::V4(addr), Some(IpAddr::V4(host_addr))) => typed(
+            sets::DNAT4_BOUND,
+            BoundDnat {
                 proto,
                 host_addr,
                 host_port,
                 addr,
                 port,
-            };
-            Some((set, elem))
-        }
-        (GatewayMode::Nat, IpAddr::V6(addr)) => {
-            let host_addr = match host {
-                Some(IpAddr::V6(a)) => Some(a),
-                _ => None,
-            };
-            let set = match host_addr {
-                Some(_) => SetId::Dnat6Bound,
-                None => SetId::Dnat6Any,
-            };
-            let elem = Elem::Dnat6 {
+            },
+        ),
+        (GatewayMode::Nat, IpAddr::V4(addr), _) => typed(
+            sets::DNAT4_ANY,
+            Dnat {
+                proto,
+                host_port,
+                addr,
+                port,
+            },
+        ),
+        (GatewayMode::Nat, IpAddr::V6(addr), Some(IpAddr::V6(host_addr))) => typed(
+            sets::DNAT6_BOUND,
+            BoundDnat {
                 proto,
                 host_addr,
                 host_port,
                 addr,
                 port,
-            };
-            Some((set, elem))
+            },
+        ),
+        (GatewayMode::Nat, IpAddr::V6(addr), _) => typed(
+            sets::DNAT6_ANY,
+            Dnat {
+                proto,
+                host_port,
+                addr,
+                port,
+            },
+        ),
+        (GatewayMode::Routed, IpAddr::V4(addr), _) => {
+            typed(sets::OPEN4, Open { addr, proto, port })
         }
-        (GatewayMode::Routed, IpAddr::V4(addr)) => {
-            Some((SetId::Open4, Elem::Open4 { addr, proto, port }))
+        (GatewayMode::Routed, IpAddr::V6(addr), _) => {
+            typed(sets::OPEN6, Open { addr, proto, port })
         }
-        (GatewayMode::Routed, IpAddr::V6(addr)) => {
-            Some((SetId::Open6, Elem::Open6 { addr, proto, port }))
-        }
-        (GatewayMode::Isolated, _) => None,
-    }
+        (GatewayMode::Isolated, _, _) => return None,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_set_has_one_typed_handle() {
+        use super::sets::*;
+        let ids = [
+            BRIDGES.id(),
+            SAME_NET.id(),
+            IN4.id(),
+            IN6.id(),
+            OUT4.id(),
+            OUT6.id(),
+            SEALED.id(),
+            MASQ4.id(),
+            MASQ6.id(),
+            SUBNETS4.id(),
+            SUBNETS6.id(),
+            DNAT4_ANY.id(),
+            DNAT4_BOUND.id(),
+            DNAT6_ANY.id(),
+            DNAT6_BOUND.id(),
+            OPEN4.id(),
+            OPEN6.id(),
+        ];
+        assert_eq!(ids, SetId::ALL);
+    }
     use crate::model::PortMapping;
 
     fn net(name: &str) -> Network {

@@ -354,7 +354,7 @@ impl Engine {
         if !diff.is_empty() {
             self.apply_or_resync(&diff, |applied| {
                 let mut target = applied.clone();
-                apply_to(&mut target, &diff);
+                target.apply(&diff);
                 target
             })?;
         }
@@ -363,7 +363,7 @@ impl Engine {
 
     /// Records an applied diff in `self.applied`.
     fn commit_diff(&mut self, diff: &Diff) {
-        apply_to(&mut self.applied, diff);
+        self.applied.apply(diff);
     }
 
     /// Takes back an applied diff after a later step failed.
@@ -1138,20 +1138,6 @@ impl Engine {
     }
 }
 
-/// `table` after `diff`: removals, then additions.
-fn apply_to(table: &mut Desired, diff: &Diff) {
-    for (set, elems) in &diff.remove {
-        if let Some(s) = table.sets.get_mut(set) {
-            for e in elems {
-                s.remove(e);
-            }
-        }
-    }
-    for (set, elems) in &diff.add {
-        table.insert_all(*set, elems.iter().cloned());
-    }
-}
-
 /// An existing network matches a conflist's subnets when it has exactly those, per family.
 /// Anything else is refused, naming both: attaching pods to a network other than the one the
 /// node's configuration describes would give them addresses nobody routes.
@@ -1787,7 +1773,7 @@ mod tests {
             .lock()
             .unwrap()
             .table
-            .insert_all(plan::SetId::Bridges, [plan::Elem::Iface("nd-b".into())]);
+            .insert(plan::sets::BRIDGES, plan::shape::Iface("nd-b".into()));
         e.create_network(create("b")).unwrap();
         assert_eq!(fx.table.lock().unwrap().refused, 2);
         e.attach(attach("b", "c2", vec![tcp(8081)])).unwrap();
