@@ -613,3 +613,563 @@ fn fixed_addrs(
     }
     Ok((v4, v6))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Proto;
+
+    fn defaults() -> Defaults {
+        Defaults {
+            pool4: "10.99.0.0/16".parse().unwrap(),
+            pool4_prefix: 24,
+            cni_version: "1.0.0".into(),
+        }
+    }
+
+    fn facts() -> NetworkFacts {
+        NetworkFacts {
+            routes: vec![
+                "10.99.0.0/24".parse().unwrap(),
+                "fd00:1:2::/64".parse().unwrap(),
+            ],
+            ula: Some("fd00:1:2::/48".parse().unwrap()),
+            ipv6_forwarding: Ok(()),
+            now: 7,
+        }
+    }
+
+    fn req(name: &str) -> NetworkRequest {
+        NetworkRequest {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Both steps of a create, against `networks`.
+    fn create(
+        r: NetworkRequest,
+        networks: &BTreeMap<String, Network>,
+        facts: &NetworkFacts,
+    ) -> Result<Network, ResolveError> {
+        let bridge = bridge(&r, networks)?;
+        network(r, bridge, networks, &defaults(), facts)
+    }
+
+    fn with(nets: &[Network]) -> BTreeMap<String, Network> {
+        nets.iter().map(|n| (n.name.clone(), n.clone())).collect()
+    }
+
+    #[test]
+    fn a_bare_request_gets_defaults_and_the_first_free_subnet() {
+        let none = BTreeMap::new();
+        let a = create(req("a"), &none, &facts()).unwrap();
+        // 10.99.0.0/24 is a host route.
+        assert_eq!(a.subnet4.unwrap().to_string(), "10.99.1.0/24");
+        assert_eq!(a.gateway4.unwrap().to_string(), "10.99.1.1");
+        assert_eq!(a.subnet6, None);
+        assert_eq!(a.bridge, "nd-a");
+        assert_eq!((a.mtu, a.icc, a.internal), (1500, true, false));
+        assert_eq!(a.cni_version, "1.0.0");
+        assert_eq!(a.created, 7);
+        let b = create(req("b"), &with(std::slice::from_ref(&a)), &facts()).unwrap();
+        assert_eq!(b.subnet4.unwrap().to_string(), "10.99.2.0/24");
+
+        // The ULA prefix's first /64 is routed on the host already.
+        let v6 = NetworkRequest {
+            ipv6: true,
+            ..req("six")
+        };
+        let six = create(v6.clone(), &none, &facts()).unwrap();
+        assert_eq!(six.subnet6.unwrap().to_string(), "fd00:1:2:1::/64");
+        assert_eq!(six.gateway6.unwrap().to_string(), "fd00:1:2:1::1");
+        let no_ula = NetworkFacts {
+            ula: None,
+            ..facts()
+        };
+        let err = create(v6, &none, &no_ula).unwrap_err();
+        assert_eq!(err, ResolveError::NoUlaPrefix);
+        assert_eq!(err.kind(), Kind::Inconsistent);
+    }
+
+    #[test]
+    fn names_and_bridges_are_checked_first() {
+        let a = create(req("a"), &BTreeMap::new(), &facts()).unwrap();
+        let nets = with(&[a]);
+        let cases = [
+            (req("bad/name"), Kind::Invalid, "contains"),
+            (req("a"), Kind::Conflict, "network \"a\" already exists"),
+            (
+                NetworkRequest {
+                    bridge: Some("nd-a".into()),
+                    ..req("b")
+                },
+                Kind::Conflict,
+                "bridge nd-a is already used by network a",
+            ),
+            (
+                NetworkRequest {
+                    bridge: Some("a-name-too-long-for-linux".into()),
+                    ..req("b")
+                },
+                Kind::Invalid,
+                "the limit is 15",
+            ),
+        ];
+        for (r, kind, text) in cases {
+            let err = bridge(&r, &nets).unwrap_err();
+            assert_eq!(err.kind(), kind, "{r:?}: {err}");
+            assert!(err.to_string().contains(text), "{r:?}: {err}");
+        }
+        assert_eq!(default_bridge_name("web"), "nd-web");
+        let long = default_bridge_name("a-rather-long-network-name");
+        assert_eq!(long.len(), 15);
+        assert!(long.starts_with("nd-"));
+        assert_eq!(long, default_bridge_name("a-rather-long-network-name"));
+    }
+
+    #[test]
+    fn contradictory_or_impossible_requests_are_refused() {
+        let taken = create(
+            NetworkRequest {
+                subnet4: Some("10.50.0.0/24".parse().unwrap()),
+                ..req("taken")
+            },
+            &BTreeMap::new(),
+            &facts(),
+        )
+        .unwrap();
+        let nets = with(&[taken]);
+        let no_fwd = NetworkFacts {
+            ipv6_forwarding: Err("net.ipv6.conf.all.forwarding is 0".into()),
+            ..facts()
+        };
+        let ok = facts();
+        let cases: Vec<(NetworkRequest, &NetworkFacts, Kind, &str)> = vec![
+            (
+                NetworkRequest {
+                    internal: true,
+                    gateway_mode4: Some(GatewayMode::Routed),
+                    ..req("x")
+                },
+                &ok,
+                Kind::Invalid,
+                "cannot use the routed gateway mode",
+            ),
+            (
+                NetworkRequest {
+                    no_ipv4: true,
+                    ..req("x")
+                },
+                &ok,
+                Kind::Invalid,
+                "needs IPv6",
+            ),
+            (
+                NetworkRequest {
+                    no_ipv4: true,
+                    ipv6: true,
+                    subnet4: Some("10.60.0.0/24".parse().unwrap()),
+                    ..req("x")
+                },
+                &ok,
+                Kind::Invalid,
+                "contradict a network without IPv4",
+            ),
+            (
+                NetworkRequest {
+                    gateway_mode6: Some(GatewayMode::Nat),
+                    ..req("x")
+                },
+                &ok,
+                Kind::Invalid,
+                "needs an IPv6 network",
+            ),
+            (
+                NetworkRequest {
+                    cni_version: Some("1.2.0".into()),
+                    ..req("x")
+                },
+                &ok,
+                Kind::Invalid,
+                "\"1.2.0\"",
+            ),
+            (
+                NetworkRequest {
+                    mtu: Some(67),
+                    ..req("x")
+                },
+                &ok,
+                Kind::Invalid,
+                "MTU 67 is out of range",
+            ),
+            (
+                NetworkRequest {
+                    mtu: Some(1200),
+                    ipv6: true,
+                    ..req("x")
+                },
+                &ok,
+                Kind::Invalid,
+                "below IPv6's minimum",
+            ),
+            (
+                NetworkRequest {
+                    subnet4: Some("10.60.0.1/24".parse().unwrap()),
+                    ..req("x")
+                },
+                &ok,
+                Kind::Invalid,
+                "host bits set; did you mean 10.60.0.0/24?",
+            ),
+            (
+                NetworkRequest {
+                    subnet4: Some("10.50.0.128/25".parse().unwrap()),
+                    ..req("x")
+                },
+                &ok,
+                Kind::Conflict,
+                "overlaps 10.50.0.0/24 (network taken)",
+            ),
+            (
+                NetworkRequest {
+                    subnet4: Some("10.60.0.0/24".parse().unwrap()),
+                    gateway4: Some("10.61.0.1".parse().unwrap()),
+                    ..req("x")
+                },
+                &ok,
+                Kind::Invalid,
+                "gateway 10.61.0.1 is not a usable host address",
+            ),
+            (
+                NetworkRequest {
+                    subnet4: Some("10.60.0.0/31".parse().unwrap()),
+                    ..req("x")
+                },
+                &ok,
+                Kind::Invalid,
+                "too small",
+            ),
+            (
+                NetworkRequest {
+                    subnet6: Some("fd00:60::/127".parse().unwrap()),
+                    ..req("x")
+                },
+                &ok,
+                Kind::Invalid,
+                "subnet fd00:60::/127 is too small",
+            ),
+            (
+                NetworkRequest {
+                    ipv6: true,
+                    ..req("x")
+                },
+                &no_fwd,
+                Kind::Invalid,
+                "forwarding is 0",
+            ),
+        ];
+        for (r, f, kind, text) in cases {
+            let err = create(r.clone(), &nets, f).unwrap_err();
+            assert_eq!(err.kind(), kind, "{r:?}: {err}");
+            assert!(err.to_string().contains(text), "{r:?}: {err}");
+        }
+        // The same requests without the contradiction pass: the refusals above are theirs.
+        let fine = NetworkRequest {
+            subnet4: Some("10.60.0.0/24".parse().unwrap()),
+            gateway4: Some("10.60.0.254".parse().unwrap()),
+            mtu: Some(1280),
+            ipv6: true,
+            ..req("x")
+        };
+        let x = create(fine, &nets, &facts()).unwrap();
+        assert_eq!(x.gateway4.unwrap().to_string(), "10.60.0.254");
+        // A full pool is a conflict with what exists, not a bad request.
+        let full = Defaults {
+            pool4: "10.99.0.0/24".parse().unwrap(),
+            ..defaults()
+        };
+        let r = req("y");
+        let b = bridge(&r, &nets).unwrap();
+        let err = network(r, b, &nets, &full, &facts()).unwrap_err();
+        assert_eq!(err.kind(), Kind::Conflict, "{err}");
+    }
+
+    #[test]
+    fn an_ensured_network_must_be_the_attach_target_with_the_same_subnets() {
+        let spec = NetworkRequest {
+            subnet4: Some("10.244.1.0/24".parse().unwrap()),
+            ..req("pods")
+        };
+        let pods = create(spec.clone(), &BTreeMap::new(), &facts()).unwrap();
+        assert_eq!(check_ensure(&spec, "pods", None), Ok(()));
+        assert_eq!(check_ensure(&spec, "pods", Some(&pods)), Ok(()));
+        let err = check_ensure(&spec, "other", None).unwrap_err();
+        assert_eq!(err.kind(), Kind::Invalid);
+        let moved = NetworkRequest {
+            subnet4: Some("10.244.2.0/24".parse().unwrap()),
+            ..spec
+        };
+        let err = check_ensure(&moved, "pods", Some(&pods)).unwrap_err();
+        assert_eq!(err.kind(), Kind::Conflict);
+        assert!(
+            err.to_string()
+                .contains("exists with subnets 10.244.1.0/24, but the CNI configuration asks for 10.244.2.0/24"),
+            "{err}"
+        );
+    }
+
+    fn attach(cid: &str) -> EndpointRequest {
+        EndpointRequest {
+            network: "a".into(),
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+            netns: format!("/run/netns/{cid}"),
+            port_mappings: vec![],
+            ips: vec![],
+            mac: None,
+        }
+    }
+
+    fn tcp(host: u16) -> PortMapping {
+        PortMapping {
+            host_port: host,
+            container_port: 80,
+            protocol: Proto::Tcp,
+            host_ip: None,
+        }
+    }
+
+    /// A dual-stack network "a" (10.50.0.0/24, fd00:50::/64) and its endpoints, resolved one
+    /// after the other as the engine would.
+    struct World {
+        networks: BTreeMap<String, Network>,
+        endpoints: BTreeMap<EndpointKey, Endpoint>,
+        cursor: Cursor,
+    }
+
+    impl World {
+        fn new() -> World {
+            let a = create(
+                NetworkRequest {
+                    subnet4: Some("10.50.0.0/24".parse().unwrap()),
+                    subnet6: Some("fd00:50::/64".parse().unwrap()),
+                    ..req("a")
+                },
+                &BTreeMap::new(),
+                &facts(),
+            )
+            .unwrap();
+            World {
+                networks: with(&[a]),
+                endpoints: BTreeMap::new(),
+                cursor: Cursor::default(),
+            }
+        }
+        fn resolve(&self, r: EndpointRequest) -> Result<Resolved, ResolveError> {
+            check_endpoint_request(&r)?;
+            let state = State {
+                networks: &self.networks,
+                endpoints: &self.endpoints,
+            };
+            endpoint(r, &self.networks["a"], state, self.cursor, 9)
+        }
+        fn add(&mut self, r: EndpointRequest) -> Endpoint {
+            let done = self.resolve(r).unwrap();
+            self.cursor = done.cursor;
+            self.endpoints
+                .insert(done.endpoint.key(), done.endpoint.clone());
+            done.endpoint
+        }
+    }
+
+    #[test]
+    fn endpoints_get_next_fit_addresses_and_fixed_ones_do_not_move_the_cursor() {
+        let mut w = World::new();
+        let one = w.add(attach("c1"));
+        assert_eq!(one.addr4.unwrap().to_string(), "10.50.0.2");
+        assert_eq!(one.addr6.unwrap().to_string(), "fd00:50::2");
+        assert_eq!(one.host_veth, model::host_veth_name("c1", "eth0"));
+        assert_eq!(one.created, 9);
+        let fixed = w.add(EndpointRequest {
+            ips: vec!["10.50.0.200/24".parse().unwrap()],
+            ..attach("c2")
+        });
+        assert_eq!(fixed.addr4.unwrap().to_string(), "10.50.0.200");
+        assert_eq!(fixed.addr6.unwrap().to_string(), "fd00:50::3");
+        assert_eq!(w.cursor.last4, one.addr4, "a fixed address moves no cursor");
+        assert_eq!(w.cursor.last6, fixed.addr6);
+        // Released: the next endpoint continues after the cursor, not in the gap.
+        w.endpoints.remove(&one.key());
+        let three = w.add(attach("c3"));
+        assert_eq!(three.addr4.unwrap().to_string(), "10.50.0.3");
+        // Mappings are stored sorted.
+        let four = w.add(EndpointRequest {
+            port_mappings: vec![tcp(9000), tcp(8000)],
+            ..attach("c4")
+        });
+        assert_eq!(four.ports, vec![tcp(8000), tcp(9000)]);
+    }
+
+    #[test]
+    fn refused_attaches_say_why() {
+        let mut w = World::new();
+        w.add(EndpointRequest {
+            port_mappings: vec![tcp(8080)],
+            ips: vec!["10.50.0.2".parse().unwrap()],
+            ..attach("c1")
+        });
+        let loopback6 = PortMapping {
+            host_ip: Some("::1".parse().unwrap()),
+            ..tcp(8081)
+        };
+        let ips = |v: &[&str]| v.iter().map(|a| a.parse().unwrap()).collect::<Vec<_>>();
+        let cases = [
+            (attach("bad/id"), Kind::Invalid, "contains"),
+            (
+                EndpointRequest {
+                    netns: "netns/x".into(),
+                    ..attach("c9")
+                },
+                Kind::Invalid,
+                "is not an absolute path",
+            ),
+            (attach("c1"), Kind::Conflict, "already has interface eth0"),
+            (
+                EndpointRequest {
+                    port_mappings: vec![tcp(8080)],
+                    ..attach("c9")
+                },
+                Kind::Conflict,
+                "already published by container c1",
+            ),
+            (
+                EndpointRequest {
+                    port_mappings: vec![tcp(0)],
+                    ..attach("c9")
+                },
+                Kind::Invalid,
+                "port 0",
+            ),
+            (
+                EndpointRequest {
+                    port_mappings: vec![tcp(8082), tcp(8082)],
+                    ..attach("c9")
+                },
+                Kind::Invalid,
+                "requested twice",
+            ),
+            (
+                EndpointRequest {
+                    port_mappings: vec![loopback6],
+                    ..attach("c9")
+                },
+                Kind::Invalid,
+                "IPv6 loopback",
+            ),
+            (
+                EndpointRequest {
+                    ips: ips(&["10.50.0.2"]),
+                    ..attach("c9")
+                },
+                Kind::Conflict,
+                "taken by container c1 eth0",
+            ),
+            (
+                EndpointRequest {
+                    ips: ips(&["10.50.0.1"]),
+                    ..attach("c9")
+                },
+                Kind::Invalid,
+                "is the gateway",
+            ),
+            (
+                EndpointRequest {
+                    ips: ips(&["10.50.0.255"]),
+                    ..attach("c9")
+                },
+                Kind::Invalid,
+                "broadcast address",
+            ),
+            (
+                EndpointRequest {
+                    ips: ips(&["10.50.1.9"]),
+                    ..attach("c9")
+                },
+                Kind::Invalid,
+                "outside the network's subnet 10.50.0.0/24",
+            ),
+            (
+                EndpointRequest {
+                    ips: ips(&["10.50.0.9/16"]),
+                    ..attach("c9")
+                },
+                Kind::Invalid,
+                "prefix /16",
+            ),
+            (
+                EndpointRequest {
+                    ips: ips(&["fd00:50::9", "fd00:50::a"]),
+                    ..attach("c9")
+                },
+                Kind::Invalid,
+                "two IPv6 addresses",
+            ),
+        ];
+        for (r, kind, text) in cases {
+            let err = w.resolve(r.clone()).unwrap_err();
+            assert_eq!(err.kind(), kind, "{r:?}: {err}");
+            assert!(err.to_string().contains(text), "{r:?}: {err}");
+        }
+        // A network without IPv6 refuses an IPv6 address; one with it takes it.
+        let err = {
+            let mut v4 = World::new();
+            let a = v4.networks.get_mut("a").unwrap();
+            (a.subnet6, a.gateway6) = (None, None);
+            v4.resolve(EndpointRequest {
+                ips: ips(&["fd00:50::9"]),
+                ..attach("c9")
+            })
+            .unwrap_err()
+        };
+        assert!(
+            err.to_string().contains("network a has no IPv6 subnet"),
+            "{err}"
+        );
+        let ok = w
+            .resolve(EndpointRequest {
+                ips: ips(&["fd00:50::9"]),
+                ..attach("c9")
+            })
+            .unwrap();
+        assert_eq!(ok.endpoint.addr6.unwrap().to_string(), "fd00:50::9");
+    }
+
+    #[test]
+    fn a_full_subnet_or_bridge_is_a_conflict() {
+        let mut w = World::new();
+        let a = w.networks.get_mut("a").unwrap();
+        (a.subnet4, a.gateway4) = (
+            Some("10.50.0.0/30".parse().unwrap()),
+            Some("10.50.0.1".parse().unwrap()),
+        );
+        w.add(attach("c1"));
+        let err = w.resolve(attach("c2")).unwrap_err();
+        assert_eq!(err.kind(), Kind::Conflict);
+        assert!(
+            err.to_string().contains("subnet 10.50.0.0/30 is full"),
+            "{err}"
+        );
+
+        let mut w = World::new();
+        let a = w.networks.get_mut("a").unwrap();
+        a.subnet4 = Some("10.48.0.0/20".parse().unwrap());
+        a.gateway4 = Some("10.48.0.1".parse().unwrap());
+        for i in 0..MAX_BRIDGE_PORTS {
+            w.add(attach(&format!("c{i}")));
+        }
+        let err = w.resolve(attach("one-too-many")).unwrap_err();
+        assert_eq!(err.kind(), Kind::Conflict);
+        assert!(err.to_string().contains("1023 ports"), "{err}");
+    }
+}

@@ -1547,6 +1547,48 @@ mod tests {
         assert!(e.meta.cursors.is_empty());
     }
 
+    /// IPv6 facts come from the host: without IPv6 forwarding the request is refused and
+    /// leaves nothing behind (not even the ULA ID); with it, the ID is drawn once and kept.
+    #[test]
+    fn ipv6_needs_forwarding_and_keeps_its_ula_prefix() {
+        use crate::api::ErrorKind;
+        let fx = Fixture::new("ula");
+        let mut e = fx.engine();
+        let six = |name: &str| CreateNetwork {
+            ipv6: true,
+            ..create(name)
+        };
+        fx.table.lock().unwrap().no_ipv6_forwarding = true;
+        let err = e
+            .create_network(six("a"))
+            .map_err(ApiError::from)
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Invalid);
+        assert!(
+            err.message.contains("net.ipv6.conf.all.forwarding is 0"),
+            "{}",
+            err.message
+        );
+        assert!(e.network("a").is_err());
+        assert_eq!(e.meta.ula_global_id, None);
+        assert!(!fx.dir.join("cni/netd-a.conflist").exists());
+
+        fx.table.lock().unwrap().no_ipv6_forwarding = false;
+        let a = e.create_network(six("a")).unwrap();
+        let id = e
+            .meta
+            .ula_global_id
+            .expect("drawn for the first automatic IPv6 subnet");
+        let ula = ipam::ula_prefix(id);
+        assert!(ula.contains(&a.subnet6.unwrap()), "{a:?} outside {ula}");
+        drop(e);
+        let mut e = fx.engine();
+        let b = e.create_network(six("b")).unwrap();
+        assert_eq!(e.meta.ula_global_id, Some(id));
+        assert!(ula.contains(&b.subnet6.unwrap()));
+        assert_ne!(a.subnet6, b.subnet6);
+    }
+
     #[test]
     fn a_kernel_failure_changes_nothing() {
         let fx = Fixture::new("fail");
