@@ -729,7 +729,7 @@ mod tests {
     }
 
     #[test]
-    fn contradictory_or_impossible_requests_are_refused() {
+    fn contradictory_modes_versions_and_mtus_are_refused() {
         let taken = create(
             NetworkRequest {
                 subnet4: Some("10.50.0.0/24".parse().unwrap()),
@@ -740,10 +740,6 @@ mod tests {
         )
         .unwrap();
         let nets = with(&[taken]);
-        let no_fwd = NetworkFacts {
-            ipv6_forwarding: Err("net.ipv6.conf.all.forwarding is 0".into()),
-            ..facts()
-        };
         let ok = facts();
         let cases: Vec<(NetworkRequest, &NetworkFacts, Kind, &str)> = vec![
             (
@@ -813,6 +809,41 @@ mod tests {
                 Kind::Invalid,
                 "below IPv6's minimum",
             ),
+        ];
+        for (r, f, kind, text) in cases {
+            let err = create(r.clone(), &nets, f).unwrap_err();
+            assert_eq!(err.kind(), kind, "{r:?}: {err}");
+            assert!(err.to_string().contains(text), "{r:?}: {err}");
+        }
+        // Without the contradictions the same fields pass.
+        let fine = NetworkRequest {
+            mtu: Some(1280),
+            ipv6: true,
+            gateway_mode6: Some(GatewayMode::Routed),
+            cni_version: Some("1.1.0".into()),
+            ..req("x")
+        };
+        assert!(create(fine, &nets, &ok).is_ok());
+    }
+
+    #[test]
+    fn impossible_subnets_and_gateways_are_refused() {
+        let taken = create(
+            NetworkRequest {
+                subnet4: Some("10.50.0.0/24".parse().unwrap()),
+                ..req("taken")
+            },
+            &BTreeMap::new(),
+            &facts(),
+        )
+        .unwrap();
+        let nets = with(&[taken]);
+        let no_fwd = NetworkFacts {
+            ipv6_forwarding: Err("net.ipv6.conf.all.forwarding is 0".into()),
+            ..facts()
+        };
+        let ok = facts();
+        let cases: Vec<(NetworkRequest, &NetworkFacts, Kind, &str)> = vec![
             (
                 NetworkRequest {
                     subnet4: Some("10.60.0.1/24".parse().unwrap()),
@@ -1012,7 +1043,7 @@ mod tests {
     }
 
     #[test]
-    fn refused_attaches_say_why() {
+    fn refused_names_and_port_mappings_say_why() {
         let mut w = World::new();
         w.add(EndpointRequest {
             port_mappings: vec![tcp(8080)],
@@ -1023,7 +1054,6 @@ mod tests {
             host_ip: Some("::1".parse().unwrap()),
             ..tcp(8081)
         };
-        let ips = |v: &[&str]| v.iter().map(|a| a.parse().unwrap()).collect::<Vec<_>>();
         let cases = [
             (attach("bad/id"), Kind::Invalid, "contains"),
             (
@@ -1067,6 +1097,24 @@ mod tests {
                 Kind::Invalid,
                 "IPv6 loopback",
             ),
+        ];
+        for (r, kind, text) in cases {
+            let err = w.resolve(r.clone()).unwrap_err();
+            assert_eq!(err.kind(), kind, "{r:?}: {err}");
+            assert!(err.to_string().contains(text), "{r:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn refused_fixed_addresses_say_why() {
+        let mut w = World::new();
+        w.add(EndpointRequest {
+            port_mappings: vec![tcp(8080)],
+            ips: vec!["10.50.0.2".parse().unwrap()],
+            ..attach("c1")
+        });
+        let ips = |v: &[&str]| v.iter().map(|a| a.parse().unwrap()).collect::<Vec<_>>();
+        let cases = [
             (
                 EndpointRequest {
                     ips: ips(&["10.50.0.2"]),
