@@ -481,26 +481,24 @@ pub fn endpoint(
 
     let (fixed4, fixed6) = fixed_addrs(net, &req.ips, &same_net)?;
     let mut cursor = cursor;
-    let addr4 = match (fixed4, net.subnet4, net.gateway4) {
-        (Some(a), _, _) => Some(a),
-        (None, Some(s), Some(g)) => {
+    let addr4 = address(
+        fixed4,
+        net.subnet4.zip(net.gateway4),
+        &mut cursor.last4,
+        |(subnet, gateway), after| {
             let used: BTreeSet<Ipv4Addr> = same_net.iter().filter_map(|e| e.addr4).collect();
-            let a = ipam::allocate4(s, g, &used, cursor.last4).map_err(ResolveError::Allocation)?;
-            cursor.last4 = Some(a);
-            Some(a)
-        }
-        _ => None,
-    };
-    let addr6 = match (fixed6, net.subnet6, net.gateway6) {
-        (Some(a), _, _) => Some(a),
-        (None, Some(s), Some(g)) => {
+            ipam::allocate4(subnet, gateway, &used, after)
+        },
+    )?;
+    let addr6 = address(
+        fixed6,
+        net.subnet6.zip(net.gateway6),
+        &mut cursor.last6,
+        |(subnet, gateway), after| {
             let used: BTreeSet<Ipv6Addr> = same_net.iter().filter_map(|e| e.addr6).collect();
-            let a = ipam::allocate6(s, g, &used, cursor.last6).map_err(ResolveError::Allocation)?;
-            cursor.last6 = Some(a);
-            Some(a)
-        }
-        _ => None,
-    };
+            ipam::allocate6(subnet, gateway, &used, after)
+        },
+    )?;
     let mut ports = req.port_mappings;
     ports.sort();
     let endpoint = Endpoint {
@@ -516,6 +514,27 @@ pub fn endpoint(
         created: now,
     };
     Ok(Resolved { endpoint, cursor })
+}
+
+/// One family's address: the fixed one asked for, else the next free one after the cursor
+/// `last` (which then moves on to it), else none for a family the network lacks (`pool`:
+/// its subnet and gateway). Only allocated addresses move the cursor: a fixed one says
+/// nothing about where the next free address is.
+fn address<A: Copy, P>(
+    fixed: Option<A>,
+    pool: Option<P>,
+    last: &mut Option<A>,
+    allocate: impl FnOnce(P, Option<A>) -> Result<A, IpamError>,
+) -> Result<Option<A>, ResolveError> {
+    if fixed.is_some() {
+        return Ok(fixed);
+    }
+    let Some(pool) = pool else {
+        return Ok(None);
+    };
+    let addr = allocate(pool, *last).map_err(ResolveError::Allocation)?;
+    *last = Some(addr);
+    Ok(Some(addr))
 }
 
 /// Port mappings: first what the gateway modes make of them (a property of the request),
