@@ -1152,6 +1152,22 @@ mod tests {
             ),
             (
                 EndpointRequest {
+                    ips: ips(&["10.50.0.0"]),
+                    ..attach("c9")
+                },
+                Kind::Invalid,
+                "network address",
+            ),
+            (
+                EndpointRequest {
+                    ips: ips(&["10.50.0.8", "10.50.0.9"]),
+                    ..attach("c9")
+                },
+                Kind::Invalid,
+                "two IPv4 addresses",
+            ),
+            (
+                EndpointRequest {
                     ips: ips(&["10.50.0.255"]),
                     ..attach("c9")
                 },
