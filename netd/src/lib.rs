@@ -4,7 +4,7 @@
 //! The layers are crates, so Cargo enforces them (see docs/ARCHITECTURE.md):
 //!
 //! * `netd-core` (pure: no netlink, no tokio, no filesystem): [`model`], [`ipam`], [`ports`],
-//!   [`plan`], [`conflist`]
+//!   [`resolve`] (requests → networks and endpoints), [`plan`], [`conflist`]
 //! * `netd-nft`: [`nft`] (nf_tables netlink) and [`ruleset`] (netd's table expressed for it)
 //! * `netd-link`: [`link`] (rtnetlink: bridges, veths, netns)
 //! * `netd-api`: [`api`] (socket protocol and client)
@@ -12,7 +12,7 @@
 //!   [`conntrack`] (ctnetlink)
 
 pub use netd_api as api;
-pub use netd_core::{conflist, ipam, model, plan, ports};
+pub use netd_core::{conflist, ipam, model, plan, ports, resolve};
 pub use netd_link as link;
 pub use netd_nft as nft;
 pub use netd_nft::ruleset;

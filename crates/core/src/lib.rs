@@ -10,3 +10,4 @@ pub mod ipam;
 pub mod model;
 pub mod plan;
 pub mod ports;
+pub mod resolve;

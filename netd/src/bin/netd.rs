@@ -151,11 +151,16 @@ fn run(args: Settings) -> anyhow::Result<()> {
         ula_base: args.ula_base,
         cni_version: args.cni_version.clone(),
     };
-    let mut engine = Engine::start(cfg, store, Box::new(kernel)).context("starting")?;
+    // An EngineError's message already names its cause, so it becomes one line here rather
+    // than a chain that would print the cause twice.
+    let mut engine = Engine::start(cfg, store, Box::new(kernel))
+        .map_err(|e| anyhow::anyhow!("starting: {e}"))?;
     if engine.has_ipv6() {
         sysctl::require_ipv6_forwarding()?;
     }
-    let report = engine.reconcile_links().context("reconciling links")?;
+    let report = engine
+        .reconcile_links()
+        .map_err(|e| anyhow::anyhow!("reconciling links: {e}"))?;
     info!(
         released = report.released.len(),
         veths_removed = report.veths_removed.len(),

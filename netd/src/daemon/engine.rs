@@ -1,44 +1,46 @@
 //! The engine owns netd's state and keeps the kernel in step with it. Every change takes one
-//! path: validate against the state, compute the new desired table ([`crate::plan`]), apply the
-//! element diff as one nftables batch, persist the changed object, then commit in memory. If the
-//! kernel refuses, nothing was persisted; if persisting fails, the table change is reverted.
-//! Either way the state, the table and the disk agree when the call returns.
+//! path: gather the facts the request needs (state, host routes, links), let the pure core
+//! resolve it into the object to store ([`crate::resolve`]), apply the table change as one
+//! nftables batch, persist the object, then commit in memory. If the kernel refuses, nothing
+//! was persisted; if persisting fails, the table change is reverted. Either way the state, the
+//! table and the disk agree when the call returns.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tracing::{debug, info, warn};
 
-use crate::api::{ApiError, AttachRequest, Attachment, CreateNetwork, GcRequest, Status};
+use super::sysctl::ForwardingError;
+use crate::api::{AttachRequest, Attachment, CreateNetwork, GcRequest, Status};
 use crate::conflist;
-use crate::ipam;
+use crate::ipam::{self, Cursor};
 use crate::link::Removal;
 use crate::model::{self, Endpoint, EndpointKey, GatewayMode, Network};
 use crate::plan::{self, Desired, Diff};
 use crate::ports;
-use crate::store::{self, Meta, Store};
+use crate::resolve::{self, EndpointRequest, NetworkRequest, ResolveError};
+use crate::store::{self, Meta, Store, StoreError};
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
 pub struct KernelError(pub String);
 
-/// What the engine needs from the kernel. The real one is [`super::host::HostKernel`]; unit
-/// tests use an in-memory one.
-pub trait Kernel: Send {
+/// netd's nftables table.
+pub trait TableWriter: Send {
     /// Replaces netd's table (chains, rules, every element) with `desired` in one batch.
     fn sync_full(&mut self, desired: &Desired) -> Result<(), KernelError>;
     /// Applies element changes in one batch.
     fn apply_diff(&mut self, diff: &Diff) -> Result<(), KernelError>;
-    /// Destinations of the host's routes (to keep automatic subnets clear of them).
-    fn routes(&mut self) -> Result<Vec<IpNet>, KernelError>;
-    fn link_exists(&mut self, name: &str) -> Result<bool, KernelError>;
+}
+
+/// The host's links, as far as the engine looks at or removes them (the plugin makes them).
+pub trait HostLinks: Send {
     /// The host's links: names, kinds and whose they are by netd's mark.
     fn links(&mut self) -> Result<Vec<HostLink>, KernelError>;
-    /// Removes a link (a DEL's host veth) by name. A missing link is not an error.
-    fn delete_link(&mut self, name: &str) -> Result<(), KernelError>;
+    fn link_exists(&mut self, name: &str) -> Result<bool, KernelError>;
     /// Removes link `name` only if it is of `kind` and carries netd's mark (of `network`
     /// when given): see [`crate::link::HostLinks::delete_owned`].
     fn delete_owned_link(
@@ -47,37 +49,103 @@ pub trait Kernel: Send {
         kind: &str,
         network: Option<&str>,
     ) -> Result<Removal, KernelError>;
+    /// Removes a host link (a DEL's host veth; a missing one is no error) after the current
+    /// request is answered: see [`super::reaper`].
+    fn remove_link_later(&mut self, name: &str);
+    /// Returns once no removal of `name` is pending, so its name can be used again.
+    fn settle_link(&mut self, name: &str);
     /// Whether `path` is (still) a network namespace.
     fn is_netns(&mut self, path: &str) -> bool;
-    /// Deletes the UDP conntrack entries whose original destination is one of `bindings`
-    /// (see [`crate::conntrack`]) and returns how many; the default has none to delete.
-    fn clear_udp_conntrack(&mut self, _bindings: &[ports::Binding]) -> Result<usize, KernelError> {
-        Ok(0)
-    }
-    /// Deletes the conntrack entries that involve one of `addrs` (a released endpoint's; see
-    /// [`crate::conntrack::clear_addrs`]) and returns how many; the default has none.
-    fn clear_conntrack_of(&mut self, _addrs: &[IpAddr]) -> Result<usize, KernelError> {
-        Ok(0)
-    }
-    /// Removes a host link after the current request is answered (see
-    /// [`super::reaper`]); the default removes it at once.
-    fn remove_link_later(&mut self, name: &str) {
-        if let Err(e) = self.delete_link(name) {
-            warn!(link = %name, error = %e, "could not remove link");
-        }
-    }
-    /// Returns once no removal of `name` is pending, so its name can be used again.
-    fn settle_link(&mut self, _name: &str) {}
 }
 
-/// A port mapping refused: a host binding another endpoint holds is a conflict (HTTP 409,
-/// CNI code 100); everything else is a mapping that can never work as asked (port 0, an
-/// address family the network lacks, any mapping on an internal network, one binding asked
-/// for twice) and so invalid (HTTP 400, CNI code 7), as docs/reliability.md lists.
-fn port_error(e: ports::PortError) -> ApiError {
-    match e {
-        ports::PortError::Taken { .. } => ApiError::conflict(e.to_string()),
-        _ => ApiError::invalid(e.to_string()),
+/// What the host contributes to a new network's resolution.
+pub trait HostFacts: Send {
+    /// Destinations of the host's routes (to keep automatic subnets clear of them).
+    fn routes(&mut self) -> Result<Vec<IpNet>, KernelError>;
+    /// Whether the host forwards IPv6, which a network with IPv6 needs (netd never turns
+    /// it on itself: see [`super::sysctl`]).
+    fn ipv6_forwarding(&mut self) -> Result<(), ForwardingError>;
+}
+
+/// Connection tracking: flows that would outlive a change of the table.
+pub trait Flows: Send {
+    /// Deletes the UDP conntrack entries whose original destination is one of `bindings`
+    /// (see [`crate::conntrack`]) and returns how many.
+    fn clear_udp_conntrack(&mut self, bindings: &[ports::Binding]) -> Result<usize, KernelError>;
+    /// Deletes the conntrack entries that involve one of `addrs` (a released endpoint's; see
+    /// [`crate::conntrack::clear_addrs`]) and returns how many.
+    fn clear_conntrack_of(&mut self, addrs: &[IpAddr]) -> Result<usize, KernelError>;
+}
+
+/// Everything the engine drives in the kernel. The real one is [`super::host::HostKernel`];
+/// unit tests use an in-memory one.
+pub trait Kernel: TableWriter + HostLinks + HostFacts + Flows {}
+
+impl<K: TableWriter + HostLinks + HostFacts + Flows> Kernel for K {}
+
+/// Why the engine refused or failed a request. The server maps it to the API's statuses and
+/// CNI codes (`impl From<EngineError> for ApiError` in [`super::server`]).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The request names a network or endpoint netd does not hold.
+    #[error("{0}")]
+    NotFound(String),
+    /// The core refused the request: invalid in itself, or in conflict with the state.
+    #[error(transparent)]
+    Refused(#[from] ResolveError),
+    /// Invalid in a way only the host can tell (a netns path that is no netns).
+    #[error("{0}")]
+    Invalid(String),
+    /// In conflict with the host or the state (a foreign link, endpoints still attached).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{context}: {source}")]
+    Kernel {
+        context: String,
+        #[source]
+        source: KernelError,
+    },
+    /// A table change was refused, and so was the whole-table retry.
+    #[error(
+        "updating the nftables table: {refused}; re-applying the whole table failed too: {retry}"
+    )]
+    TableRefused {
+        refused: KernelError,
+        #[source]
+        retry: KernelError,
+    },
+    #[error("{context}: {source}")]
+    Store {
+        context: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn kernel_err(context: impl Into<String>) -> impl FnOnce(KernelError) -> EngineError {
+    move |source| EngineError::Kernel {
+        context: context.into(),
+        source,
+    }
+}
+
+fn store_err(context: impl Into<String>) -> impl FnOnce(StoreError) -> EngineError {
+    move |source| EngineError::Store {
+        context: context.into(),
+        source,
+    }
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError {
+    move |source| EngineError::Io {
+        context: context.into(),
+        source,
     }
 }
 
@@ -92,29 +160,9 @@ pub struct HostLink {
     pub owner: Option<String>,
 }
 
-/// Published ports: ::1 cannot be DNATed to a container (IPv6 has no route_localnet: the
-/// answer, de-NATed back to ::1, is dropped when it arrives on the bridge), so such a binding
-/// is refused rather than accepted and silently dead. See docs/ports.md.
-fn refuse_ipv6_loopback(mappings: &[model::PortMapping]) -> Result<(), ApiError> {
-    match mappings
-        .iter()
-        .find(|pm| pm.host_ip.is_some_and(|ip| ip == std::net::Ipv6Addr::LOCALHOST))
-    {
-        Some(pm) => Err(ApiError::invalid(format!(
-            "port mapping [::1]:{}->{}/{}: netd cannot publish ports on the IPv6 loopback address ::1 (Linux has no route_localnet for IPv6: answers addressed back to ::1 are dropped when they arrive from a container); publish on 127.0.0.1 or on a host address instead",
-            pm.host_port, pm.container_port, pm.protocol
-        ))),
-        None => Ok(()),
-    }
-}
-
 /// An endpoint whose host veth is missing is released only once it is this old, so an ADD
 /// that is still building its links is not mistaken for a dead one.
 pub const ATTACH_GRACE_SECS: u64 = 60;
-
-/// A Linux bridge numbers its ports in 10 bits and port 0 is reserved (the kernel's
-/// BR_MAX_PORTS), so one network holds at most this many endpoints whatever its subnet.
-pub const MAX_BRIDGE_PORTS: usize = 1023;
 
 /// After a restart, an endpoint made before netd started whose host veth is still missing
 /// this long after the start is released: an ADD that was building its links when the old
@@ -153,10 +201,9 @@ pub struct Engine {
     endpoints: BTreeMap<EndpointKey, Endpoint>,
     /// What netd's table holds now.
     applied: Desired,
-    /// The address handed out last per network, so released ones are not reused at once
+    /// Per network, the addresses handed out last, so released ones are not reused at once
     /// (persisted in `meta.cursors` when an address is released, see [`Self::save_cursor`]).
-    last4: BTreeMap<String, Ipv4Addr>,
-    last6: BTreeMap<String, Ipv6Addr>,
+    cursors: BTreeMap<String, Cursor>,
     started: SystemTime,
 }
 
@@ -167,8 +214,65 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-fn internal(context: &str, e: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(format!("{context}: {e}"))
+/// The API's create request as the core takes it. Destructured, so a field added to the API
+/// fails to compile here until the core knows it too.
+fn network_request(req: CreateNetwork) -> NetworkRequest {
+    let CreateNetwork {
+        name,
+        subnet,
+        gateway,
+        bridge,
+        ipv6,
+        subnet6,
+        gateway6,
+        no_ipv4,
+        internal,
+        icc,
+        gateway_mode_ipv4,
+        gateway_mode_ipv6,
+        mtu,
+        cni_version,
+    } = req;
+    NetworkRequest {
+        name,
+        subnet4: subnet,
+        gateway4: gateway,
+        bridge,
+        ipv6,
+        subnet6,
+        gateway6,
+        no_ipv4,
+        internal,
+        icc,
+        gateway_mode4: gateway_mode_ipv4,
+        gateway_mode6: gateway_mode_ipv6,
+        mtu,
+        cni_version,
+    }
+}
+
+/// The API's attach request as the core takes it, and the network it may ensure.
+fn endpoint_request(req: AttachRequest) -> (EndpointRequest, Option<NetworkRequest>) {
+    let AttachRequest {
+        network,
+        container_id,
+        ifname,
+        netns,
+        port_mappings,
+        ips,
+        mac,
+        ensure_network,
+    } = req;
+    let req = EndpointRequest {
+        network,
+        container_id,
+        ifname,
+        netns,
+        port_mappings,
+        ips,
+        mac,
+    };
+    (req, ensure_network.map(network_request))
 }
 
 impl Engine {
@@ -178,8 +282,8 @@ impl Engine {
         cfg: EngineConfig,
         store: Store,
         mut kernel: Box<dyn Kernel>,
-    ) -> Result<Engine, ApiError> {
-        let loaded = store.load().map_err(|e| internal("loading state", e))?;
+    ) -> Result<Engine, EngineError> {
+        let loaded = store.load().map_err(store_err("loading state"))?;
         let networks: BTreeMap<_, _> = loaded
             .networks
             .into_iter()
@@ -193,13 +297,13 @@ impl Engine {
                 warn!(endpoint = %ep.key(), "dropping endpoint of a network that no longer exists");
                 store
                     .delete_endpoint(&ep.key())
-                    .map_err(|e| internal("removing orphan endpoint", e))?;
+                    .map_err(store_err("removing orphan endpoint"))?;
             }
         }
         let desired = plan::desired(networks.values(), endpoints.values());
         kernel
             .sync_full(&desired)
-            .map_err(|e| internal(&format!("applying table {}", cfg.table), e))?;
+            .map_err(kernel_err(format!("applying table {}", cfg.table)))?;
         info!(
             table = %cfg.table,
             networks = networks.len(),
@@ -207,25 +311,15 @@ impl Engine {
             elements = desired.len(),
             "table applied from state"
         );
-        let cursors = &loaded.meta.cursors;
-        let last4 = cursors
-            .iter()
-            .filter_map(|(n, c)| Some((n.clone(), c.last4?)))
-            .collect();
-        let last6 = cursors
-            .iter()
-            .filter_map(|(n, c)| Some((n.clone(), c.last6?)))
-            .collect();
         let mut engine = Engine {
             cfg,
             store,
             kernel,
+            cursors: loaded.meta.cursors.clone(),
             meta: loaded.meta,
             networks,
             endpoints,
             applied: desired,
-            last4,
-            last6,
             started: SystemTime::now(),
         };
         engine.sync_conflists()?;
@@ -257,11 +351,11 @@ impl Engine {
         }
     }
 
-    pub fn network(&self, name: &str) -> Result<Network, ApiError> {
+    pub fn network(&self, name: &str) -> Result<Network, EngineError> {
         self.networks
             .get(name)
             .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("network {name:?} does not exist")))
+            .ok_or_else(|| EngineError::NotFound(format!("network {name:?} does not exist")))
     }
 
     /// Name of netd's table.
@@ -275,18 +369,18 @@ impl Engine {
     }
 
     /// Makes the table match the state again (after someone else changed it).
-    pub fn resync(&mut self) -> Result<(), ApiError> {
+    pub fn resync(&mut self) -> Result<(), EngineError> {
         let desired = plan::desired(self.networks.values(), self.endpoints.values());
         self.kernel
             .sync_full(&desired)
-            .map_err(|e| internal("re-applying the table", e))?;
+            .map_err(kernel_err("re-applying the table"))?;
         self.applied = desired;
         Ok(())
     }
 
     /// Applies the table for the state as it is in memory now; on failure the caller undoes
     /// its in-memory change.
-    fn apply_current(&mut self) -> Result<Desired, ApiError> {
+    fn apply_current(&mut self) -> Result<Desired, EngineError> {
         let desired = plan::desired(self.networks.values(), self.endpoints.values());
         let diff = self.applied.diff(&desired);
         if !diff.is_empty() {
@@ -306,7 +400,7 @@ impl Engine {
         &mut self,
         diff: &Diff,
         target: impl FnOnce(&Desired) -> Desired,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), EngineError> {
         let refused = match self.kernel.apply_diff(diff) {
             Ok(()) => return Ok(()),
             Err(e) => e,
@@ -322,10 +416,7 @@ impl Engine {
                 );
                 Ok(())
             }
-            Err(e) => Err(internal(
-                "updating the nftables table",
-                format!("{refused}; re-applying the whole table failed too: {e}"),
-            )),
+            Err(retry) => Err(EngineError::TableRefused { refused, retry }),
         }
     }
 
@@ -337,7 +428,7 @@ impl Engine {
         net: &Network,
         ep: &Endpoint,
         add: bool,
-    ) -> Result<Diff, ApiError> {
+    ) -> Result<Diff, EngineError> {
         let mut diff = Diff::default();
         for (set, elem) in plan::endpoint_elems(net, ep) {
             let present = self
@@ -372,18 +463,17 @@ impl Engine {
             remove: diff.add.clone(),
             add: diff.remove.clone(),
         };
-        if let Err(e) = self.kernel.apply_diff(&back) {
-            warn!(error = %e, "could not revert the table; re-applying it whole");
-            if let Err(e) = self.kernel.sync_full(&self.applied) {
-                warn!(error = %e, "re-applying the table failed too");
-            }
-        }
+        self.apply_back(&back);
     }
 
     /// Reverts the table to `self.applied` after a later step failed.
     fn revert_table(&mut self, attempted: &Desired) {
         let back = attempted.diff(&self.applied);
-        if let Err(e) = self.kernel.apply_diff(&back) {
+        self.apply_back(&back);
+    }
+
+    fn apply_back(&mut self, back: &Diff) {
+        if let Err(e) = self.kernel.apply_diff(back) {
             warn!(error = %e, "could not revert the table; re-applying it whole");
             if let Err(e) = self.kernel.sync_full(&self.applied) {
                 warn!(error = %e, "re-applying the table failed too");
@@ -396,33 +486,10 @@ impl Engine {
     /// removes host veths no endpoint claims and bridges no network claims, but only those
     /// netd marked as its own ([`crate::link::owner_alias`]) and of the expected kind. A
     /// link someone else made is never touched, whatever its name.
-    pub fn reconcile_links(&mut self) -> Result<Reconciled, ApiError> {
+    pub fn reconcile_links(&mut self) -> Result<Reconciled, EngineError> {
         let mut report = Reconciled::default();
-        let links = self
-            .kernel
-            .links()
-            .map_err(|e| internal("listing links", e))?;
-        let names: BTreeSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
-        let now = now();
-        let started = self
-            .started
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let settled = |e: &Endpoint| {
-            now.saturating_sub(e.created) >= ATTACH_GRACE_SECS
-                || (e.created < started && now.saturating_sub(started) >= RESTART_GRACE_SECS)
-        };
-        let dead: Vec<EndpointKey> = self
-            .endpoints
-            .values()
-            .filter(|e| {
-                !self.kernel.is_netns(&e.netns)
-                    || (!names.contains(e.host_veth.as_str()) && settled(e))
-            })
-            .map(Endpoint::key)
-            .collect();
-        for key in dead {
+        let links = self.kernel.links().map_err(kernel_err("listing links"))?;
+        for key in self.dead_endpoints(&links) {
             if self.detach(&key)? {
                 warn!(endpoint = %key, "released: its container netns or host veth is gone");
                 report.released.push(key);
@@ -463,10 +530,38 @@ impl Engine {
         Ok(report)
     }
 
+    /// Endpoints whose container netns is gone, or whose host veth is missing from `links`
+    /// once their grace period is over.
+    fn dead_endpoints(&mut self, links: &[HostLink]) -> Vec<EndpointKey> {
+        let names: BTreeSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
+        let now = now();
+        let started = self
+            .started
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let settled = |e: &Endpoint| {
+            now.saturating_sub(e.created) >= ATTACH_GRACE_SECS
+                || (e.created < started && now.saturating_sub(started) >= RESTART_GRACE_SECS)
+        };
+        self.endpoints
+            .values()
+            .filter(|e| {
+                !self.kernel.is_netns(&e.netns)
+                    || (!names.contains(e.host_veth.as_str()) && settled(e))
+            })
+            .map(Endpoint::key)
+            .collect()
+    }
+
     // ---- networks ----
 
-    pub fn create_network(&mut self, req: CreateNetwork) -> Result<Network, ApiError> {
-        let net = self.plan_network(req)?;
+    pub fn create_network(&mut self, req: CreateNetwork) -> Result<Network, EngineError> {
+        self.create(network_request(req))
+    }
+
+    fn create(&mut self, req: NetworkRequest) -> Result<Network, EngineError> {
+        let net = self.resolve_network(req)?;
         self.networks.insert(net.name.clone(), net.clone());
         let desired = match self.apply_current() {
             Ok(d) => d,
@@ -478,7 +573,7 @@ impl Engine {
         let persisted = self
             .store
             .put_network(&net)
-            .map_err(|e| internal("saving the network", e))
+            .map_err(store_err("saving the network"))
             .and_then(|()| self.write_conflist(&net));
         if let Err(e) = persisted {
             self.revert_table(&desired);
@@ -491,211 +586,69 @@ impl Engine {
         Ok(net)
     }
 
-    /// Validates a create request and fills in what it leaves open.
-    fn plan_network(&mut self, req: CreateNetwork) -> Result<Network, ApiError> {
-        let inv = |e: &dyn std::fmt::Display| ApiError::invalid(e.to_string());
-        model::validate_network_name(&req.name).map_err(|e| inv(&e))?;
-        if self.networks.contains_key(&req.name) {
-            return Err(ApiError::conflict(format!(
-                "network {:?} already exists",
-                req.name
-            )));
-        }
-        let bridge = match &req.bridge {
-            Some(b) => {
-                model::validate_ifname(b).map_err(|e| inv(&e))?;
-                b.clone()
-            }
-            None => default_bridge_name(&req.name),
-        };
-        if let Some(other) = self.networks.values().find(|n| n.bridge == bridge) {
-            return Err(ApiError::conflict(format!(
-                "bridge {bridge} is already used by network {}",
-                other.name
-            )));
-        }
+    /// Gathers what the core needs to resolve a create request (a foreign link named like
+    /// the bridge, the host's routes, the ULA prefix, IPv6 forwarding) and lets it resolve.
+    fn resolve_network(&mut self, req: NetworkRequest) -> Result<Network, EngineError> {
+        let bridge = resolve::bridge(&req, &self.networks)?;
         if self
             .kernel
             .link_exists(&bridge)
-            .map_err(|e| internal("looking up links", e))?
+            .map_err(kernel_err("looking up links"))?
         {
-            return Err(ApiError::conflict(format!(
+            return Err(EngineError::Conflict(format!(
                 "an interface named {bridge} already exists on the host and netd does not own it; choose another with --bridge"
             )));
         }
-
-        let mode4 = req.gateway_mode_ipv4.unwrap_or_default();
-        let mode6 = req.gateway_mode_ipv6.unwrap_or_default();
-        if req.internal && (mode4 == GatewayMode::Routed || mode6 == GatewayMode::Routed) {
-            return Err(ApiError::invalid(
-                "an internal network has no gateway to the outside, so it cannot use the routed gateway mode",
-            ));
-        }
-        let wants6 = req.ipv6 || req.subnet6.is_some() || req.gateway6.is_some();
-        if req.no_ipv4 && !wants6 {
-            return Err(ApiError::invalid(
-                "a network without IPv4 needs IPv6 (--ipv6)",
-            ));
-        }
-        if req.no_ipv4 && (req.subnet.is_some() || req.gateway.is_some()) {
-            return Err(ApiError::invalid(
-                "--subnet/--gateway contradict a network without IPv4",
-            ));
-        }
-        if !wants6 && req.gateway_mode_ipv6.is_some() {
-            return Err(ApiError::invalid(
-                "an IPv6 gateway mode needs an IPv6 network (--ipv6)",
-            ));
-        }
-        let cni_version = req
-            .cni_version
-            .unwrap_or_else(|| self.cfg.cni_version.clone());
-        conflist::check_version(&cni_version).map_err(|e| inv(&e))?;
-        let mtu = req.mtu.unwrap_or(1500);
-        if !(68..=65535).contains(&mtu) {
-            return Err(ApiError::invalid(format!(
-                "MTU {mtu} is out of range (68-65535)"
-            )));
-        }
-        if wants6 && mtu < 1280 {
-            return Err(ApiError::invalid(format!(
-                "MTU {mtu} is below IPv6's minimum of 1280"
-            )));
-        }
-
-        let taken: Vec<(String, IpNet)> = self
-            .networks
-            .values()
-            .flat_map(|n| {
-                let name = format!("network {}", n.name);
-                n.subnet4
-                    .map(IpNet::V4)
-                    .into_iter()
-                    .chain(n.subnet6.map(IpNet::V6))
-                    .map(move |s| (name.clone(), s))
-            })
-            .collect();
-
-        let (subnet4, gateway4) = if req.no_ipv4 {
-            (None, None)
+        let routes = if req.chooses_subnet4() || req.chooses_subnet6() {
+            self.kernel
+                .routes()
+                .map_err(kernel_err("reading host routes"))?
         } else {
-            let subnet = match req.subnet {
-                Some(s) => {
-                    if s != s.trunc() {
-                        return Err(ApiError::invalid(format!(
-                            "subnet {s} has host bits set; did you mean {}?",
-                            s.trunc()
-                        )));
-                    }
-                    ipam::check_free(IpNet::V4(s), &taken)
-                        .map_err(|e| ApiError::conflict(e.to_string()))?;
-                    s
-                }
-                None => {
-                    let mut avoid: Vec<IpNet> = taken.iter().map(|(_, s)| *s).collect();
-                    avoid.extend(
-                        self.kernel
-                            .routes()
-                            .map_err(|e| internal("reading host routes", e))?,
-                    );
-                    ipam::choose_subnet4(self.cfg.pool4, self.cfg.pool4_prefix, &avoid)
-                        .map_err(|e| ApiError::conflict(e.to_string()))?
-                }
-            };
-            let gateway = match req.gateway {
-                Some(g) => {
-                    ipam::check_gateway4(subnet, g).map_err(|e| inv(&e))?;
-                    g
-                }
-                None => ipam::default_gateway4(subnet).map_err(|e| inv(&e))?,
-            };
-            (Some(subnet), Some(gateway))
+            Vec::new()
         };
-
-        let (subnet6, gateway6) = if wants6 {
-            super::sysctl::require_ipv6_forwarding().map_err(|e| inv(&e))?;
-            let subnet = match req.subnet6 {
-                Some(s) => {
-                    if s != s.trunc() {
-                        return Err(ApiError::invalid(format!(
-                            "subnet {s} has host bits set; did you mean {}?",
-                            s.trunc()
-                        )));
-                    }
-                    if s.prefix_len() > 126 {
-                        return Err(ApiError::invalid(format!("subnet {s} is too small")));
-                    }
-                    ipam::check_free(IpNet::V6(s), &taken)
-                        .map_err(|e| ApiError::conflict(e.to_string()))?;
-                    s
-                }
+        let (ula, new_id) = match self.cfg.ula_base {
+            _ if !req.chooses_subnet6() => (None, None),
+            Some(base) => (Some(base), None),
+            None => match self.meta.ula_global_id {
+                Some(id) => (Some(ipam::ula_prefix(id)), None),
                 None => {
-                    let ula = match self.cfg.ula_base {
-                        Some(base) => base,
-                        None => ipam::ula_prefix(self.ula_global_id()?),
-                    };
-                    let mut avoid: Vec<IpNet> = taken.iter().map(|(_, s)| *s).collect();
-                    avoid.extend(
-                        self.kernel
-                            .routes()
-                            .map_err(|e| internal("reading host routes", e))?,
-                    );
-                    ipam::choose_subnet6(ula, &avoid)
-                        .map_err(|e| ApiError::conflict(e.to_string()))?
+                    let id = random_ula_global_id()?;
+                    (Some(ipam::ula_prefix(id)), Some(id))
                 }
-            };
-            let gateway = match req.gateway6 {
-                Some(g) => {
-                    ipam::check_gateway6(subnet, g).map_err(|e| inv(&e))?;
-                    g
-                }
-                None => ipam::default_gateway6(subnet),
-            };
-            (Some(subnet), Some(gateway))
-        } else {
-            (None, None)
+            },
         };
-
-        Ok(Network {
-            name: req.name,
-            bridge,
-            subnet4,
-            gateway4,
-            subnet6,
-            gateway6,
-            internal: req.internal,
-            icc: req.icc.unwrap_or(true),
-            gateway_mode4: mode4,
-            gateway_mode6: mode6,
-            mtu,
-            cni_version,
-            created: now(),
-        })
+        let ipv6_forwarding = match req.wants_ipv6() {
+            true => self.kernel.ipv6_forwarding().map_err(|e| e.to_string()),
+            false => Ok(()),
+        };
+        let defaults = resolve::Defaults {
+            pool4: self.cfg.pool4,
+            pool4_prefix: self.cfg.pool4_prefix,
+            cni_version: self.cfg.cni_version.clone(),
+        };
+        let facts = resolve::NetworkFacts {
+            routes,
+            ula,
+            ipv6_forwarding,
+            now: now(),
+        };
+        let net = resolve::network(req, bridge, &self.networks, &defaults, &facts)?;
+        // Persisted only for a network that uses it, so automatic IPv6 subnets stay the same
+        // across restarts and a refused request leaves nothing behind.
+        if let Some(id) = new_id {
+            let meta = Meta {
+                ula_global_id: Some(id),
+                ..self.meta.clone()
+            };
+            self.store
+                .put_meta(&meta)
+                .map_err(store_err("saving the ULA prefix"))?;
+            self.meta = meta;
+        }
+        Ok(net)
     }
 
-    /// The ULA global ID, generated from the kernel's random source on first use and
-    /// persisted so automatic IPv6 subnets stay the same across restarts.
-    fn ula_global_id(&mut self) -> Result<u64, ApiError> {
-        if let Some(id) = self.meta.ula_global_id {
-            return Ok(id);
-        }
-        let mut buf = [0u8; 8];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
-            .map_err(|e| internal("reading /dev/urandom", e))?;
-        let id = u64::from_le_bytes(buf) & 0xff_ffff_ffff;
-        let meta = Meta {
-            ula_global_id: Some(id),
-            ..self.meta.clone()
-        };
-        self.store
-            .put_meta(&meta)
-            .map_err(|e| internal("saving the ULA prefix", e))?;
-        self.meta = meta;
-        Ok(id)
-    }
-
-    pub fn remove_network(&mut self, name: &str) -> Result<(), ApiError> {
+    pub fn remove_network(&mut self, name: &str) -> Result<(), EngineError> {
         let net = self.network(name)?;
         let attached: Vec<&Endpoint> = self
             .endpoints
@@ -703,7 +656,7 @@ impl Engine {
             .filter(|e| e.network == name)
             .collect();
         if !attached.is_empty() {
-            return Err(ApiError::conflict(format!(
+            return Err(EngineError::Conflict(format!(
                 "network {name} still has {} endpoint(s) attached (first: container {} {}); remove those containers (or detach them with CNI DEL) first",
                 attached.len(),
                 attached[0].container_id,
@@ -721,11 +674,19 @@ impl Engine {
         if let Err(e) = self.store.delete_network(name) {
             self.revert_table(&desired);
             self.networks.insert(name.to_string(), net);
-            return Err(internal("removing the network from state", e));
+            return Err(store_err("removing the network from state")(e));
         }
         self.applied = desired;
-        self.last4.remove(name);
-        self.last6.remove(name);
+        self.forget_network(&net);
+        info!(network = %name, "network removed");
+        Ok(())
+    }
+
+    /// After a network left the state and the table: its cursor, conflist and bridge go.
+    /// Failures are logged; the removal itself has succeeded.
+    fn forget_network(&mut self, net: &Network) {
+        let name = net.name.as_str();
+        self.cursors.remove(name);
         if self.meta.cursors.contains_key(name) {
             let mut meta = self.meta.clone();
             meta.cursors.remove(name);
@@ -752,22 +713,19 @@ impl Engine {
             }
             Err(e) => warn!(bridge = %net.bridge, error = %e, "could not remove the bridge"),
         }
-        info!(network = %name, "network removed");
-        Ok(())
     }
 
-    fn write_conflist(&self, net: &Network) -> Result<(), ApiError> {
+    fn write_conflist(&self, net: &Network) -> Result<(), EngineError> {
         let dir = &self.cfg.cni_conf_dir;
-        std::fs::create_dir_all(dir)
-            .map_err(|e| internal(&format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let text = conflist::render(net, &self.cfg.socket.to_string_lossy());
         store::write_atomic(&dir.join(conflist::file_name(&net.name)), text.as_bytes())
-            .map_err(|e| internal("writing the conflist", e))
+            .map_err(store_err("writing the conflist"))
     }
 
     /// Rewrites conflists that are missing or stale (another socket path), and removes netd's
     /// conflists for networks that no longer exist. Other files are never touched.
-    fn sync_conflists(&mut self) -> Result<(), ApiError> {
+    fn sync_conflists(&mut self) -> Result<(), EngineError> {
         for net in self.networks.values() {
             let path = self.cfg.cni_conf_dir.join(conflist::file_name(&net.name));
             let want = conflist::render(net, &self.cfg.socket.to_string_lossy());
@@ -795,214 +753,70 @@ impl Engine {
     /// Attaches an endpoint; with `ensure_network`, creates the network first if it does not
     /// exist. The engine runs one request at a time, so parallel first ADDs make one network
     /// and all attach to it. If the attach fails, a network created for it is removed again.
-    pub fn attach(&mut self, mut req: AttachRequest) -> Result<Attachment, ApiError> {
-        let Some(spec) = req.ensure_network.take() else {
+    pub fn attach(&mut self, req: AttachRequest) -> Result<Attachment, EngineError> {
+        let (req, ensure) = endpoint_request(req);
+        let Some(spec) = ensure else {
             return self.attach_existing(req);
         };
-        if spec.name != req.network {
-            return Err(ApiError::invalid(format!(
-                "the network to ensure is {:?}, but the attach is to {:?}",
-                spec.name, req.network
-            )));
-        }
-        if let Some(net) = self.networks.get(&req.network) {
-            same_subnets(&spec, net)?;
+        resolve::check_ensure(&spec, &req.network, self.networks.get(&req.network))?;
+        if self.networks.contains_key(&req.network) {
             return self.attach_existing(req);
         }
-        let net = self.create_network(spec)?;
+        let net = self.create(spec)?;
         info!(network = %net.name, "network created on first attach");
         self.attach_existing(req).inspect_err(|_| {
             if let Err(e) = self.remove_network(&net.name) {
-                warn!(network = %net.name, error = %e.message, "could not remove the network made for a failed attach");
+                warn!(network = %net.name, error = %e, "could not remove the network made for a failed attach");
             }
         })
     }
 
-    fn attach_existing(&mut self, req: AttachRequest) -> Result<Attachment, ApiError> {
-        let inv = |e: &dyn std::fmt::Display| ApiError::invalid(e.to_string());
-        model::validate_container_id(&req.container_id).map_err(|e| inv(&e))?;
-        model::validate_ifname(&req.ifname).map_err(|e| inv(&e))?;
-        if !req.netns.starts_with('/') {
-            return Err(ApiError::invalid(format!(
-                "netns {:?} is not an absolute path",
-                req.netns
-            )));
-        }
+    fn attach_existing(&mut self, req: EndpointRequest) -> Result<Attachment, EngineError> {
+        resolve::check_endpoint_request(&req)?;
         let net = self.networks.get(&req.network).cloned().ok_or_else(|| {
-            ApiError::not_found(format!(
+            EngineError::NotFound(format!(
                 "network {:?} is not known to netd (netctl network ls lists the networks)",
                 req.network
             ))
         })?;
         if !self.kernel.is_netns(&req.netns) {
-            return Err(ApiError::invalid(format!(
+            return Err(EngineError::Invalid(format!(
                 "netns {:?} is not a network namespace",
                 req.netns
             )));
         }
-        let key = EndpointKey {
-            network: req.network.clone(),
-            container_id: req.container_id.clone(),
-            ifname: req.ifname.clone(),
+        let cursor = self.cursors.get(&net.name).copied().unwrap_or_default();
+        let state = resolve::State {
+            networks: &self.networks,
+            endpoints: &self.endpoints,
         };
-        if self.endpoints.contains_key(&key) {
-            return Err(ApiError::conflict(format!(
-                "container {} already has interface {} on network {}",
-                key.container_id, key.ifname, key.network
-            )));
-        }
+        let resolved = resolve::endpoint(req, &net, state, cursor, now())?;
+        let ep = resolved.endpoint;
         // A DEL of the same container interface may still be removing its veth.
-        self.kernel
-            .settle_link(&model::host_veth_name(&key.container_id, &key.ifname));
-        let attached = self
-            .endpoints
-            .values()
-            .filter(|e| e.network == net.name)
-            .count();
-        if attached >= MAX_BRIDGE_PORTS {
-            return Err(ApiError::conflict(format!(
-                "network {} has {attached} endpoints, the most a Linux bridge can hold ({MAX_BRIDGE_PORTS} ports); attach further containers to another network",
-                net.name
-            )));
-        }
-        let existing = self
-            .endpoints
-            .values()
-            .filter_map(|e| self.networks.get(&e.network).map(|n| (e, n)));
-        // What the gateway modes make of the mappings is a property of the request (code 7),
-        // not a conflict with another endpoint.
-        ports::validate(&net, &req.port_mappings).map_err(|e| ApiError::invalid(e.to_string()))?;
-        ports::check(&net, &req.port_mappings, existing).map_err(port_error)?;
-        refuse_ipv6_loopback(&req.port_mappings)?;
-
-        let (fixed4, fixed6) = self.fixed_addrs(&net, &req.ips)?;
-        let addr4 = match (net.subnet4, net.gateway4) {
-            _ if fixed4.is_some() => fixed4,
-            (Some(s), Some(g)) => {
-                let used: BTreeSet<Ipv4Addr> = self
-                    .endpoints
-                    .values()
-                    .filter(|e| e.network == net.name)
-                    .filter_map(|e| e.addr4)
-                    .collect();
-                Some(
-                    ipam::allocate4(s, g, &used, self.last4.get(&net.name).copied())
-                        .map_err(|e| ApiError::conflict(e.to_string()))?,
-                )
-            }
-            _ => None,
-        };
-        let addr6 = match (net.subnet6, net.gateway6) {
-            _ if fixed6.is_some() => fixed6,
-            (Some(s), Some(g)) => {
-                let used: BTreeSet<Ipv6Addr> = self
-                    .endpoints
-                    .values()
-                    .filter(|e| e.network == net.name)
-                    .filter_map(|e| e.addr6)
-                    .collect();
-                Some(
-                    ipam::allocate6(s, g, &used, self.last6.get(&net.name).copied())
-                        .map_err(|e| ApiError::conflict(e.to_string()))?,
-                )
-            }
-            _ => None,
-        };
-        let mut port_mappings = req.port_mappings;
-        port_mappings.sort();
-        let ep = Endpoint {
-            network: req.network,
-            host_veth: model::host_veth_name(&req.container_id, &req.ifname),
-            container_id: req.container_id,
-            ifname: req.ifname,
-            netns: req.netns,
-            addr4,
-            addr6,
-            ports: port_mappings,
-            mac: req.mac,
-            created: now(),
-        };
+        self.kernel.settle_link(&ep.host_veth);
         let diff = self.apply_endpoint(&net, &ep, true)?;
         if let Err(e) = self.store.put_endpoint(&ep) {
             self.undo_diff(&diff);
-            return Err(internal("saving the endpoint", e));
+            return Err(store_err("saving the endpoint")(e));
         }
         self.commit_diff(&diff);
-        self.endpoints.insert(key.clone(), ep.clone());
+        self.endpoints.insert(ep.key(), ep.clone());
         self.clear_stale_udp_flows(&net, &ep);
-        // Only allocated addresses move the allocator on; a fixed one says nothing about where
-        // the next free address is.
-        if let (Some(a), None) = (addr4, fixed4) {
-            self.last4.insert(net.name.clone(), a);
+        if resolved.cursor != cursor {
+            self.cursors.insert(net.name.clone(), resolved.cursor);
         }
-        if let (Some(a), None) = (addr6, fixed6) {
-            self.last6.insert(net.name.clone(), a);
-        }
-        info!(endpoint = %key, addr4 = ?addr4, addr6 = ?addr6, ports = ep.ports.len(), "endpoint attached");
+        info!(endpoint = %ep.key(), addr4 = ?ep.addr4, addr6 = ?ep.addr6, ports = ep.ports.len(), "endpoint attached");
         Ok(Attachment {
             network: net,
             endpoint: ep,
         })
     }
 
-    /// The fixed addresses an attach asks for, checked against the network: one per family,
-    /// in its subnet, a host address, not the gateway, and held by no other endpoint. An
-    /// address another endpoint holds is a conflict; anything else wrong is invalid.
-    fn fixed_addrs(
-        &self,
-        net: &Network,
-        ips: &[model::RequestedAddr],
-    ) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), ApiError> {
-        let (fixed4, fixed6) = requested_addrs(net, ips)?;
-        let holders: BTreeMap<IpAddr, String> = self
-            .endpoints
-            .values()
-            .filter(|e| e.network == net.name)
-            .flat_map(|e| {
-                let who = format!("container {} {}", e.container_id, e.ifname);
-                let v4 = e.addr4.map(|a| (IpAddr::V4(a), who.clone()));
-                let v6 = e.addr6.map(|a| (IpAddr::V6(a), who));
-                v4.into_iter().chain(v6)
-            })
-            .collect();
-        let check = |subnet: Option<IpNet>, gateway: Option<IpAddr>, addr: IpAddr| {
-            // requested_addrs refused a family without a subnet; a subnet always has a gateway.
-            let (Some(subnet), Some(gateway)) = (subnet, gateway) else {
-                return Err(ApiError::internal(format!(
-                    "network {} has no gateway for {addr}",
-                    net.name
-                )));
-            };
-            ipam::check_requested(subnet, gateway, addr, &holders).map_err(|e| {
-                if e.is_conflict() {
-                    ApiError::conflict(e.to_string())
-                } else {
-                    ApiError::invalid(e.to_string())
-                }
-            })
-        };
-        if let Some(a) = fixed4 {
-            check(
-                net.subnet4.map(IpNet::V4),
-                net.gateway4.map(IpAddr::V4),
-                IpAddr::V4(a),
-            )?;
-        }
-        if let Some(a) = fixed6 {
-            check(
-                net.subnet6.map(IpNet::V6),
-                net.gateway6.map(IpAddr::V6),
-                IpAddr::V6(a),
-            )?;
-        }
-        Ok((fixed4, fixed6))
-    }
-
-    pub fn endpoint(&self, key: &EndpointKey) -> Result<Attachment, ApiError> {
+    pub fn endpoint(&self, key: &EndpointKey) -> Result<Attachment, EngineError> {
         let ep = self
             .endpoints
             .get(key)
-            .ok_or_else(|| ApiError::not_found(format!("netd holds no endpoint {key}")))?;
+            .ok_or_else(|| EngineError::NotFound(format!("netd holds no endpoint {key}")))?;
         Ok(Attachment {
             network: self.network(&ep.network)?,
             endpoint: ep.clone(),
@@ -1036,18 +850,18 @@ impl Engine {
         }
     }
 
-    /// Releases an endpoint with its addresses and ports. Returns false if there was none.
     /// CNI DEL with netd's help: releases the endpoint (if netd holds it) and removes its host
     /// veth, and with it the container's end, after the answer. Returns whether an endpoint
     /// was released.
-    pub fn release(&mut self, key: &EndpointKey) -> Result<bool, ApiError> {
+    pub fn release(&mut self, key: &EndpointKey) -> Result<bool, EngineError> {
         let released = self.detach(key)?;
         self.kernel
             .remove_link_later(&model::host_veth_name(&key.container_id, &key.ifname));
         Ok(released)
     }
 
-    pub fn detach(&mut self, key: &EndpointKey) -> Result<bool, ApiError> {
+    /// Releases an endpoint with its addresses and ports. Returns false if there was none.
+    pub fn detach(&mut self, key: &EndpointKey) -> Result<bool, EngineError> {
         let Some(ep) = self.endpoints.get(key).cloned() else {
             return Ok(false);
         };
@@ -1058,7 +872,7 @@ impl Engine {
         self.save_cursor(&net.name);
         if let Err(e) = self.store.delete_endpoint(key) {
             self.undo_diff(&diff);
-            return Err(internal("removing the endpoint from state", e));
+            return Err(store_err("removing the endpoint from state")(e));
         }
         self.commit_diff(&diff);
         self.endpoints.remove(key);
@@ -1073,11 +887,8 @@ impl Engine {
     /// the saved cursor skips them and lands where the in-memory one would. ADD stays one
     /// write. A failure is logged: the release itself goes on.
     fn save_cursor(&mut self, network: &str) {
-        let cursor = ipam::Cursor {
-            last4: self.last4.get(network).copied(),
-            last6: self.last6.get(network).copied(),
-        };
-        if cursor == ipam::Cursor::default() || self.meta.cursors.get(network) == Some(&cursor) {
+        let cursor = self.cursors.get(network).copied().unwrap_or_default();
+        if cursor == Cursor::default() || self.meta.cursors.get(network) == Some(&cursor) {
             return;
         }
         let mut meta = self.meta.clone();
@@ -1113,7 +924,7 @@ impl Engine {
     }
 
     /// CNI GC: releases the network's endpoints the runtime no longer lists.
-    pub fn gc(&mut self, req: GcRequest) -> Result<Vec<Endpoint>, ApiError> {
+    pub fn gc(&mut self, req: GcRequest) -> Result<Vec<Endpoint>, EngineError> {
         self.network(&req.network)?;
         let valid: BTreeSet<(String, String)> = req
             .valid
@@ -1138,84 +949,19 @@ impl Engine {
     }
 }
 
-/// An existing network matches a conflist's subnets when it has exactly those, per family.
-/// Anything else is refused, naming both: attaching pods to a network other than the one the
-/// node's configuration describes would give them addresses nobody routes.
-fn same_subnets(spec: &CreateNetwork, net: &Network) -> Result<(), ApiError> {
-    let list = |v4: Option<Ipv4Net>, v6: Option<Ipv6Net>| {
-        let v: Vec<String> = v4
-            .map(|s| s.to_string())
-            .into_iter()
-            .chain(v6.map(|s| s.to_string()))
-            .collect();
-        if v.is_empty() {
-            "none".to_string()
-        } else {
-            v.join(", ")
-        }
-    };
-    if spec.subnet != net.subnet4 || spec.subnet6 != net.subnet6 {
-        return Err(ApiError::conflict(format!(
-            "network {} exists with subnets {}, but the CNI configuration asks for {}; \
-             fix the configuration's \"subnets\" or remove the network (netctl network rm {})",
-            net.name,
-            list(net.subnet4, net.subnet6),
-            list(spec.subnet, spec.subnet6),
-            net.name
-        )));
-    }
-    Ok(())
-}
-
-/// Splits the fixed addresses of an attach request by family, refusing two of one family, a
-/// family the network does not have, and a prefix that is not the subnet's.
-fn requested_addrs(
-    net: &Network,
-    ips: &[model::RequestedAddr],
-) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), ApiError> {
-    let (mut v4, mut v6) = (None, None);
-    for r in ips {
-        let (subnet, slot_taken) = match r.addr {
-            IpAddr::V4(a) => (net.subnet4.map(IpNet::V4), v4.replace(a).is_some()),
-            IpAddr::V6(a) => (net.subnet6.map(IpNet::V6), v6.replace(a).is_some()),
-        };
-        let family = if r.addr.is_ipv4() { "IPv4" } else { "IPv6" };
-        if slot_taken {
-            return Err(ApiError::invalid(format!(
-                "two {family} addresses asked for; network {} gives a container one address per family",
-                net.name
-            )));
-        }
-        let Some(subnet) = subnet else {
-            return Err(ApiError::invalid(format!(
-                "address {} asked for, but network {} has no {family} subnet",
-                r.addr, net.name
-            )));
-        };
-        if let Some(p) = r.prefix.filter(|p| *p != subnet.prefix_len()) {
-            return Err(ApiError::invalid(format!(
-                "address {r} asked for with prefix /{p}, but network {}'s subnet is {subnet}",
-                net.name
-            )));
-        }
-    }
-    Ok((v4, v6))
-}
-
-/// `nd-NAME` when that fits an interface name, else `nd-` and a hash of the name.
-pub fn default_bridge_name(network: &str) -> String {
-    let plain = format!("nd-{network}");
-    if model::validate_ifname(&plain).is_ok() {
-        plain
-    } else {
-        format!("nd-{:012x}", model::fnv1a(&[network.as_bytes()]) >> 16)
-    }
+/// A random RFC 4193 global ID (40 bits) from the kernel's random source.
+fn random_ula_global_id() -> Result<u64, EngineError> {
+    let mut buf = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+        .map_err(io_err("reading /dev/urandom"))?;
+    Ok(u64::from_le_bytes(buf) & 0xff_ffff_ffff)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::GcAttachment;
+    use crate::api::{ApiError, GcAttachment};
     use crate::model::{PortMapping, Proto};
     use std::sync::{Arc, Mutex};
 
@@ -1233,11 +979,13 @@ mod tests {
         gone_netns: Vec<String>,
         /// Addresses whose conntrack entries the engine asked to clear.
         cleared: Vec<IpAddr>,
+        /// The host does not forward IPv6.
+        no_ipv6_forwarding: bool,
     }
 
     struct FakeKernel(Arc<Mutex<FakeTable>>);
 
-    impl Kernel for FakeKernel {
+    impl TableWriter for FakeKernel {
         fn sync_full(&mut self, desired: &Desired) -> Result<(), KernelError> {
             let mut t = self.0.lock().unwrap();
             if t.fail_next > 0 {
@@ -1275,19 +1023,37 @@ mod tests {
             t.table = next;
             Ok(())
         }
+    }
+
+    impl HostFacts for FakeKernel {
         fn routes(&mut self) -> Result<Vec<IpNet>, KernelError> {
-            Ok(vec!["10.99.0.0/24".parse().unwrap()])
+            Ok(vec![
+                "10.99.0.0/24".parse().unwrap(),
+                "fd00:99::/64".parse().unwrap(),
+            ])
         }
+        fn ipv6_forwarding(&mut self) -> Result<(), ForwardingError> {
+            match self.0.lock().unwrap().no_ipv6_forwarding {
+                false => Ok(()),
+                true => Err(ForwardingError::Disabled {
+                    sysctl: "net.ipv6.conf.all.forwarding",
+                    value: "0".into(),
+                }),
+            }
+        }
+    }
+
+    impl HostLinks for FakeKernel {
         fn link_exists(&mut self, name: &str) -> Result<bool, KernelError> {
             Ok(name == "eth0" || self.0.lock().unwrap().links.iter().any(|l| l.name == name))
         }
         fn links(&mut self) -> Result<Vec<HostLink>, KernelError> {
             Ok(self.0.lock().unwrap().links.clone())
         }
-        fn delete_link(&mut self, name: &str) -> Result<(), KernelError> {
+        fn remove_link_later(&mut self, name: &str) {
             self.0.lock().unwrap().links.retain(|l| l.name != name);
-            Ok(())
         }
+        fn settle_link(&mut self, _name: &str) {}
         fn delete_owned_link(
             &mut self,
             name: &str,
@@ -1309,6 +1075,15 @@ mod tests {
         }
         fn is_netns(&mut self, path: &str) -> bool {
             !self.0.lock().unwrap().gone_netns.iter().any(|p| p == path)
+        }
+    }
+
+    impl Flows for FakeKernel {
+        fn clear_udp_conntrack(
+            &mut self,
+            bindings: &[ports::Binding],
+        ) -> Result<usize, KernelError> {
+            Ok(bindings.len())
         }
         fn clear_conntrack_of(&mut self, addrs: &[IpAddr]) -> Result<usize, KernelError> {
             self.0.lock().unwrap().cleared.extend_from_slice(addrs);
@@ -1402,16 +1177,21 @@ mod tests {
                 subnet: Some("10.99.2.128/25".parse().unwrap()),
                 ..create("c")
             })
+            .map_err(ApiError::from)
             .unwrap_err();
         assert_eq!(err.kind, crate::api::ErrorKind::Conflict);
         assert!(err.message.contains("network b"), "{}", err.message);
-        let err = e.create_network(create("a")).unwrap_err();
+        let err = e
+            .create_network(create("a"))
+            .map_err(ApiError::from)
+            .unwrap_err();
         assert_eq!(err.kind, crate::api::ErrorKind::Conflict);
         let err = e
             .create_network(CreateNetwork {
                 bridge: Some("eth0".into()),
                 ..create("d")
             })
+            .map_err(ApiError::from)
             .unwrap_err();
         assert!(
             err.message.contains("eth0 already exists"),
@@ -1424,6 +1204,7 @@ mod tests {
                 gateway_mode_ipv4: Some(GatewayMode::Routed),
                 ..create("e")
             })
+            .map_err(ApiError::from)
             .unwrap_err();
         assert_eq!(err.kind, crate::api::ErrorKind::Invalid);
 
@@ -1456,6 +1237,7 @@ mod tests {
                 cni_version: Some("1.2.0".into()),
                 ..create("bad")
             })
+            .map_err(ApiError::from)
             .unwrap_err();
         assert_eq!(err.kind, crate::api::ErrorKind::Invalid);
         assert!(err.message.contains("\"1.2.0\""), "{}", err.message);
@@ -1478,10 +1260,16 @@ mod tests {
         let one = e.attach(attach("a", "c1", vec![tcp(8080)])).unwrap();
         let two = e.attach(attach("a", "c2", vec![])).unwrap();
         assert_ne!(one.endpoint.addr4, two.endpoint.addr4);
-        let err = e.attach(attach("a", "c3", vec![tcp(8080)])).unwrap_err();
+        let err = e
+            .attach(attach("a", "c3", vec![tcp(8080)]))
+            .map_err(ApiError::from)
+            .unwrap_err();
         assert_eq!(err.kind, crate::api::ErrorKind::Conflict);
         assert!(err.message.contains("container c1"), "{}", err.message);
-        let err = e.attach(attach("a", "c1", vec![])).unwrap_err();
+        let err = e
+            .attach(attach("a", "c1", vec![]))
+            .map_err(ApiError::from)
+            .unwrap_err();
         assert_eq!(err.kind, crate::api::ErrorKind::Conflict);
         // Mappings that can never work are invalid, not conflicts.
         let v6 = PortMapping {
@@ -1489,7 +1277,10 @@ mod tests {
             ..tcp(8081)
         };
         for bad in [vec![tcp(0)], vec![v6], vec![tcp(8082), tcp(8082)]] {
-            let err = e.attach(attach("a", "c4", bad.clone())).unwrap_err();
+            let err = e
+                .attach(attach("a", "c4", bad.clone()))
+                .map_err(ApiError::from)
+                .unwrap_err();
             assert_eq!(err.kind, crate::api::ErrorKind::Invalid, "{bad:?}: {err}");
         }
         e.create_network(CreateNetwork {
@@ -1499,14 +1290,21 @@ mod tests {
         .unwrap();
         let err = e
             .attach(attach("inner", "c4", vec![tcp(8083)]))
+            .map_err(ApiError::from)
             .unwrap_err();
         assert_eq!(err.kind, crate::api::ErrorKind::Invalid, "{err}");
-        let err = e.attach(attach("nope", "c9", vec![])).unwrap_err();
+        let err = e
+            .attach(attach("nope", "c9", vec![]))
+            .map_err(ApiError::from)
+            .unwrap_err();
         assert_eq!(err.kind, crate::api::ErrorKind::NotFound);
-        let err = e.attach(attach("a", "bad/id", vec![])).unwrap_err();
+        let err = e
+            .attach(attach("a", "bad/id", vec![]))
+            .map_err(ApiError::from)
+            .unwrap_err();
         assert_eq!(err.kind, crate::api::ErrorKind::Invalid);
 
-        let err = e.remove_network("a").unwrap_err();
+        let err = e.remove_network("a").map_err(ApiError::from).unwrap_err();
         assert_eq!(err.kind, crate::api::ErrorKind::Conflict);
 
         // Keyed by (container, ifname): releasing c1 frees its port for c3.
@@ -1559,12 +1357,9 @@ mod tests {
         assert_eq!(three.endpoint.addr4.unwrap().to_string(), "10.50.0.3");
 
         let before = fx.table();
+        // Every refusal is the core's (crates/core/src/resolve.rs tests them all); here: one
+        // of each kind reaches the API with its status and leaves table and state alone.
         let refused = [
-            (
-                vec!["10.50.0.2"],
-                ErrorKind::Conflict,
-                "taken by container c1 eth0",
-            ),
             (
                 vec!["10.50.0.200"],
                 ErrorKind::Conflict,
@@ -1576,22 +1371,12 @@ mod tests {
                 "network a has no IPv6 subnet",
             ),
             (vec!["10.50.0.1"], ErrorKind::Invalid, "is the gateway"),
-            (vec!["10.50.0.0"], ErrorKind::Invalid, "network address"),
-            (vec!["10.50.0.255"], ErrorKind::Invalid, "broadcast address"),
-            (
-                vec!["10.50.1.9"],
-                ErrorKind::Invalid,
-                "outside the network's subnet 10.50.0.0/24",
-            ),
-            (vec!["10.50.0.9/16"], ErrorKind::Invalid, "prefix /16"),
-            (
-                vec!["10.50.0.9", "10.50.0.10"],
-                ErrorKind::Invalid,
-                "two IPv4 addresses",
-            ),
         ];
         for (ips, kind, text) in refused {
-            let err = e.attach(fixed("c9", &ips)).unwrap_err();
+            let err = e
+                .attach(fixed("c9", &ips))
+                .map_err(ApiError::from)
+                .unwrap_err();
             assert_eq!(err.kind, kind, "{ips:?}: {}", err.message);
             assert!(err.message.contains(text), "{ips:?}: {}", err.message);
             assert_eq!(fx.table(), before, "{ips:?} changed the table");
@@ -1608,7 +1393,10 @@ mod tests {
         let key = one.endpoint.key();
         let again = e.endpoint(&key).unwrap().endpoint;
         assert_eq!(again.mac.unwrap().to_string(), "02:42:0a:32:00:02");
-        let err = e.attach(fixed("c9", &["10.50.0.200"])).unwrap_err();
+        let err = e
+            .attach(fixed("c9", &["10.50.0.200"]))
+            .map_err(ApiError::from)
+            .unwrap_err();
         assert_eq!(err.kind, ErrorKind::Conflict);
         let four = e.attach(attach("a", "c4", vec![])).unwrap();
         assert_eq!(four.endpoint.addr4.unwrap().to_string(), "10.50.0.4");
@@ -1629,7 +1417,10 @@ mod tests {
             ..attach("pods", cid, ports)
         };
         // Without the spec an unknown network is still an error.
-        let err = e.attach(attach("pods", "c0", vec![])).unwrap_err();
+        let err = e
+            .attach(attach("pods", "c0", vec![]))
+            .map_err(ApiError::from)
+            .unwrap_err();
         assert_eq!(err.kind, ErrorKind::NotFound);
 
         let one = e.attach(ensure("c1", "10.244.1.0/24", vec![])).unwrap();
@@ -1644,7 +1435,10 @@ mod tests {
         assert_eq!(e.networks().count(), 1);
 
         let before = fx.table();
-        let err = e.attach(ensure("c3", "10.244.2.0/24", vec![])).unwrap_err();
+        let err = e
+            .attach(ensure("c3", "10.244.2.0/24", vec![]))
+            .map_err(ApiError::from)
+            .unwrap_err();
         assert_eq!(err.kind, ErrorKind::Conflict);
         assert!(
             err.message.contains("exists with subnets 10.244.1.0/24")
@@ -1661,6 +1455,7 @@ mod tests {
                 }),
                 ..attach("pods", "c3", vec![])
             })
+            .map_err(ApiError::from)
             .unwrap_err();
         assert_eq!(err.kind, ErrorKind::Invalid);
 
@@ -1676,6 +1471,7 @@ mod tests {
                 }),
                 ..attach("fresh", "f1", vec![tcp(8080)])
             })
+            .map_err(ApiError::from)
             .unwrap_err();
         assert_eq!(err.kind, ErrorKind::Conflict);
         assert!(e.network("fresh").is_err());
@@ -1721,6 +1517,48 @@ mod tests {
         assert!(e.meta.cursors.is_empty());
     }
 
+    /// IPv6 facts come from the host: without IPv6 forwarding the request is refused and
+    /// leaves nothing behind (not even the ULA ID); with it, the ID is drawn once and kept.
+    #[test]
+    fn ipv6_needs_forwarding_and_keeps_its_ula_prefix() {
+        use crate::api::ErrorKind;
+        let fx = Fixture::new("ula");
+        let mut e = fx.engine();
+        let six = |name: &str| CreateNetwork {
+            ipv6: true,
+            ..create(name)
+        };
+        fx.table.lock().unwrap().no_ipv6_forwarding = true;
+        let err = e
+            .create_network(six("a"))
+            .map_err(ApiError::from)
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Invalid);
+        assert!(
+            err.message.contains("net.ipv6.conf.all.forwarding is 0"),
+            "{}",
+            err.message
+        );
+        assert!(e.network("a").is_err());
+        assert_eq!(e.meta.ula_global_id, None);
+        assert!(!fx.dir.join("cni/netd-a.conflist").exists());
+
+        fx.table.lock().unwrap().no_ipv6_forwarding = false;
+        let a = e.create_network(six("a")).unwrap();
+        let id = e
+            .meta
+            .ula_global_id
+            .expect("drawn for the first automatic IPv6 subnet");
+        let ula = ipam::ula_prefix(id);
+        assert!(ula.contains(&a.subnet6.unwrap()), "{a:?} outside {ula}");
+        drop(e);
+        let mut e = fx.engine();
+        let b = e.create_network(six("b")).unwrap();
+        assert_eq!(e.meta.ula_global_id, Some(id));
+        assert!(ula.contains(&b.subnet6.unwrap()));
+        assert_ne!(a.subnet6, b.subnet6);
+    }
+
     #[test]
     fn a_kernel_failure_changes_nothing() {
         let fx = Fixture::new("fail");
@@ -1729,7 +1567,10 @@ mod tests {
         let before = fx.table();
         // The diff and the whole-table retry are both refused.
         fx.table.lock().unwrap().fail_next = 2;
-        let err = e.attach(attach("a", "c1", vec![tcp(80)])).unwrap_err();
+        let err = e
+            .attach(attach("a", "c1", vec![tcp(80)]))
+            .map_err(ApiError::from)
+            .unwrap_err();
         assert_eq!(err.kind, crate::api::ErrorKind::Internal);
         assert_eq!(fx.table(), before);
         assert_eq!(e.endpoints().count(), 0);
@@ -1840,7 +1681,10 @@ mod tests {
         assert!(fx.table().is_empty());
         assert!(!fx.dir.join("cni/netd-a.conflist").exists());
         assert_eq!(
-            e.remove_network("a").unwrap_err().kind,
+            e.remove_network("a")
+                .map_err(ApiError::from)
+                .unwrap_err()
+                .kind,
             crate::api::ErrorKind::NotFound
         );
     }
@@ -1923,19 +1767,14 @@ mod tests {
             ..create("big")
         })
         .unwrap();
-        for i in 0..MAX_BRIDGE_PORTS {
+        for i in 0..resolve::MAX_BRIDGE_PORTS {
             e.attach(attach("big", &format!("c{i}"), vec![])).unwrap();
         }
-        let err = e.attach(attach("big", "one-too-many", vec![])).unwrap_err();
+        let err = e
+            .attach(attach("big", "one-too-many", vec![]))
+            .map_err(ApiError::from)
+            .unwrap_err();
         assert_eq!(err.kind, crate::api::ErrorKind::Conflict);
         assert!(err.message.contains("1023 ports"), "{}", err.message);
-    }
-
-    #[test]
-    fn long_names_get_hashed_bridges() {
-        assert_eq!(default_bridge_name("web"), "nd-web");
-        let long = default_bridge_name("a-rather-long-network-name");
-        assert_eq!(long.len(), 15);
-        assert!(long.starts_with("nd-"));
     }
 }

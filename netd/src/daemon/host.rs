@@ -1,21 +1,24 @@
-//! The real [`Kernel`]: netd's nftables table through [`crate::ruleset`], links through
-//! [`crate::link`], and the host's routes from procfs.
+//! The real [`Kernel`](super::engine::Kernel), one trait per concern: netd's nftables table
+//! through [`crate::ruleset`] ([`TableWriter`]), links through [`crate::link`] and the reaper
+//! ([`HostLinks`]), routes from procfs and the forwarding sysctl ([`HostFacts`]), and
+//! conntrack ([`Flows`]).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::engine::{HostLink, Kernel, KernelError};
+use super::engine::{Flows, HostFacts, HostLink, HostLinks, KernelError, TableWriter};
 use std::sync::Arc;
 
 use super::reaper::Reaper;
-use crate::link::HostLinks;
+use super::sysctl::{self, ForwardingError};
+use crate::link::HostLinks as Rtnetlink;
 use crate::plan::{Desired, Diff};
 use crate::ruleset::Applier;
 
 pub struct HostKernel {
     applier: Applier,
-    links: HostLinks,
+    links: Rtnetlink,
     reaper: Arc<Reaper>,
 }
 
@@ -25,13 +28,13 @@ impl HostKernel {
     pub fn new(table: &str) -> Result<Self, KernelError> {
         Ok(HostKernel {
             applier: Applier::new(table).map_err(|e| KernelError(e.to_string()))?,
-            links: HostLinks::new().map_err(|e| KernelError(e.to_string()))?,
+            links: Rtnetlink::new().map_err(|e| KernelError(e.to_string()))?,
             reaper: Reaper::start().map_err(|e| KernelError(e.to_string()))?,
         })
     }
 }
 
-impl Kernel for HostKernel {
+impl TableWriter for HostKernel {
     fn sync_full(&mut self, desired: &Desired) -> Result<(), KernelError> {
         self.applier
             .sync_full(desired)
@@ -43,7 +46,9 @@ impl Kernel for HostKernel {
             .apply_diff(diff)
             .map_err(|e| KernelError(e.to_string()))
     }
+}
 
+impl HostFacts for HostKernel {
     fn routes(&mut self) -> Result<Vec<IpNet>, KernelError> {
         let mut out = Vec::new();
         if let Ok(text) = std::fs::read_to_string("/proc/net/route") {
@@ -55,6 +60,12 @@ impl Kernel for HostKernel {
         Ok(out)
     }
 
+    fn ipv6_forwarding(&mut self) -> Result<(), ForwardingError> {
+        sysctl::require_ipv6_forwarding()
+    }
+}
+
+impl HostLinks for HostKernel {
     fn link_exists(&mut self, name: &str) -> Result<bool, KernelError> {
         self.links
             .link_exists(name)
@@ -90,13 +101,6 @@ impl Kernel for HostKernel {
             .map_err(|e| KernelError(e.to_string()))
     }
 
-    fn delete_link(&mut self, name: &str) -> Result<(), KernelError> {
-        self.links
-            .delete_link(name)
-            .map(|_| ())
-            .map_err(|e| KernelError(e.to_string()))
-    }
-
     fn remove_link_later(&mut self, name: &str) {
         self.reaper.schedule(name);
     }
@@ -108,7 +112,9 @@ impl Kernel for HostKernel {
     fn is_netns(&mut self, path: &str) -> bool {
         crate::link::is_netns(path)
     }
+}
 
+impl Flows for HostKernel {
     fn clear_udp_conntrack(
         &mut self,
         bindings: &[crate::ports::Binding],

@@ -9,4 +9,4 @@ pub mod reaper;
 pub mod server;
 pub mod sysctl;
 
-pub use engine::{Engine, EngineConfig, Kernel};
+pub use engine::{Engine, EngineConfig, EngineError, Kernel};

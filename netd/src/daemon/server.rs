@@ -14,12 +14,13 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use super::engine::Engine;
+use super::engine::{Engine, EngineError};
 use crate::api::http::{self, HttpError};
 use crate::api::{
-    ApiError, AttachRequest, CreateNetwork, ErrorBody, GcRequest, Released, MAX_BODY,
+    ApiError, AttachRequest, CreateNetwork, ErrorBody, ErrorKind, GcRequest, Released, MAX_BODY,
 };
 use crate::model::EndpointKey;
+use crate::resolve::Kind;
 
 /// How long a client may take to send its request.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -383,19 +384,24 @@ pub fn route(engine: &mut Engine, method: &str, full_path: &str, body: &[u8]) ->
         ("GET", ["status"]) => Ok(ok(200, &engine.status())),
         ("GET", ["networks"]) => Ok(ok(200, &engine.networks().collect::<Vec<_>>())),
         ("POST", ["networks"]) => decode::<CreateNetwork>(body)
-            .and_then(|req| engine.create_network(req))
+            .and_then(|req| engine.create_network(req).map_err(ApiError::from))
             .map(|n| ok(201, &n)),
-        ("GET", ["networks", name]) => engine.network(name).map(|n| ok(200, &n)),
+        ("GET", ["networks", name]) => engine
+            .network(name)
+            .map(|n| ok(200, &n))
+            .map_err(ApiError::from),
         ("DELETE", ["networks", name]) => engine
             .remove_network(name)
-            .map(|()| ok(200, &serde_json::json!({}))),
+            .map(|()| ok(200, &serde_json::json!({})))
+            .map_err(ApiError::from),
         ("GET", ["endpoints"]) => Ok(ok(200, &engine.endpoints().collect::<Vec<_>>())),
         ("POST", ["endpoints"]) => decode::<AttachRequest>(body)
-            .and_then(|req| engine.attach(req))
+            .and_then(|req| engine.attach(req).map_err(ApiError::from))
             .map(|a| ok(201, &a)),
         ("GET", ["endpoints", network, container, ifname]) => engine
             .endpoint(&key(network, container, ifname))
-            .map(|a| ok(200, &a)),
+            .map(|a| ok(200, &a))
+            .map_err(ApiError::from),
         ("DELETE", ["endpoints", network, container, ifname]) => {
             let key = key(network, container, ifname);
             if remove_links {
@@ -404,9 +410,10 @@ pub fn route(engine: &mut Engine, method: &str, full_path: &str, body: &[u8]) ->
                 engine.detach(&key)
             }
             .map(|released| ok(200, &Released { released }))
+            .map_err(ApiError::from)
         }
         ("POST", ["gc"]) => decode::<GcRequest>(body)
-            .and_then(|req| engine.gc(req))
+            .and_then(|req| engine.gc(req).map_err(ApiError::from))
             .map(|released| ok(200, &crate::api::GcResult { released })),
         (_, ["status" | "networks" | "endpoints" | "gc", ..]) => Err(ApiError::invalid(format!(
             "{method} is not supported on {path}"
@@ -414,6 +421,30 @@ pub fn route(engine: &mut Engine, method: &str, full_path: &str, body: &[u8]) ->
         _ => Err(ApiError::not_found(format!("no such API path {path:?}"))),
     };
     result.unwrap_or_else(api_error)
+}
+
+/// The one place an engine error becomes an API error. The statuses (and so the plugin's CNI
+/// codes) are pinned by tests/netns/tests/reliability.rs and docs/reliability.md: a request
+/// wrong in itself is 400, one that clashes with the state or the host 409, a missing object
+/// 404, and a kernel, disk or consistency failure 500.
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        let kind = match &e {
+            EngineError::NotFound(_) => ErrorKind::NotFound,
+            EngineError::Invalid(_) => ErrorKind::Invalid,
+            EngineError::Conflict(_) => ErrorKind::Conflict,
+            EngineError::Refused(r) => match r.kind() {
+                Kind::Invalid => ErrorKind::Invalid,
+                Kind::Conflict => ErrorKind::Conflict,
+                Kind::Inconsistent => ErrorKind::Internal,
+            },
+            EngineError::Kernel { .. }
+            | EngineError::TableRefused { .. }
+            | EngineError::Store { .. }
+            | EngineError::Io { .. } => ErrorKind::Internal,
+        };
+        ApiError::new(kind, e.to_string())
+    }
 }
 
 fn key(network: &str, container: &str, ifname: &str) -> EndpointKey {
