@@ -183,6 +183,32 @@ fn ctr_accepts_cni_1_0_0_and_refuses_1_1_0() {
         ),
         "unexpected error: {out}"
     );
+    // The plugin attached the container before ctr rejected its answer. With --rm ctr runs
+    // DEL all the same; a detached (-d) run does not, and the endpoint stays (ctr 1.6 quirk
+    // docs/guide.md describes).
+    assert!(endpoints(&w).is_empty(), "--rm left {:?}", endpoints(&w));
+    let out = cd.ctr(
+        CTR_NAMESPACE,
+        &[
+            "run",
+            "-d",
+            "--cni",
+            &cd.busybox.reference,
+            "t5",
+            "sleep",
+            "100",
+        ],
+    );
+    assert!(
+        !out.success() && out.stderr.contains("unsupported CNI result version"),
+        "ctr run -d --cni on a 1.1.0 conflist: {out}"
+    );
+    let left = endpoints(&w);
+    assert!(
+        left.iter()
+            .any(|(c, _)| c == &format!("{CTR_NAMESPACE}-t5")),
+        "expected ctr 1.6 to leave the detached container's endpoint: {left:?}"
+    );
     // Control: the conflist as netctl wrote it works.
     std::fs::write(&p, &text).expect("restore conflist");
     let out = cd.ctr(

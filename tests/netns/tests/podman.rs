@@ -229,4 +229,16 @@ fn podman_accepts_cni_1_0_0_and_refuses_1_1_0() {
         ),
         "unexpected error: {out}"
     );
+    // The plugin had attached the container; Podman runs DEL after rejecting the answer
+    // (while the 1.0.0 container stays listed: the filter does find endpoints).
+    let on = |net: &str| -> usize {
+        w.netctl_json(&["endpoint", "ls"])
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["network"] == net)
+            .count()
+    };
+    assert_eq!(on("v100"), 1, "the 1.0.0 container should be listed");
+    assert_eq!(on("v110"), 0, "endpoints left on v110");
 }
