@@ -186,6 +186,12 @@ fn ctr_accepts_cni_1_0_0_and_refuses_1_1_0() {
     // The plugin attached the container before ctr rejected its answer. With --rm ctr runs
     // DEL all the same; a detached (-d) run does not, and the endpoint stays (ctr 1.6 quirk
     // docs/guide.md describes).
+    assert!(
+        w.netd_log().contains(&format!(
+            "endpoint attached endpoint=v110/{CTR_NAMESPACE}-t3/eth0"
+        )),
+        "netd should have attached t3 before ctr rejected the result"
+    );
     assert!(endpoints(&w).is_empty(), "--rm left {:?}", endpoints(&w));
     let out = cd.ctr(
         CTR_NAMESPACE,
@@ -293,6 +299,10 @@ fn cri_refuses_cni_1_1_0_results() {
             r#"plugin type="netd-cni" failed (add): unsupported CNI result version "1.1.0""#
         ),
         "{err}"
+    );
+    assert!(
+        w.netd_log().contains("endpoint attached endpoint=pods/"),
+        "netd should have attached the sandbox before containerd rejected the result"
     );
     assert!(
         endpoints(&w).is_empty(),
