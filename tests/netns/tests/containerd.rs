@@ -236,7 +236,14 @@ fn cri_pod_sandbox_publishes_port_and_stop_removes_it() {
     assert_eq!(name, "containerd", "CRI runtime name");
     assert!(!version.is_empty());
 
-    let id = run_pod_retrying(&mut cri, "web", &[(8080, PAUSE_PORT, Protocol::Tcp)]);
+    let id = run_pod_retrying(
+        &mut cri,
+        "web",
+        &[
+            (8080, PAUSE_PORT, Protocol::Tcp),
+            (5353, 5353, Protocol::Udp),
+        ],
+    );
     let pod_ip = cri.pod_ip(&id);
     assert!(
         pod_ip.to_string().starts_with("10.89.73."),
@@ -253,11 +260,26 @@ fn cri_pod_sandbox_publishes_port_and_stop_removes_it() {
     assert_banner(&w.external, sa(host, 8080), PAUSE_BANNER, START);
     assert_banner_blocked(&w.external, sa(host, 8081));
     assert_banner(&w.host, sa(pod_ip, PAUSE_PORT), PAUSE_BANNER, START);
+    // UDP: a server in the pod's netns answers with the client address it saw (the
+    // external host's own, not masqueraded).
+    let pod_ns = cd
+        .sandbox()
+        .adopt_netns(&cri.pod_netns_path(&id), "web-pod");
+    let udp = UdpServer::start_on_port(&pod_ns, 5353);
+    let seen = assert_udp_ok(&w.external, sa(host, 5353));
+    assert_eq!(
+        seen.ip(),
+        ip(EXT_V4),
+        "UDP to the pod should keep the client address"
+    );
+    assert_udp_blocked(&w.external, sa(host, 5354));
     let veth = netd::model::host_veth_name(&id, "eth0");
     assert!(w.host.has_link(&veth), "pod's host veth {veth} missing");
 
     cri.stop_and_remove_pod(&id);
+    drop(udp);
     assert_banner_blocked(&w.external, sa(host, 8080));
+    assert_udp_blocked(&w.external, sa(host, 5353));
     assert!(
         w.host.wait_link_gone(&veth, Duration::from_secs(5)),
         "pod's host veth {veth} left after StopPodSandbox"
