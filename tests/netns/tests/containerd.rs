@@ -183,6 +183,38 @@ fn ctr_accepts_cni_1_0_0_and_refuses_1_1_0() {
         ),
         "unexpected error: {out}"
     );
+    // The plugin attached the container before ctr rejected its answer. With --rm ctr runs
+    // DEL all the same; a detached (-d) run does not, and the endpoint stays (ctr 1.6 quirk
+    // docs/guide.md describes).
+    assert!(
+        w.netd_log().contains(&format!(
+            "endpoint attached endpoint=v110/{CTR_NAMESPACE}-t3/eth0"
+        )),
+        "netd should have attached t3 before ctr rejected the result"
+    );
+    assert!(endpoints(&w).is_empty(), "--rm left {:?}", endpoints(&w));
+    let out = cd.ctr(
+        CTR_NAMESPACE,
+        &[
+            "run",
+            "-d",
+            "--cni",
+            &cd.busybox.reference,
+            "t5",
+            "sleep",
+            "100",
+        ],
+    );
+    assert!(
+        !out.success() && out.stderr.contains("unsupported CNI result version"),
+        "ctr run -d --cni on a 1.1.0 conflist: {out}"
+    );
+    let left = endpoints(&w);
+    assert!(
+        left.iter()
+            .any(|(c, _)| c == &format!("{CTR_NAMESPACE}-t5")),
+        "expected ctr 1.6 to leave the detached container's endpoint: {left:?}"
+    );
     // Control: the conflist as netctl wrote it works.
     std::fs::write(&p, &text).expect("restore conflist");
     let out = cd.ctr(
@@ -204,7 +236,14 @@ fn cri_pod_sandbox_publishes_port_and_stop_removes_it() {
     assert_eq!(name, "containerd", "CRI runtime name");
     assert!(!version.is_empty());
 
-    let id = run_pod_retrying(&mut cri, "web", &[(8080, PAUSE_PORT, Protocol::Tcp)]);
+    let id = run_pod_retrying(
+        &mut cri,
+        "web",
+        &[
+            (8080, PAUSE_PORT, Protocol::Tcp),
+            (5353, 5353, Protocol::Udp),
+        ],
+    );
     let pod_ip = cri.pod_ip(&id);
     assert!(
         pod_ip.to_string().starts_with("10.89.73."),
@@ -221,11 +260,26 @@ fn cri_pod_sandbox_publishes_port_and_stop_removes_it() {
     assert_banner(&w.external, sa(host, 8080), PAUSE_BANNER, START);
     assert_banner_blocked(&w.external, sa(host, 8081));
     assert_banner(&w.host, sa(pod_ip, PAUSE_PORT), PAUSE_BANNER, START);
+    // UDP: a server in the pod's netns answers with the client address it saw (the
+    // external host's own, not masqueraded).
+    let pod_ns = cd
+        .sandbox()
+        .adopt_netns(&cri.pod_netns_path(&id), "web-pod");
+    let udp = UdpServer::start_on_port(&pod_ns, 5353);
+    let seen = assert_udp_ok(&w.external, sa(host, 5353));
+    assert_eq!(
+        seen.ip(),
+        ip(EXT_V4),
+        "UDP to the pod should keep the client address"
+    );
+    assert_udp_blocked(&w.external, sa(host, 5354));
     let veth = netd::model::host_veth_name(&id, "eth0");
     assert!(w.host.has_link(&veth), "pod's host veth {veth} missing");
 
     cri.stop_and_remove_pod(&id);
+    drop(udp);
     assert_banner_blocked(&w.external, sa(host, 8080));
+    assert_udp_blocked(&w.external, sa(host, 5353));
     assert!(
         w.host.wait_link_gone(&veth, Duration::from_secs(5)),
         "pod's host veth {veth} left after StopPodSandbox"
@@ -267,6 +321,10 @@ fn cri_refuses_cni_1_1_0_results() {
             r#"plugin type="netd-cni" failed (add): unsupported CNI result version "1.1.0""#
         ),
         "{err}"
+    );
+    assert!(
+        w.netd_log().contains("endpoint attached endpoint=pods/"),
+        "netd should have attached the sandbox before containerd rejected the result"
     );
     assert!(
         endpoints(&w).is_empty(),

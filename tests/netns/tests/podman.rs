@@ -66,7 +66,7 @@ fn podman_run_publishes_port_reaches_out_and_rm_cleans_up() {
         );
     }
 
-    let id1 = serve(&pm, "c1", "web", &["-p", "8080:80"]);
+    let id1 = serve(&pm, "c1", "web", &["-p", "8080:80", "-p", "5353:5353/udp"]);
     let id2 = serve(&pm, "c2", "web", &["-p", "8082:80"]);
     let c1 = pm.netns("c1");
     let ip1 = pm.ip("c1", "web");
@@ -84,6 +84,15 @@ fn podman_run_publishes_port_reaches_out_and_rm_cleans_up() {
     assert_banner(&w.external, sa(host, 8080), "c1", START);
     assert_banner(&w.external, sa(host, 8082), "c2", START);
     assert_banner_blocked(&w.external, sa(host, 8081));
+    // UDP: a server in c1's netns sees the external client's own address.
+    let udp = UdpServer::start_on_port(&c1, 5353);
+    let seen = assert_udp_ok(&w.external, sa(host, 5353));
+    assert_eq!(
+        seen.ip(),
+        ip(EXT_V4),
+        "UDP to c1 should keep the client address"
+    );
+    assert_udp_blocked(&w.external, sa(host, 5354));
 
     // Container to the external host, masqueraded to the host's uplink address; from the
     // container's own process too (ping through `podman exec`).
@@ -98,7 +107,9 @@ fn podman_run_publishes_port_reaches_out_and_rm_cleans_up() {
     let veth1 = netd::model::host_veth_name(&id1, "eth0");
     assert!(w.host.has_link(&veth1), "c1's host veth {veth1} missing");
     pm.rm("c1");
+    drop(udp);
     assert_banner_blocked(&w.external, sa(host, 8080));
+    assert_udp_blocked(&w.external, sa(host, 5353));
     assert_banner(&w.external, sa(host, 8082), "c2", START);
     assert!(
         w.host.wait_link_gone(&veth1, Duration::from_secs(5)),
@@ -229,4 +240,16 @@ fn podman_accepts_cni_1_0_0_and_refuses_1_1_0() {
         ),
         "unexpected error: {out}"
     );
+    // The plugin had attached the container; Podman runs DEL after rejecting the answer
+    // (while the 1.0.0 container stays listed: the filter does find endpoints).
+    let on = |net: &str| -> usize {
+        w.netctl_json(&["endpoint", "ls"])
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["network"] == net)
+            .count()
+    };
+    assert_eq!(on("v100"), 1, "the 1.0.0 container should be listed");
+    assert_eq!(on("v110"), 0, "endpoints left on v110");
 }

@@ -131,6 +131,32 @@ impl Cri {
             .expect("status")
     }
 
+    /// The path of the pod's network namespace (inside containerd's mount namespace), from
+    /// the verbose PodSandboxStatus: its `info` holds the sandbox's OCI runtime spec.
+    pub fn pod_netns_path(&mut self, id: &str) -> PathBuf {
+        let c = &mut self.client;
+        let info = self
+            .rt
+            .block_on(c.pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: true,
+            }))
+            .unwrap_or_else(|e| panic!("CRI PodSandboxStatus {id}: {e}"))
+            .into_inner()
+            .info;
+        let raw = info.get("info").map(String::as_str).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(raw)
+            .unwrap_or_else(|e| panic!("verbose info of {id} is not JSON ({e}): {raw}"));
+        v["runtimeSpec"]["linux"]["namespaces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["type"] == "network")
+            .and_then(|n| n["path"].as_str())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("no network namespace path in the spec of {id}: {raw}"))
+    }
+
     /// The pod's IP as PodSandboxStatus reports it.
     pub fn pod_ip(&mut self, id: &str) -> std::net::IpAddr {
         let st = self.pod_status(id);

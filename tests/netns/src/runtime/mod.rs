@@ -26,6 +26,7 @@ pub mod podman;
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
+use std::fs::File;
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -67,6 +68,10 @@ pub struct Sandbox {
     holder: Child,
     /// `mnt:[INODE]` of the private mount namespace.
     mnt_ns: String,
+    /// Keeps the mount namespace, and so its inode number, ours until the sweep on drop is
+    /// over: a namespace freed earlier could lend its number to another test's new sandbox,
+    /// whose processes the sweep would then kill.
+    mnt_ns_fd: Option<File>,
     dir: TempDir,
 }
 
@@ -115,9 +120,15 @@ impl Sandbox {
             );
             std::thread::sleep(Duration::from_millis(10));
         };
+        let mnt_ns_fd = File::open(format!("/proc/{pid}/ns/mnt")).ok();
+        assert!(
+            mnt_ns_of(&pid.to_string()).as_deref() == Some(mnt_ns.as_str()) && mnt_ns_fd.is_some(),
+            "holder {pid} left its mount namespace"
+        );
         let sb = Sandbox {
             holder,
             mnt_ns,
+            mnt_ns_fd,
             dir,
         };
         // The copies of /run/netns's mounts pin other tests' namespaces: detach them first.
@@ -187,7 +198,14 @@ mount --bind "$2" /etc/cni/netd.d
 
     /// A path as seen inside the sandbox's mount namespace, reachable from outside it.
     pub fn outside_path(&self, inner: &Path) -> PathBuf {
-        let rel = inner.strip_prefix("/").unwrap_or(inner);
+        // An absolute symlink under /proc/PID/root resolves against the caller's root, not
+        // the sandbox's: /var/run -> /run would lead out of it. containerd names netns paths
+        // /var/run/netns/..., so that link is followed here.
+        let inner = match inner.strip_prefix("/var/run") {
+            Ok(rest) => Path::new("/run").join(rest),
+            Err(_) => inner.to_path_buf(),
+        };
+        let rel = inner.strip_prefix("/").unwrap_or(&inner);
         PathBuf::from(format!("/proc/{}/root", self.pid())).join(rel)
     }
 
@@ -269,6 +287,8 @@ impl Drop for Sandbox {
         }
         let _ = self.holder.kill();
         let _ = self.holder.wait();
+        // Last: with no process left in it, closing this frees the namespace and its mounts.
+        self.mnt_ns_fd.take();
     }
 }
 
