@@ -28,8 +28,8 @@
 //!
 //! Real runtimes ([`runtime`]): Podman and containerd run in the World's host netns and a
 //! private mount namespace of their own ([`runtime::Sandbox`]), where netd runs too; every
-//! process they start is killed on drop. `NETD_TEST_SKIP_RUNTIMES=1` turns a missing runtime
-//! into a skip (never set in CI).
+//! process they start is killed on drop. A missing runtime fails the test; only
+//! `NETD_TESTS_ALLOW_SKIP=1` (never set in CI) turns it into a skip.
 //!
 //! Environment: `NETD_BIN_DIR` overrides where netd, netctl and netd-cni are
 //! looked up (default: the cargo profile dir of the test executable, so run

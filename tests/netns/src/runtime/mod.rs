@@ -17,8 +17,8 @@
 //! its shims, conmon, the containers, netd) is SIGKILLed; with the last of them the mount
 //! namespace and all its mounts go away, so nothing outlives the test.
 //!
-//! `NETD_TEST_SKIP_RUNTIMES=1` turns a missing runtime into a skipped test (never set it in
-//! CI); without it a missing tool fails the test.
+//! A missing runtime fails the test unless `NETD_TESTS_ALLOW_SKIP=1` (never set in CI) turns it
+//! into a skip, as for every other test that cannot run ([`crate::util::cannot_run`]).
 
 pub mod containerd;
 pub mod cri;
@@ -38,11 +38,8 @@ use crate::netns::Netns;
 use crate::util::{run_cmd, CmdOutput, TempDir, CMD_TIMEOUT};
 use crate::world::World;
 
-/// The env var that turns a missing runtime into a skip.
-pub const SKIP_ENV: &str = "NETD_TEST_SKIP_RUNTIMES";
-
-/// Whether every tool in `tools` is on PATH. If one is missing: with [`SKIP_ENV`] set,
-/// prints why and returns false (the test returns early); otherwise panics.
+/// Whether every tool in `tools` is on PATH. If one is missing the test fails, or with
+/// `NETD_TESTS_ALLOW_SKIP=1` is skipped: then this returns false and the test returns early.
 pub fn require(tools: &[&str]) -> bool {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let missing: Vec<&str> = tools
@@ -53,14 +50,14 @@ pub fn require(tools: &[&str]) -> bool {
     if missing.is_empty() {
         return true;
     }
-    if std::env::var_os(SKIP_ENV).is_some() {
-        eprintln!("SKIPPED: {missing:?} not installed and {SKIP_ENV} is set");
-        return false;
-    }
-    panic!(
-        "runtime test needs {missing:?} on PATH (Debian: apt-get install podman containerd runc \
-         busybox-static containernetworking-plugins; see .ci/run); set {SKIP_ENV}=1 to skip instead"
-    )
+    crate::util::cannot_run(
+        "runtime test",
+        &format!(
+            "{missing:?} not on PATH (Debian: apt-get install podman containerd runc \
+             busybox-static containernetworking-plugins; see .ci/run)"
+        ),
+    );
+    false
 }
 
 /// A private mount namespace in the World's host netns, kept alive by a holder process.
