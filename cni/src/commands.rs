@@ -149,7 +149,10 @@ fn add(
     // DEL it has just answered (the runtime may ADD the same interface again at once).
     let exists = |name: &str| {
         links.link_exists(name).map_err(|e| {
-            PluginError::link(format!("ADD failed checking for host link {name}"), e.0)
+            PluginError::link(
+                format!("ADD failed checking for host link {name}"),
+                e.to_string(),
+            )
         })
     };
     let already = |name: &str| PluginError::Conflict {
@@ -217,7 +220,7 @@ fn add(
     let routes = shaping::routes(att.network.internal, &addressing);
     let net = &att.network;
     let step = |what: String, e: crate::links::LinkError| {
-        PluginError::link(format!("ADD failed at {what}"), e.0)
+        PluginError::link(format!("ADD failed at {what}"), e.to_string())
     };
 
     let bridge_index = links
@@ -415,7 +418,7 @@ fn check(env: &Env, conf: &NetConf, netd: &dyn Netd, links: &dyn Links) -> Resul
         })?;
     let veth = &att.endpoint.host_veth;
     let link_err =
-        |e: crate::links::LinkError| PluginError::link("CHECK could not read links", e.0);
+        |e: crate::links::LinkError| PluginError::link("CHECK could not read links", e.to_string());
     if !links.link_exists(veth).map_err(link_err)? {
         return Err(PluginError::check(format!("host link {veth} is missing")));
     }
@@ -644,7 +647,10 @@ mod tests {
         fn step(&self, name: &'static str) -> Result<(), LinkError> {
             self.calls.borrow_mut().push(name.to_string());
             if self.fail_at == Some(name) {
-                Err(LinkError(format!("{name} exploded")))
+                Err(LinkError::Invalid {
+                    step: name.into(),
+                    msg: "exploded".into(),
+                })
             } else {
                 Ok(())
             }
@@ -708,6 +714,8 @@ mod tests {
                     .map(|m| netd_core::model::MacAddr(m).to_string())
                     .unwrap_or_else(|| "02:00:00:00:00:02".into()),
                 index: 3,
+                mtu: 1500,
+                up: true,
                 addrs: addrs.to_vec(),
                 routes: routes.to_vec(),
             };

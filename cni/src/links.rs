@@ -3,32 +3,13 @@
 //!
 //! [`SystemLinks`] is the real implementation on `netd_link`.
 
-use std::net::IpAddr;
 use std::path::Path;
 
 use ipnet::IpNet;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    pub dst: IpNet,
-    pub gateway: Option<IpAddr>,
-}
-
-/// The container side of a veth as configured or found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerIface {
-    pub ifname: String,
-    pub mac: String,
-    /// The kernel ifindex inside the container's namespace.
-    pub index: u32,
-    pub addrs: Vec<IpNet>,
-    /// Routes through the interface, without the kernel's prefix routes.
-    pub routes: Vec<Route>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct LinkError(pub String);
+/// The link layer's own types: the plugin speaks to it directly, no copies across the
+/// boundary.
+pub use netd_link::{ContainerIface, LinkError, Route};
 
 pub trait Links {
     /// Creates the bridge if missing and makes sure it carries `addrs` and netd's mark for
@@ -98,16 +79,13 @@ mod system {
 
     use super::{ContainerIface, LinkError, Links, Route};
 
-    fn err(e: impl std::fmt::Display) -> LinkError {
-        LinkError(e.to_string())
-    }
-
     /// netd_link takes namespace paths as text (netd stores them so); the commands refuse a
     /// non-UTF-8 CNI_NETNS before any link call.
     fn text(netns: &Path) -> Result<&str, LinkError> {
-        netns
-            .to_str()
-            .ok_or_else(|| LinkError(format!("{netns:?} is not UTF-8")))
+        netns.to_str().ok_or_else(|| LinkError::Invalid {
+            step: "reading CNI_NETNS".into(),
+            msg: format!("{netns:?} is not UTF-8"),
+        })
     }
 
     /// Opens the rtnetlink handle on first use: commands that end before touching a link
@@ -122,25 +100,8 @@ mod system {
             if let Some(h) = self.host.get() {
                 return Ok(h);
             }
-            let h = nl::HostLinks::new().map_err(err)?;
+            let h = nl::HostLinks::new()?;
             Ok(self.host.get_or_init(|| h))
-        }
-    }
-
-    fn iface(c: nl::ContainerIface) -> ContainerIface {
-        ContainerIface {
-            ifname: c.ifname,
-            mac: c.mac,
-            index: c.index,
-            addrs: c.addrs,
-            routes: c
-                .routes
-                .into_iter()
-                .map(|r| Route {
-                    dst: r.dst,
-                    gateway: r.gateway,
-                })
-                .collect(),
         }
     }
 
@@ -152,9 +113,7 @@ mod system {
             mtu: u32,
             network: &str,
         ) -> Result<u32, LinkError> {
-            self.host()?
-                .ensure_bridge(name, addrs, mtu, network)
-                .map_err(err)
+            self.host()?.ensure_bridge(name, addrs, mtu, network)
         }
 
         fn create_veth(
@@ -178,15 +137,14 @@ mod system {
                     network,
                 )
                 .map(|_index| ())
-                .map_err(err)
         }
 
         fn delete_link(&self, name: &str) -> Result<bool, LinkError> {
-            self.host()?.delete_link(name).map_err(err)
+            self.host()?.delete_link(name)
         }
 
         fn link_exists(&self, name: &str) -> Result<bool, LinkError> {
-            self.host()?.link_exists(name).map_err(err)
+            self.host()?.link_exists(name)
         }
 
         fn link_mac(&self, name: &str) -> Option<String> {
@@ -206,24 +164,15 @@ mod system {
             mtu: u32,
             mac: Option<[u8; 6]>,
         ) -> Result<ContainerIface, LinkError> {
-            let routes: Vec<nl::Route> = routes
-                .iter()
-                .map(|r| nl::Route {
-                    dst: r.dst,
-                    gateway: r.gateway,
-                })
-                .collect();
             nl::configure_container_with_mac(
                 text(netns)?,
                 tmp_name,
                 ifname,
                 addrs,
-                &routes,
+                routes,
                 mtu,
                 mac,
             )
-            .map(iface)
-            .map_err(err)
         }
 
         fn inspect_container(
@@ -232,12 +181,10 @@ mod system {
             ifname: &str,
         ) -> Result<Option<ContainerIface>, LinkError> {
             nl::inspect_container(text(netns)?, ifname)
-                .map(|found| found.map(iface))
-                .map_err(err)
         }
 
         fn delete_container_iface(&self, netns: &Path, ifname: &str) -> Result<bool, LinkError> {
-            nl::delete_container_iface(text(netns)?, ifname).map_err(err)
+            nl::delete_container_iface(text(netns)?, ifname)
         }
 
         fn is_netns(&self, path: &Path) -> bool {

@@ -173,6 +173,8 @@ pub(crate) mod tests {
             ifname: "eth0".into(),
             mac: "02:00:00:00:00:02".into(),
             index: 2,
+            mtu: 1500,
+            up: true,
             addrs: addressing.iter().map(|a| a.addr).collect(),
             routes: routes.clone(),
         };
