@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! bench [--sizes 10,100,1000] [--sample 20] [--ports 10,1000,10000] [--rate-secs 1]
-//!       [--systems netd,cni,netavark] [--out docs/bench] [--quick]
+//!       [--burst 100] [--scale 5000 --scale-networks 5]
+//!       [--systems netd,cni,netavark,netavark2] [--phases ...] [--out docs/bench] [--quick]
 //! ```
 
 mod conn;
@@ -38,6 +39,41 @@ pub struct Opts {
     pub cni_max_ports: usize,
     pub systems: Vec<Kind>,
     pub out: PathBuf,
+    /// ADDs started at once in the burst phase.
+    pub burst: usize,
+    /// netd's scale phase: endpoints, spread over this many networks.
+    pub scale: usize,
+    pub scale_networks: usize,
+    pub phases: Vec<Phase>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Floor,
+    Ports,
+    Endpoints,
+    Burst,
+    Scale,
+}
+
+impl Phase {
+    const ALL: [Phase; 5] = [
+        Phase::Floor,
+        Phase::Ports,
+        Phase::Burst,
+        Phase::Endpoints,
+        Phase::Scale,
+    ];
+    fn parse(s: &str) -> Phase {
+        match s {
+            "floor" => Phase::Floor,
+            "ports" => Phase::Ports,
+            "endpoints" => Phase::Endpoints,
+            "burst" => Phase::Burst,
+            "scale" => Phase::Scale,
+            x => panic!("unknown phase {x} (floor, ports, burst, endpoints, scale)"),
+        }
+    }
 }
 
 fn parse_list(s: &str) -> Vec<usize> {
@@ -53,8 +89,12 @@ fn parse_args() -> Opts {
         ports: vec![10, 1000, 10000],
         rate_secs: 2.0,
         cni_max_ports: 1000,
-        systems: vec![Kind::Netd, Kind::Cni, Kind::Netavark],
+        systems: vec![Kind::Netd, Kind::Cni, Kind::Netavark, Kind::Netavark2],
         out: PathBuf::from("docs/bench"),
+        burst: 100,
+        scale: 5000,
+        scale_networks: 5,
+        phases: Phase::ALL.to_vec(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -67,14 +107,19 @@ fn parse_args() -> Opts {
             "--rate-secs" => o.rate_secs = val().parse().expect("--rate-secs S"),
             "--cni-max-ports" => o.cni_max_ports = val().parse().expect("--cni-max-ports N"),
             "--out" => o.out = PathBuf::from(val()),
+            "--burst" => o.burst = val().parse().expect("--burst N"),
+            "--scale" => o.scale = val().replace('_', "").parse().expect("--scale N"),
+            "--scale-networks" => o.scale_networks = val().parse().expect("--scale-networks N"),
+            "--phases" => o.phases = val().split(',').map(Phase::parse).collect(),
             "--systems" => {
                 o.systems = val()
                     .split(',')
                     .map(|s| match s {
                         "netd" => Kind::Netd,
                         "cni" => Kind::Cni,
-                        "netavark" => Kind::Netavark,
-                        x => panic!("unknown system {x}"),
+                        "netavark" | "netavark1" => Kind::Netavark,
+                        "netavark2" => Kind::Netavark2,
+                        x => panic!("unknown system {x} (netd, cni, netavark, netavark2)"),
                     })
                     .collect()
             }
@@ -83,6 +128,9 @@ fn parse_args() -> Opts {
                 o.sample = 5;
                 o.ports = vec![10, 100];
                 o.rate_secs = 0.5;
+                o.burst = 10;
+                o.scale = 200;
+                o.scale_networks = 2;
                 i += 1;
                 continue;
             }
@@ -115,6 +163,46 @@ pub struct SysResult {
     pub port_phase_mem: Option<(u64, u64)>,
     /// Process start-to-exit floor: VERSION calls (ms).
     pub floor: Vec<f64>,
+    pub burst: Option<BurstResult>,
+    /// netd only: restart at the largest N of the endpoint phase.
+    pub restart: Option<RestartResult>,
+    /// netd only: the scale phase.
+    pub scale: Option<ScaleResult>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct BurstResult {
+    pub calls: usize,
+    pub failed: usize,
+    /// From the common start until the last ADD ended (ms).
+    pub add_wall_ms: f64,
+    /// Each ADD from the common start to its end (ms).
+    pub add_ms: Vec<f64>,
+    pub del_wall_ms: f64,
+    pub del_ms: Vec<f64>,
+    pub first_error: Option<String>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct RestartResult {
+    pub endpoints: usize,
+    /// From spawning netd until it sent READY=1 (state loaded, table applied, links
+    /// reconciled, socket listening).
+    pub ready_ms: f64,
+    /// The table's elements after the restart, as `netctl status` reports them.
+    pub table_elements: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ScaleResult {
+    pub networks: usize,
+    /// Checkpoint N → ADD and DEL samples at N (ms).
+    pub add: BTreeMap<usize, Vec<f64>>,
+    pub del: BTreeMap<usize, Vec<f64>>,
+    pub rss_kib: BTreeMap<usize, u64>,
+    pub fill: Vec<f64>,
+    pub restart: Option<RestartResult>,
+    pub errors: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -150,10 +238,15 @@ fn elapsed() -> f64 {
 }
 
 fn new_ctr(kind: Kind, tag: &str, i: usize) -> Ctr {
-    let id = format!("bench{}{tag}{i:05}", &kind.name()[..2]);
+    let short = match kind {
+        Kind::Netavark2 => "n2",
+        k => &k.name()[..2],
+    };
+    let id = format!("bench{short}{tag}{i:05}");
     Ctr {
         ns: Netns::new(&id, "c"),
         id,
+        net: 0,
     }
 }
 
@@ -393,11 +486,198 @@ fn endpoint_phase(o: &Opts, systems: &mut [System], res: &mut [SysResult]) {
             ));
         }
     }
+    let largest = fill.first().map(Vec::len).unwrap_or(0);
+    for (s, r) in systems.iter_mut().zip(res.iter_mut()) {
+        if s.netd_pid().is_some() && largest > 0 {
+            r.restart = Some(timed_restart(&mut s.world, largest));
+        }
+    }
     // The fill containers' netns go with `fill`; their host-side state goes with each
     // system's host netns (no DEL needed for cleanup).
     log("endpoints: removing container netns");
     drop(fill);
     drop(sample);
+}
+
+/// Burst phase: for each system in turn (a burst fills the machine, so systems do not share
+/// it), `o.burst` ADDs with one published port each started at once, then their DELs at once.
+fn burst_phase(o: &Opts, systems: &mut [System], res: &mut [SysResult]) {
+    for (s, r) in systems.iter_mut().zip(res.iter_mut()) {
+        log(format!(
+            "burst: {} ADDs at once on {}",
+            o.burst,
+            s.kind.name()
+        ));
+        let ctrs: Vec<Ctr> = (0..o.burst).map(|i| new_ctr(s.kind, "b", i)).collect();
+        let with_ports: Vec<(&Ctr, Vec<Port>)> = ctrs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c, vec![(50000 + i as u16, 80)]))
+            .collect();
+        let add = s.add_burst(&with_ports);
+        let refs: Vec<&Ctr> = ctrs.iter().collect();
+        let del = s.del_burst(&refs);
+        let failed = add.calls.iter().filter(|t| !t.ok).count();
+        let first_error = add
+            .calls
+            .iter()
+            .chain(&del.calls)
+            .find(|t| !t.ok)
+            .map(|t| t.error.trim().to_string());
+        if let Some(e) = &first_error {
+            r.errors.push(format!("burst: {e}"));
+        }
+        let b = BurstResult {
+            calls: o.burst,
+            failed,
+            add_wall_ms: ms(add.wall),
+            add_ms: add.calls.iter().map(|t| ms(t.elapsed)).collect(),
+            del_wall_ms: ms(del.wall),
+            del_ms: del.calls.iter().map(|t| ms(t.elapsed)).collect(),
+            first_error,
+        };
+        let a = Summary::of(&b.add_ms);
+        log(format!(
+            "  {:<12} all {} attached after {:.1} ms (p50 {:.1} p99 {:.1} ms, {} failed); DELs {:.1} ms",
+            s.kind.name(),
+            o.burst,
+            b.add_wall_ms,
+            a.p50,
+            a.p99,
+            failed,
+            b.del_wall_ms
+        ));
+        r.burst = Some(b);
+        drop(ctrs);
+    }
+}
+
+/// Stops netd (SIGTERM) and starts it again, timing from the spawn until netd says READY=1
+/// on a private `NOTIFY_SOCKET` (state loaded, table applied in one batch, links reconciled,
+/// socket listening).
+fn timed_restart(world: &mut netd_netns_tests::World, endpoints: usize) -> RestartResult {
+    use std::os::unix::net::UnixDatagram;
+    world.stop_netd(libc::SIGTERM);
+    let path = world.dir().join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("notify socket timeout");
+    let waiter = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match sock.recv(&mut buf) {
+                Ok(n) if String::from_utf8_lossy(&buf[..n]).contains("READY=1") => {
+                    return Some(Instant::now())
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    });
+    // The bench is single-threaded here apart from the waiter, which does not read the
+    // environment, and the variable is removed again right after the spawn.
+    std::env::set_var("NOTIFY_SOCKET", &path);
+    let t0 = Instant::now();
+    world.start_netd();
+    std::env::remove_var("NOTIFY_SOCKET");
+    let ready = waiter.join().expect("notify waiter");
+    let _ = std::fs::remove_file(&path);
+    let ready_ms = ready.map(|t| ms(t - t0)).unwrap_or(f64::NAN);
+    let status = world.netctl_json(&["status"]);
+    let table_elements = status["table_elements"].as_u64();
+    log(format!(
+        "  netd restart with {endpoints} endpoints: READY=1 after {ready_ms:.1} ms, {} table elements",
+        table_elements.map(|x| x.to_string()).unwrap_or("?".into())
+    ));
+    RestartResult {
+        endpoints,
+        ready_ms,
+        table_elements,
+    }
+}
+
+/// netd alone (the peers would take hours): `o.scale` endpoints over `o.scale_networks`
+/// networks, ADD/DEL sampled at five checkpoints, RSS at each, and a restart at full size.
+fn scale_phase(o: &Opts) -> ScaleResult {
+    log(format!(
+        "scale: netd with {} endpoints over {} networks",
+        o.scale, o.scale_networks
+    ));
+    let mut s = System::with_networks(Kind::Netd, o.scale_networks);
+    let mut r = ScaleResult {
+        networks: o.scale_networks,
+        ..Default::default()
+    };
+    let checkpoints: Vec<usize> = (1..=5).map(|k| o.scale * k / 5).collect();
+    let mut fill: Vec<Ctr> = Vec::with_capacity(o.scale);
+    let sample: Vec<Ctr> = (0..o.sample)
+        .map(|i| {
+            let mut c = new_ctr(Kind::Netd, "t", i);
+            c.net = i % o.scale_networks;
+            c
+        })
+        .collect();
+    for &n in &checkpoints {
+        while fill.len() < n {
+            let i = fill.len();
+            let mut c = new_ctr(Kind::Netd, "g", i);
+            c.net = i % o.scale_networks;
+            let t = s.add(&c, &[(10000 + i as u16, 80)]);
+            if !t.ok {
+                r.errors.push(format!("fill ADD #{i}: {}", t.error.trim()));
+                log(format!("  scale fill ADD #{i} failed: {}", t.error));
+                return r;
+            }
+            r.fill.push(ms(t.elapsed));
+            fill.push(c);
+            if (i + 1).is_multiple_of(500) {
+                log(format!("  {} endpoints", i + 1));
+            }
+        }
+        if let Some(pid) = s.netd_pid() {
+            r.rss_kib.insert(n, rss_kib(pid));
+        }
+        for (i, c) in sample.iter().enumerate() {
+            let t = s.add(c, &[(30000 + i as u16, 80)]);
+            if !t.ok {
+                r.errors
+                    .push(format!("sample ADD at N={n}: {}", t.error.trim()));
+                continue;
+            }
+            r.add.entry(n).or_default().push(ms(t.elapsed));
+            let t = s.del(c);
+            if !t.ok {
+                r.errors
+                    .push(format!("sample DEL at N={n}: {}", t.error.trim()));
+                continue;
+            }
+            r.del.entry(n).or_default().push(ms(t.elapsed));
+        }
+        let a = Summary::of(r.add.get(&n).map(Vec::as_slice).unwrap_or(&[]));
+        let d = Summary::of(r.del.get(&n).map(Vec::as_slice).unwrap_or(&[]));
+        log(format!(
+            "  scale N={n:<5} ADD p50 {:>6.2} p90 {:>6.2} | DEL p50 {:>6.2} p90 {:>6.2} ms | RSS {:.1} MiB",
+            a.p50,
+            a.p90,
+            d.p50,
+            d.p90,
+            *r.rss_kib.get(&n).unwrap_or(&0) as f64 / 1024.0
+        ));
+    }
+    r.restart = Some(timed_restart(&mut s.world, fill.len()));
+    // One ADD/DEL after the restart: the rebuilt daemon serves.
+    let t = s.add(&sample[0], &[(30000, 80)]);
+    if !t.ok {
+        r.errors
+            .push(format!("ADD after the restart: {}", t.error.trim()));
+    } else if !s.del(&sample[0]).ok {
+        r.errors.push("DEL after the restart failed".into());
+    }
+    log("scale: removing container netns");
+    drop(fill);
+    drop(sample);
+    r
 }
 
 fn machine() -> Value {
@@ -504,40 +784,56 @@ fn main() {
         std::thread::sleep(Duration::from_millis(500));
         t
     });
-    log("exec floor: VERSION calls");
-    for _ in 0..o.sample {
-        for (s, r) in systems.iter_mut().zip(res.iter_mut()) {
-            let t = s.version_call();
-            if t.ok {
-                r.floor.push(ms(t.elapsed));
-            } else {
-                r.errors.push(format!("VERSION: {}", t.error.trim()));
+    let on = |p: Phase| o.phases.contains(&p);
+    if on(Phase::Floor) {
+        log("exec floor: VERSION calls");
+        for _ in 0..o.sample {
+            for (s, r) in systems.iter_mut().zip(res.iter_mut()) {
+                let t = s.version_call();
+                if t.ok {
+                    r.floor.push(ms(t.elapsed));
+                } else {
+                    r.errors.push(format!("VERSION: {}", t.error.trim()));
+                }
             }
         }
     }
-    port_phase(&o, &mut systems, &mut res);
-    // Restart netd (its table is rebuilt from the now empty state) so that its memory
-    // figures at N endpoints do not carry the port phase's high-water mark.
-    for (s, r) in systems.iter_mut().zip(res.iter_mut()) {
-        if let Some(pid) = s.netd_pid() {
-            r.port_phase_mem = Some(mem_kib(pid));
-            s.world.restart_netd(libc::SIGTERM);
+    if on(Phase::Ports) {
+        port_phase(&o, &mut systems, &mut res);
+    }
+    if on(Phase::Burst) {
+        burst_phase(&o, &mut systems, &mut res);
+    }
+    if on(Phase::Ports) || on(Phase::Burst) {
+        // Restart netd (its table is rebuilt from the now empty state) so that its memory
+        // figures at N endpoints do not carry the port phase's high-water mark.
+        for (s, r) in systems.iter_mut().zip(res.iter_mut()) {
+            if let Some(pid) = s.netd_pid() {
+                r.port_phase_mem = Some(mem_kib(pid));
+                s.world.restart_netd(libc::SIGTERM);
+            }
         }
     }
-    endpoint_phase(&o, &mut systems, &mut res);
+    if on(Phase::Endpoints) {
+        endpoint_phase(&o, &mut systems, &mut res);
+    }
     if let Some(mut t) = tracer {
         // SAFETY: SIGINT to our own strace child, which then detaches from netd.
         unsafe { libc::kill(t.id() as libc::pid_t, libc::SIGINT) };
         let _ = t.wait();
     }
-    let load_end = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let total = elapsed();
     log("removing the systems' namespaces");
     drop(systems);
+    let scale = (on(Phase::Scale) && kinds.contains(&Kind::Netd)).then(|| scale_phase(&o));
+    let load_end = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let total = elapsed();
     let mut mach = mach;
     mach["loadavg_at_end"] = json!(load_end.trim());
     mach["bench_seconds"] = json!(total.round());
     std::fs::create_dir_all(&o.out).expect("create output dir");
+    if let (Some(sc), Some(i)) = (scale, kinds.iter().position(|k| *k == Kind::Netd)) {
+        res[i].scale = Some(sc);
+    }
     let doc = report::json(&o, &mach, &kinds, &res, &skipped);
     let jpath = o.out.join("results.json");
     std::fs::write(&jpath, serde_json::to_string_pretty(&doc).unwrap() + "\n")

@@ -15,6 +15,7 @@ fn colour(k: Kind) -> RGBColor {
         Kind::Netd => RGBColor(0, 114, 178),
         Kind::Cni => RGBColor(213, 94, 0),
         Kind::Netavark => RGBColor(0, 158, 115),
+        Kind::Netavark2 => RGBColor(204, 121, 167),
     }
 }
 

@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 
 use crate::stats::Summary;
 use crate::systems::Kind;
-use crate::{fmt_opt, Opts, SysResult};
+use crate::{fmt_opt, Opts, RestartResult, SysResult};
 
 fn sum(v: Option<&Vec<f64>>) -> Summary {
     Summary::of(v.map(Vec::as_slice).unwrap_or(&[]))
@@ -80,15 +80,149 @@ pub fn json(o: &Opts, mach: &Value, kinds: &[Kind], res: &[SysResult], skipped: 
                 "cpu_ms_per_add": r.cpu_ms_per_add.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
                 "errors": r.errors,
                 "port_phase_mem_kib": r.port_phase_mem.map(|(rss, hwm)| json!({"rss": rss, "hwm": hwm})),
+                "burst": r.burst.as_ref().map(|b| json!({
+                    "calls": b.calls,
+                    "failed": b.failed,
+                    "add_all_attached_ms": b.add_wall_ms,
+                    "add": sj(Summary::of(&b.add_ms)),
+                    "add_p99_ms": Summary::of(&b.add_ms).p99,
+                    "add_samples_ms": b.add_ms,
+                    "del_all_done_ms": b.del_wall_ms,
+                    "del": sj(Summary::of(&b.del_ms)),
+                    "del_p99_ms": Summary::of(&b.del_ms).p99,
+                    "del_samples_ms": b.del_ms,
+                    "first_error": b.first_error,
+                })),
+                "restart": r.restart.as_ref().map(restart_json),
+                "scale": r.scale.as_ref().map(|sc| json!({
+                    "networks": sc.networks,
+                    "checkpoints": sc.add.keys().map(|n| (n.to_string(), json!({
+                        "add": sj(sum(sc.add.get(n))),
+                        "del": sj(sum(sc.del.get(n))),
+                        "add_samples_ms": sc.add.get(n),
+                        "del_samples_ms": sc.del.get(n),
+                        "rss_kib": sc.rss_kib.get(n),
+                    }))).collect::<serde_json::Map<_, _>>(),
+                    "fill_add_ms": sc.fill,
+                    "restart": sc.restart.as_ref().map(restart_json),
+                    "errors": sc.errors,
+                })),
             }),
         );
     }
     json!({
         "machine": mach,
-        "options": {"sizes": o.sizes, "sample": o.sample, "ports": o.ports, "rate_secs": o.rate_secs, "cni_max_ports": o.cni_max_ports},
+        "options": {"sizes": o.sizes, "sample": o.sample, "ports": o.ports, "rate_secs": o.rate_secs, "cni_max_ports": o.cni_max_ports, "burst": o.burst, "scale": o.scale, "scale_networks": o.scale_networks},
         "skipped": skipped,
         "systems": systems,
     })
+}
+
+fn restart_json(r: &RestartResult) -> Value {
+    json!({"endpoints": r.endpoints, "ready_ms": r.ready_ms, "table_elements": r.table_elements})
+}
+
+/// The best peer (lowest value of `f`) other than netd, with its value.
+fn best_peer(
+    kinds: &[Kind],
+    res: &[SysResult],
+    f: impl Fn(&SysResult) -> f64,
+) -> Option<(Kind, f64)> {
+    kinds
+        .iter()
+        .zip(res)
+        .filter(|(k, _)| **k != Kind::Netd)
+        .map(|(k, r)| (*k, f(r)))
+        .filter(|(_, v)| !v.is_nan())
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+fn burst_md(kinds: &[Kind], res: &[SysResult]) -> String {
+    let mut m = String::new();
+    if !res.iter().any(|r| r.burst.is_some()) {
+        return m;
+    }
+    let netd = kinds
+        .iter()
+        .zip(res)
+        .find(|(k, _)| **k == Kind::Netd)
+        .and_then(|(_, r)| r.burst.as_ref());
+    let calls = res
+        .iter()
+        .find_map(|r| r.burst.as_ref())
+        .map(|b| b.calls)
+        .unwrap_or(0);
+    m += &format!("\n### Burst: {calls} ADDs started at once, then their {calls} DELs at once\n\n");
+    m += "All calls of a system are released together by the runner (one thread each, one port each); each call's time runs from that common start to its own end, so it includes waiting behind the others. Systems run one after the other.\n\n";
+    m += "| system | all attached | ADD p50 | ADD p99 | failed | all DELs done | DEL p99 | all attached / netd |\n";
+    m += "|---|---:|---:|---:|---:|---:|---:|---:|\n";
+    for (k, r) in kinds.iter().zip(res) {
+        let Some(b) = &r.burst else { continue };
+        let a = Summary::of(&b.add_ms);
+        let d = Summary::of(&b.del_ms);
+        m += &format!(
+            "| {} | {} ms | {} ms | {} ms | {} | {} ms | {} ms | {} |\n",
+            k.name(),
+            f2(b.add_wall_ms),
+            f2(a.p50),
+            f2(a.p99),
+            b.failed,
+            f2(b.del_wall_ms),
+            f2(d.p99),
+            netd.map(|n| ratio(b.add_wall_ms, n.add_wall_ms))
+                .unwrap_or("—".into()),
+        );
+    }
+    m
+}
+
+fn scale_md(r: &SysResult) -> String {
+    let mut m = String::new();
+    if let Some(rs) = &r.restart {
+        m += &format!(
+            "\nnetd restart (SIGTERM, start) with {} endpoints attached: READY=1 {} ms after the spawn ({} table elements).\n",
+            rs.endpoints,
+            f2(rs.ready_ms),
+            rs.table_elements.map(|x| x.to_string()).unwrap_or("?".into())
+        );
+    }
+    let Some(sc) = &r.scale else { return m };
+    let total = sc.fill.len();
+    m += &format!(
+        "\n### netd at scale: {total} endpoints over {} networks (one port each)\n\n",
+        sc.networks
+    );
+    m += "ADD/DEL sampled at each checkpoint (the sample's containers spread over the networks), VmRSS at the checkpoint.\n\n";
+    m += "| N | ADD p50 | ADD p90 | DEL p50 | DEL p90 | VmRSS |\n|---:|---:|---:|---:|---:|---:|\n";
+    for (n, v) in &sc.add {
+        let a = Summary::of(v);
+        let d = sum(sc.del.get(n));
+        m += &format!(
+            "| {n} | {} | {} | {} | {} | {} |\n",
+            f2(a.p50),
+            f2(a.p90),
+            f2(d.p50),
+            f2(d.p90),
+            sc.rss_kib
+                .get(n)
+                .map(|k| format!("{:.1} MiB", *k as f64 / 1024.0))
+                .unwrap_or("—".into())
+        );
+    }
+    if let Some(rs) = &sc.restart {
+        m += &format!(
+            "\nRestart at {} endpoints: READY=1 {} ms after the spawn ({} table elements).\n",
+            rs.endpoints,
+            f2(rs.ready_ms),
+            rs.table_elements
+                .map(|x| x.to_string())
+                .unwrap_or("?".into())
+        );
+    }
+    for e in sc.errors.iter().take(5) {
+        m += &format!("- error: `{}`\n", e.replace('`', "'").replace('\n', " "));
+    }
+    m
 }
 
 pub fn markdown(
@@ -169,39 +303,42 @@ pub fn markdown(
             );
         }
     }
-    m += "\n### Published ports on one container\n\n";
-    m += "apply = the CNI ADD carrying all the mappings; last port = from that ADD's start until a TCP connect from the external netns to the last host port succeeds; +1 ADD = another container's ADD with one mapping while these are published; conn/s = sequential new TCP connections per second from the external netns through DNAT to the first / last host port.\n\n";
-    m += "| ports | system | apply | last port answers | of which after ADD exit | +1 ADD | DEL | conn/s first | conn/s last | last / first |\n";
-    m += "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
-    for p in &o.ports {
-        for (k, r) in kinds.iter().zip(res) {
-            let Some(pr) = r.ports.get(p) else {
-                m += &format!("| {p} | {} | failed | | | | | | | |\n", k.name());
-                continue;
-            };
-            if let Some(why) = &pr.skipped {
-                m += &format!("| {p} | {} | {why} | | | | | | | |\n", k.name());
-                continue;
+    let ports_ran = res.iter().any(|r| !r.ports.is_empty());
+    if ports_ran {
+        m += "\n### Published ports on one container\n\n";
+        m += "apply = the CNI ADD carrying all the mappings; last port = from that ADD's start until a TCP connect from the external netns to the last host port succeeds; +1 ADD = another container's ADD with one mapping while these are published; conn/s = sequential new TCP connections per second from the external netns through DNAT to the first / last host port.\n\n";
+        m += "| ports | system | apply | last port answers | of which after ADD exit | +1 ADD | DEL | conn/s first | conn/s last | last / first |\n";
+        m += "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+        for p in &o.ports {
+            for (k, r) in kinds.iter().zip(res) {
+                let Some(pr) = r.ports.get(p) else {
+                    m += &format!("| {p} | {} | failed | | | | | | | |\n", k.name());
+                    continue;
+                };
+                if let Some(why) = &pr.skipped {
+                    m += &format!("| {p} | {} | {why} | | | | | | | |\n", k.name());
+                    continue;
+                }
+                let lf = match (pr.rate_first, pr.rate_last) {
+                    (Some(f), Some(l)) if f > 0.0 => format!("{:.3}", l / f),
+                    _ => "—".into(),
+                };
+                m += &format!(
+                    "| {p} | {} | {} | {} | {} | {} | {} | {} | {} | {lf} |\n",
+                    k.name(),
+                    fmt_opt(pr.apply_add_ms, "ms"),
+                    fmt_opt(pr.last_port_ms, "ms"),
+                    fmt_opt(pr.after_add_ms, "ms"),
+                    fmt_opt(pr.one_more_add_ms, "ms"),
+                    fmt_opt(pr.del_ms, "ms"),
+                    pr.rate_first
+                        .map(|x| format!("{x:.0}"))
+                        .unwrap_or("—".into()),
+                    pr.rate_last
+                        .map(|x| format!("{x:.0}"))
+                        .unwrap_or("—".into()),
+                );
             }
-            let lf = match (pr.rate_first, pr.rate_last) {
-                (Some(f), Some(l)) if f > 0.0 => format!("{:.3}", l / f),
-                _ => "—".into(),
-            };
-            m += &format!(
-                "| {p} | {} | {} | {} | {} | {} | {} | {} | {} | {lf} |\n",
-                k.name(),
-                fmt_opt(pr.apply_add_ms, "ms"),
-                fmt_opt(pr.last_port_ms, "ms"),
-                fmt_opt(pr.after_add_ms, "ms"),
-                fmt_opt(pr.one_more_add_ms, "ms"),
-                fmt_opt(pr.del_ms, "ms"),
-                pr.rate_first
-                    .map(|x| format!("{x:.0}"))
-                    .unwrap_or("—".into()),
-                pr.rate_last
-                    .map(|x| format!("{x:.0}"))
-                    .unwrap_or("—".into()),
-            );
         }
     }
     if let Some(i) = netd {
@@ -222,12 +359,14 @@ pub fn markdown(
         }
         if let Some((rss, hwm)) = r.port_phase_mem {
             m += &format!(
-                "\nAfter the port phase (largest: {} ports): VmRSS {:.1} MiB, VmHWM {:.1} MiB; netd was then restarted for the endpoint phase.\n",
+                "\nAfter the port and burst phases (largest: {} ports): VmRSS {:.1} MiB, VmHWM {:.1} MiB; netd was then restarted for the endpoint phase.\n",
                 o.ports.last().unwrap_or(&0),
                 rss as f64 / 1024.0,
                 hwm as f64 / 1024.0
             );
         }
+        m += &burst_md(kinds, res);
+        m += &scale_md(r);
         m += &goals(o, kinds, res, i);
     }
     for (k, r) in kinds.iter().zip(res) {
@@ -272,23 +411,64 @@ fn goals(o: &Opts, kinds: &[Kind], res: &[SysResult], i: usize) -> String {
         format!("{sd:.2}×"),
         ok(sd, 1.2),
     ));
-    let mid = if o.sizes.contains(&100) {
-        100
-    } else {
-        *o.sizes.get(o.sizes.len() / 2).unwrap_or(&big)
-    };
-    for (k, pr) in kinds.iter().zip(res) {
-        if *k == Kind::Netd {
-            continue;
-        }
-        for (what, mine, theirs) in [
-            ("ADD", sum(r.add.get(&mid)).p50, sum(pr.add.get(&mid)).p50),
-            ("DEL", sum(r.del.get(&mid)).p50, sum(pr.del.get(&mid)).p50),
+    let mut sizes: Vec<usize> = o.sizes.iter().copied().filter(|n| *n >= 100).collect();
+    if sizes.is_empty() {
+        sizes.extend(o.sizes.last());
+    }
+    for n in sizes {
+        for (what, mine, pick) in [
+            (
+                "ADD",
+                sum(r.add.get(&n)).p50,
+                (|r: &SysResult, n: usize| sum(r.add.get(&n)).p50) as fn(&SysResult, usize) -> f64,
+            ),
+            ("DEL", sum(r.del.get(&n)).p50, |r: &SysResult, n: usize| {
+                sum(r.del.get(&n)).p50
+            }),
         ] {
+            if let Some((k, theirs)) = best_peer(kinds, res, |pr| pick(pr, n)) {
+                let x = theirs / mine;
+                rows.push((
+                    format!(
+                        "{what} ≥ 10× faster than the best peer at N = {n} ({})",
+                        k.name()
+                    ),
+                    format!("{x:.1}×"),
+                    (!x.is_nan()).then_some(x >= 10.0),
+                ));
+            }
+        }
+    }
+    if let Some(b) = &r.burst {
+        if let Some((k, theirs)) = best_peer(kinds, res, |pr| {
+            pr.burst.as_ref().map(|b| b.add_wall_ms).unwrap_or(f64::NAN)
+        }) {
+            let x = theirs / b.add_wall_ms;
+            rows.push((
+                format!(
+                    "burst of {}: all attached ≥ 10× sooner than the best peer ({})",
+                    b.calls,
+                    k.name()
+                ),
+                format!("{x:.1}× ({:.0} ms)", b.add_wall_ms),
+                (!x.is_nan()).then_some(x >= 10.0),
+            ));
+        }
+        if let Some((k, theirs)) = best_peer(kinds, res, |pr| {
+            pr.burst
+                .as_ref()
+                .map(|b| Summary::of(&b.add_ms).p99)
+                .unwrap_or(f64::NAN)
+        }) {
+            let mine = Summary::of(&b.add_ms).p99;
             let x = theirs / mine;
             rows.push((
-                format!("{what} ≥ 10× faster than {} at N = {mid}", k.name()),
-                format!("{x:.1}×"),
+                format!(
+                    "burst of {}: ADD p99 ≥ 10× below the best peer's ({})",
+                    b.calls,
+                    k.name()
+                ),
+                format!("{x:.1}× ({mine:.0} ms)"),
                 (!x.is_nan()).then_some(x >= 10.0),
             ));
         }
@@ -297,9 +477,9 @@ fn goals(o: &Opts, kinds: &[Kind], res: &[SysResult], i: usize) -> String {
     if let Some(p) = r.ports.get(&pmax) {
         let t = p.last_port_ms.unwrap_or(f64::NAN);
         rows.push((
-            format!("{pmax} ports answering in ≤ 100 ms"),
+            format!("{pmax} ports: the last answers ≤ 30 ms after the ADD starts"),
             format!("{t:.1} ms"),
-            ok(t, 100.0),
+            ok(t, 30.0),
         ));
         if let (Some(f), Some(l)) = (p.rate_first, p.rate_last) {
             rows.push((
@@ -316,6 +496,36 @@ fn goals(o: &Opts, kinds: &[Kind], res: &[SysResult], i: usize) -> String {
             format!("{mib:.1} MiB"),
             ok(mib, 20.0),
         ));
+    }
+    if let Some(sc) = &r.scale {
+        let first = sc.add.keys().next().copied();
+        let last = sc.add.keys().last().copied();
+        if let (Some(f), Some(l)) = (first, last) {
+            let x = sum(sc.add.get(&l)).p50 / sum(sc.add.get(&f)).p50;
+            rows.push((
+                format!(
+                    "scale: ADD p50 at N = {l} within 1.2× of N = {f} ({} networks)",
+                    sc.networks
+                ),
+                format!("{x:.2}×"),
+                ok(x, 1.2),
+            ));
+            if let Some(kib) = sc.rss_kib.get(&l) {
+                let mib = *kib as f64 / 1024.0;
+                rows.push((
+                    format!("netd RSS ≤ 20 MiB at N = {l}"),
+                    format!("{mib:.1} MiB"),
+                    ok(mib, 20.0),
+                ));
+            }
+        }
+        if let Some(rs) = &sc.restart {
+            rows.push((
+                format!("restart with {} endpoints ready in ≤ 1 s", rs.endpoints),
+                format!("{:.0} ms", rs.ready_ms),
+                ok(rs.ready_ms, 1000.0),
+            ));
+        }
     }
     let mut m = String::from("\n### Goals\n\n| goal | measured | met |\n|---|---:|:---:|\n");
     for (g, v, okv) in rows {

@@ -68,20 +68,49 @@ impl Runner {
     /// Runs `steps` in order (stopping at the first failure) and times the whole call.
     pub fn call(&mut self, steps: Vec<Value>, timeout: Duration) -> Timed {
         let req = json!({"steps": steps, "timeout_ms": timeout.as_millis() as u64});
+        timed(&self.request(req))
+    }
+}
+
+/// Answer of a burst: every call's own time, and the time from the common start until the
+/// last call ended.
+#[derive(Debug, Clone)]
+pub struct Burst {
+    pub calls: Vec<Timed>,
+    pub wall: Duration,
+}
+
+fn timed(v: &Value) -> Timed {
+    Timed {
+        ok: v["ok"].as_bool().unwrap_or(false),
+        elapsed: Duration::from_nanos(v["ns"].as_u64().unwrap_or(0)),
+        stdout: v["stdout"].as_str().unwrap_or_default().to_string(),
+        error: v["error"].as_str().unwrap_or_default().to_string(),
+    }
+}
+
+impl Runner {
+    /// Starts all `calls` at once (one thread each, released together) and waits for all.
+    pub fn burst(&mut self, calls: Vec<Vec<Value>>, timeout: Duration) -> Burst {
+        let req = json!({"burst": calls, "timeout_ms": timeout.as_millis() as u64});
+        let v = self.request(req);
+        Burst {
+            calls: v["calls"]
+                .as_array()
+                .map(|a| a.iter().map(timed).collect())
+                .unwrap_or_default(),
+            wall: Duration::from_nanos(v["wall_ns"].as_u64().unwrap_or(0)),
+        }
+    }
+
+    fn request(&mut self, req: Value) -> Value {
         let mut line = req.to_string();
         line.push('\n');
         self.to.write_all(line.as_bytes()).expect("write to runner");
         self.to.flush().expect("flush runner");
         let mut answer = String::new();
         self.from.read_line(&mut answer).expect("read runner");
-        let v: Value = serde_json::from_str(&answer)
-            .unwrap_or_else(|e| panic!("runner answered {answer:?}: {e}"));
-        Timed {
-            ok: v["ok"].as_bool().unwrap_or(false),
-            elapsed: Duration::from_nanos(v["ns"].as_u64().unwrap_or(0)),
-            stdout: v["stdout"].as_str().unwrap_or_default().to_string(),
-            error: v["error"].as_str().unwrap_or_default().to_string(),
-        }
+        serde_json::from_str(&answer).unwrap_or_else(|e| panic!("runner answered {answer:?}: {e}"))
     }
 }
 
@@ -160,10 +189,45 @@ fn exec(argv: &[String], env: &[(String, String)], input: Vec<u8>, timeout: Dura
 
 fn serve_one(req: &Value) -> Value {
     let timeout = Duration::from_millis(req["timeout_ms"].as_u64().unwrap_or(60_000));
+    if let Some(calls) = req["burst"].as_array() {
+        return serve_burst(calls, timeout);
+    }
     let steps = req["steps"].as_array().cloned().unwrap_or_default();
+    run_steps(&steps, timeout, Instant::now())
+}
+
+/// One thread per call, all released by one barrier; each call is timed from the common
+/// start, so its time includes waiting for whatever the others hold.
+fn serve_burst(calls: &[Value], timeout: Duration) -> Value {
+    let barrier = std::sync::Barrier::new(calls.len() + 1);
+    let start = std::sync::OnceLock::new();
+    let answers: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = calls
+            .iter()
+            .map(|c| {
+                let steps = c.as_array().cloned().unwrap_or_default();
+                let barrier = &barrier;
+                let start = &start;
+                s.spawn(move || {
+                    barrier.wait();
+                    run_steps(&steps, timeout, *start.get_or_init(Instant::now))
+                })
+            })
+            .collect();
+        start.get_or_init(Instant::now);
+        barrier.wait();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("burst call thread"))
+            .collect()
+    });
+    let t0 = *start.get().expect("set before the barrier");
+    json!({"calls": answers, "wall_ns": t0.elapsed().as_nanos() as u64})
+}
+
+fn run_steps(steps: &[Value], timeout: Duration, t0: Instant) -> Value {
     let mut prev: Option<Value> = None;
     let mut last = String::new();
-    let t0 = Instant::now();
     for (i, s) in steps.iter().enumerate() {
         let argv: Vec<String> = s["argv"]
             .as_array()

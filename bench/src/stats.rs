@@ -5,6 +5,7 @@ pub struct Summary {
     pub n: usize,
     pub p50: f64,
     pub p90: f64,
+    pub p99: f64,
     pub max: f64,
 }
 
@@ -25,6 +26,7 @@ impl Summary {
             n: v.len(),
             p50: pct(&v, 0.5),
             p90: pct(&v, 0.9),
+            p99: pct(&v, 0.99),
             max: v.last().copied().unwrap_or(f64::NAN),
         }
     }

@@ -19,7 +19,30 @@ use crate::runner::{self, Runner, Timed};
 pub type Port = (u16, u16);
 
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
-pub const NETAVARK_BIN: &str = "/usr/lib/podman/netavark";
+/// Debian's netavark 1.4 (iptables driver): the installed package, else the package unpacked
+/// into the bench's cache by scripts/bench.sh (installing it would switch Podman's default
+/// network backend from CNI to netavark on this machine). `BENCH_NETAVARK14` overrides.
+const NETAVARK14_BINS: [&str; 2] = [
+    "/usr/lib/podman/netavark",
+    "/var/cache/netd-bench/netavark-1.4/usr/lib/podman/netavark",
+];
+/// netavark 2.1.0 built by scripts/bench.sh with `cargo install` into the bench's cache
+/// (never into the repository). `BENCH_NETAVARK21` overrides.
+const NETAVARK21_BIN: &str = "/var/cache/netd-bench/netavark-2.1.0/bin/netavark";
+
+/// The netavark binary of `kind` (Netavark or Netavark2).
+pub fn netavark_bin(kind: Kind) -> String {
+    match kind {
+        Kind::Netavark2 => std::env::var("BENCH_NETAVARK21").unwrap_or(NETAVARK21_BIN.into()),
+        _ => std::env::var("BENCH_NETAVARK14").unwrap_or_else(|_| {
+            NETAVARK14_BINS
+                .iter()
+                .find(|p| runner::executable(std::path::Path::new(p)))
+                .unwrap_or(&NETAVARK14_BINS[0])
+                .to_string()
+        }),
+    }
+}
 
 /// How long one ADD/DEL may take before the bench gives up on it.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -28,7 +51,10 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(300);
 pub enum Kind {
     Netd,
     Cni,
+    /// Debian's netavark 1.4.0, iptables driver.
     Netavark,
+    /// netavark 2.1.0 from crates.io, `--firewall-driver nftables`.
+    Netavark2,
 }
 
 impl Kind {
@@ -36,8 +62,13 @@ impl Kind {
         match self {
             Kind::Netd => "netd",
             Kind::Cni => "cni-plugins",
-            Kind::Netavark => "netavark",
+            Kind::Netavark => "netavark-1.4",
+            Kind::Netavark2 => "netavark-2.1",
         }
+    }
+
+    pub fn is_netavark(self) -> bool {
+        matches!(self, Kind::Netavark | Kind::Netavark2)
     }
 }
 
@@ -45,6 +76,8 @@ impl Kind {
 pub struct Ctr {
     pub ns: Netns,
     pub id: String,
+    /// Which of the system's networks it joins (netd's scale phase has several).
+    pub net: usize,
 }
 
 struct Attached {
@@ -59,8 +92,8 @@ pub struct System {
     runner: Runner,
     tmp: TempDir,
     attached: HashMap<String, Attached>,
-    /// netd's conflist entry (netd) or the conflist (cni).
-    conf: Value,
+    /// netd's conflist entry per network (netd) or the conflist (cni).
+    confs: Vec<Value>,
     /// netavark: next host part of the static IP Podman would allocate.
     next_ip: u32,
 }
@@ -71,21 +104,39 @@ fn subnet(kind: Kind) -> (&'static str, Ipv4Addr) {
         Kind::Netd => ("10.90.0.0/20", Ipv4Addr::new(10, 90, 0, 0)),
         Kind::Cni => ("10.91.0.0/20", Ipv4Addr::new(10, 91, 0, 0)),
         Kind::Netavark => ("10.92.0.0/20", Ipv4Addr::new(10, 92, 0, 0)),
+        Kind::Netavark2 => ("10.93.0.0/20", Ipv4Addr::new(10, 93, 0, 0)),
     }
 }
 
 impl System {
     pub fn new(kind: Kind) -> System {
+        Self::with_networks(kind, 1)
+    }
+
+    /// netd with `networks` networks (`bench`, or `bench0`… with /22 subnets from 10.100.0.0
+    /// when more than one: a bridge holds at most 1,023 ports); the peers always have one.
+    pub fn with_networks(kind: Kind, networks: usize) -> System {
         let mut world = World::new();
         let tmp = TempDir::new(kind.name());
         let (sub, _) = subnet(kind);
-        let conf = match kind {
+        let confs = match kind {
+            Kind::Netd if networks > 1 => {
+                world.start_netd();
+                (0..networks)
+                    .map(|i| {
+                        let name = format!("bench{i}");
+                        let sub = format!("10.{}.{}.0/22", 100 + i / 64, (i % 64) * 4);
+                        world.create_network(&name, &["--subnet", &sub]);
+                        world.cni_conf(&name)
+                    })
+                    .collect()
+            }
             Kind::Netd => {
                 world.start_netd();
                 world.create_network("bench", &["--subnet", sub]);
-                world.cni_conf("bench")
+                vec![world.cni_conf("bench")]
             }
-            Kind::Cni => json!({
+            Kind::Cni => vec![json!({
                 "cniVersion": "1.0.0",
                 "name": "cnibench",
                 "plugins": [
@@ -105,8 +156,8 @@ impl System {
                     {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
                     {"type": "firewall"}
                 ]
-            }),
-            Kind::Netavark => Value::Null,
+            })],
+            Kind::Netavark | Kind::Netavark2 => vec![Value::Null],
         };
         let runner = Runner::start(world.host.name());
         System {
@@ -115,7 +166,7 @@ impl System {
             runner,
             tmp,
             attached: HashMap::new(),
-            conf,
+            confs,
             next_ip: 2,
         }
     }
@@ -189,7 +240,7 @@ impl System {
                 let env = self.cni_env(cmd, c, &dir);
                 let env: Vec<(&str, &str)> =
                     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                let mut conf = self.conf.clone();
+                let mut conf = self.confs[c.net.min(self.confs.len() - 1)].clone();
                 conf["runtimeConfig"] = rc;
                 if let Some(p) = prev {
                     conf["prevResult"] = p.clone();
@@ -205,7 +256,8 @@ impl System {
                 let env = self.cni_env(cmd, c, CNI_BIN_DIR);
                 let env: Vec<(&str, &str)> =
                     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                let plugins = self.conf["plugins"].as_array().unwrap();
+                let list = &self.confs[0];
+                let plugins = list["plugins"].as_array().unwrap();
                 let mut out = Vec::new();
                 let order: Vec<&Value> = if cmd == "DEL" {
                     plugins.iter().rev().collect()
@@ -214,8 +266,8 @@ impl System {
                 };
                 for (i, p) in order.into_iter().enumerate() {
                     let mut conf = p.clone();
-                    conf["name"] = self.conf["name"].clone();
-                    conf["cniVersion"] = self.conf["cniVersion"].clone();
+                    conf["name"] = list["name"].clone();
+                    conf["cniVersion"] = list["cniVersion"].clone();
                     if p["capabilities"]["portMappings"] == true {
                         conf["runtimeConfig"] = rc.clone();
                     }
@@ -227,7 +279,7 @@ impl System {
                 }
                 out
             }
-            Kind::Netavark => unreachable!("netavark has its own call shape"),
+            Kind::Netavark | Kind::Netavark2 => unreachable!("netavark has its own call shape"),
         }
     }
 
@@ -237,32 +289,34 @@ impl System {
         let _ = std::fs::create_dir_all(&cfg);
         let ns = c.ns.path().display().to_string();
         let sub = if cmd == "ADD" { "setup" } else { "teardown" };
-        vec![runner::step(
-            &[
-                NETAVARK_BIN,
-                "--config",
-                &cfg.display().to_string(),
-                sub,
-                &ns,
-            ],
-            &[("RUST_LOG", "warn")],
-            opts,
-            false,
-        )]
+        let bin = netavark_bin(self.kind);
+        let cfg = cfg.display().to_string();
+        let mut argv: Vec<&str> = vec![&bin];
+        if self.kind == Kind::Netavark2 {
+            // 2.x builds with nftables as the default already; said explicitly so that the
+            // run does not depend on how the binary was compiled.
+            argv.extend(["--firewall-driver", "nftables"]);
+        }
+        argv.extend(["--config", &cfg, sub, &ns]);
+        vec![runner::step(&argv, &[("RUST_LOG", "warn")], opts, false)]
     }
 
-    /// ADD `c` with `ports`, as the runtime would; times the whole call.
-    pub fn add(&mut self, c: &Ctr, ports: &[Port]) -> Timed {
-        let (steps, ip) = match self.kind {
-            Kind::Netavark => {
+    /// The steps of an ADD of `c` with `ports`, and the address the bench chose (netavark);
+    /// [`System::added`] records the answer.
+    pub fn add_steps(&mut self, c: &Ctr, ports: &[Port]) -> (Vec<Value>, Option<Ipv4Addr>) {
+        match self.kind {
+            Kind::Netavark | Kind::Netavark2 => {
                 let (_, base) = subnet(self.kind);
                 let ip = Ipv4Addr::from(u32::from(base) + self.next_ip);
                 self.next_ip += 1;
                 (self.netavark_call("ADD", c, ip, ports), Some(ip))
             }
             _ => (self.steps("ADD", c, ports, None), None),
-        };
-        let t = self.runner.call(steps, CALL_TIMEOUT);
+        }
+    }
+
+    /// Records a finished ADD (what a runtime keeps for the DEL).
+    pub fn added(&mut self, c: &Ctr, ports: &[Port], ip: Option<Ipv4Addr>, t: &Timed) {
         if t.ok {
             self.attached.insert(
                 c.id.clone(),
@@ -273,7 +327,37 @@ impl System {
                 },
             );
         }
+    }
+
+    /// ADD `c` with `ports`, as the runtime would; times the whole call.
+    pub fn add(&mut self, c: &Ctr, ports: &[Port]) -> Timed {
+        let (steps, ip) = self.add_steps(c, ports);
+        let t = self.runner.call(steps, CALL_TIMEOUT);
+        self.added(c, ports, ip, &t);
         t
+    }
+
+    /// ADDs of all `ctrs` (with their ports) started at once, as a node booting or
+    /// `podman play kube` would; the runner times each call and the whole burst.
+    pub fn add_burst(&mut self, ctrs: &[(&Ctr, Vec<Port>)]) -> runner::Burst {
+        let mut calls = Vec::new();
+        let mut ips = Vec::new();
+        for (c, ports) in ctrs {
+            let (steps, ip) = self.add_steps(c, ports);
+            calls.push(steps);
+            ips.push(ip);
+        }
+        let b = self.runner.burst(calls, CALL_TIMEOUT);
+        for (((c, ports), ip), t) in ctrs.iter().zip(ips).zip(&b.calls) {
+            self.added(c, ports, ip, t);
+        }
+        b
+    }
+
+    /// DELs of all `ctrs` started at once.
+    pub fn del_burst(&mut self, ctrs: &[&Ctr]) -> runner::Burst {
+        let calls = ctrs.iter().map(|c| self.del_steps(c)).collect();
+        self.runner.burst(calls, CALL_TIMEOUT)
     }
 
     /// The cost of just starting the system's processes: CNI `VERSION` on every plugin of
@@ -290,29 +374,35 @@ impl System {
                 .iter()
                 .map(|p| runner::step(&[&format!("{CNI_BIN_DIR}/{p}")], &env, stdin.clone(), false))
                 .collect(),
-            Kind::Netavark => vec![runner::step(&[NETAVARK_BIN, "version"], &[], stdin, false)],
+            Kind::Netavark | Kind::Netavark2 => vec![runner::step(
+                &[&netavark_bin(self.kind), "version"],
+                &[],
+                stdin,
+                false,
+            )],
         };
         self.runner.call(steps, CALL_TIMEOUT)
     }
 
     /// DEL `c` (with the cached ADD result as prevResult, as libcni does).
     pub fn del(&mut self, c: &Ctr) -> Timed {
+        let steps = self.del_steps(c);
+        self.runner.call(steps, CALL_TIMEOUT)
+    }
+
+    fn del_steps(&mut self, c: &Ctr) -> Vec<Value> {
         let a = self.attached.remove(&c.id);
         let ports = a.as_ref().map(|a| a.ports.clone()).unwrap_or_default();
-        let steps = match self.kind {
-            Kind::Netavark => {
-                let ip = a
-                    .as_ref()
-                    .and_then(|a| a.ip)
-                    .unwrap_or(Ipv4Addr::new(10, 92, 0, 2));
+        match self.kind {
+            Kind::Netavark | Kind::Netavark2 => {
+                let ip = a.as_ref().and_then(|a| a.ip).unwrap_or(subnet(self.kind).1);
                 self.netavark_call("DEL", c, ip, &ports)
             }
             _ => {
                 let prev = a.as_ref().and_then(|a| a.result.clone());
                 self.steps("DEL", c, &ports, prev.as_ref())
             }
-        };
-        self.runner.call(steps, CALL_TIMEOUT)
+        }
     }
 
     pub fn available(kind: Kind) -> Result<(), String> {
@@ -322,7 +412,7 @@ impl System {
                 .iter()
                 .map(|p| PathBuf::from(CNI_BIN_DIR).join(p))
                 .collect(),
-            Kind::Netavark => vec![PathBuf::from(NETAVARK_BIN)],
+            Kind::Netavark | Kind::Netavark2 => vec![PathBuf::from(netavark_bin(kind))],
         };
         for p in need {
             if !runner::executable(&p) {
@@ -352,9 +442,18 @@ impl System {
                 ]);
                 format!("containernetworking-plugins {v} (Debian), iptables backend")
             }
-            Kind::Netavark => {
-                let v = run(&["dpkg-query", "-W", "-f=${Version}", "netavark"]);
-                format!("netavark {v} (Debian), iptables driver")
+            Kind::Netavark | Kind::Netavark2 => {
+                let bin = netavark_bin(kind);
+                let out = run(&[&bin, "version"]);
+                let v = serde_json::from_str::<Value>(&out)
+                    .ok()
+                    .and_then(|v| v["version"].as_str().map(String::from))
+                    .unwrap_or(out);
+                if kind == Kind::Netavark {
+                    format!("netavark {v} (Debian package, {bin}), iptables driver")
+                } else {
+                    format!("netavark {v} (crates.io, {bin}), nftables driver")
+                }
             }
         }
     }
