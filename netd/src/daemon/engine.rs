@@ -19,7 +19,7 @@ use crate::api::{AttachRequest, Attachment, CreateNetwork, GcRequest, Status};
 use crate::conflist;
 use crate::ipam::{self, Cursor};
 use crate::link::Removal;
-use crate::model::{self, Endpoint, EndpointKey, GatewayMode, Network};
+use crate::model::{self, Endpoint, EndpointKey, Network};
 use crate::plan::{self, Desired, Diff};
 use crate::ports;
 use crate::resolve::{self, EndpointRequest, NetworkRequest, ResolveError};
@@ -839,11 +839,8 @@ impl Engine {
             .ports
             .iter()
             .filter(|pm| pm.protocol == model::Proto::Udp)
+            // Host bindings exist only in nat families (`ports::bindings`).
             .flat_map(|pm| ports::bindings(net, pm))
-            .filter(|b| match b.family {
-                ports::Family::V4 => net.gateway_mode4 == GatewayMode::Nat,
-                ports::Family::V6 => net.gateway_mode6 == GatewayMode::Nat,
-            })
             .collect();
         if udp.is_empty() {
             return;
