@@ -1206,7 +1206,7 @@ mod tests {
         let err = e
             .create_network(CreateNetwork {
                 internal: true,
-                gateway_mode_ipv4: Some(GatewayMode::Routed),
+                gateway_mode_ipv4: Some(model::GatewayMode::Routed),
                 ..create("e")
             })
             .map_err(ApiError::from)
