@@ -359,8 +359,13 @@ pub fn markdown(
         }
         if let Some((rss, hwm)) = r.port_phase_mem {
             m += &format!(
-                "\nAfter the port and burst phases (largest: {} ports): VmRSS {:.1} MiB, VmHWM {:.1} MiB; netd was then restarted for the endpoint phase.\n",
-                o.ports.last().unwrap_or(&0),
+                "\nAfter the {} (largest: {} ports): VmRSS {:.1} MiB, VmHWM {:.1} MiB; netd was then restarted for the endpoint phase.\n",
+                match (ports_ran, r.burst.is_some()) {
+                    (true, true) => "port and burst phases",
+                    (true, false) => "port phase",
+                    _ => "burst phase",
+                },
+                r.ports.keys().last().unwrap_or(&0),
                 rss as f64 / 1024.0,
                 hwm as f64 / 1024.0
             );
