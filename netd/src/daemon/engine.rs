@@ -845,14 +845,8 @@ impl Engine {
         if udp.is_empty() {
             return;
         }
-        match self.kernel.clear_udp_conntrack(&udp) {
-            Ok(n) => {
-                info!(endpoint = %ep.key(), deleted = n, "cleared stale UDP conntrack entries")
-            }
-            Err(e) => {
-                warn!(endpoint = %ep.key(), error = %e, "could not clear stale UDP conntrack entries")
-            }
-        }
+        let cleared = self.kernel.clear_udp_conntrack(&udp);
+        log_cleared(ep, "stale UDP conntrack entries", cleared);
     }
 
     /// CNI DEL with netd's help: releases the endpoint (if netd holds it) and removes its host
@@ -918,14 +912,8 @@ impl Engine {
         if addrs.is_empty() {
             return;
         }
-        match self.kernel.clear_conntrack_of(&addrs) {
-            Ok(n) => {
-                info!(endpoint = %ep.key(), deleted = n, "cleared the released endpoint's conntrack entries")
-            }
-            Err(e) => {
-                warn!(endpoint = %ep.key(), error = %e, "could not clear the released endpoint's conntrack entries")
-            }
-        }
+        let cleared = self.kernel.clear_conntrack_of(&addrs);
+        log_cleared(ep, "the released endpoint's conntrack entries", cleared);
     }
 
     /// CNI GC: releases the network's endpoints the runtime no longer lists.
@@ -951,6 +939,14 @@ impl Engine {
             }
         }
         Ok(released)
+    }
+}
+
+/// Conntrack clearing is best effort (the change it follows has succeeded): log either way.
+fn log_cleared(ep: &Endpoint, what: &str, r: Result<usize, KernelError>) {
+    match r {
+        Ok(n) => info!(endpoint = %ep.key(), deleted = n, "cleared {what}"),
+        Err(e) => warn!(endpoint = %ep.key(), error = %e, "could not clear {what}"),
     }
 }
 
