@@ -74,8 +74,12 @@ pub trait Flows: Send {
     /// (see [`crate::conntrack`]) and returns how many.
     fn clear_udp_conntrack(&mut self, bindings: &[ports::Binding]) -> Result<usize, KernelError>;
     /// Deletes the conntrack entries that involve one of `addrs` (a released endpoint's; see
-    /// [`crate::conntrack::clear_addrs`]) and returns how many.
-    fn clear_conntrack_of(&mut self, addrs: &[IpAddr]) -> Result<usize, KernelError>;
+    /// [`crate::conntrack::clear_addrs`]) after the request is answered: see
+    /// [`super::sweeper`].
+    fn clear_conntrack_later(&mut self, addrs: &[IpAddr]);
+    /// Returns once no such deletion is pending for any of `addrs`, before they are handed
+    /// out again.
+    fn settle_conntrack(&mut self, addrs: &[IpAddr]);
 }
 
 /// Everything the engine drives in the kernel. The real one is [`super::host::HostKernel`];
@@ -800,8 +804,10 @@ impl Engine {
         };
         let resolved = resolve::endpoint(req, &net, state, cursor, now())?;
         let ep = resolved.endpoint;
-        // A DEL of the same container interface may still be removing its veth.
+        // A DEL of the same container interface may still be removing its veth, and the
+        // flows of a released container that had these addresses may still be being cleared.
         self.kernel.settle_link(&ep.host_veth);
+        self.kernel.settle_conntrack(&endpoint_addrs(&ep));
         let diff = self.apply_endpoint(&net, &ep, true)?;
         if let Err(e) = self.store.put_endpoint(&ep) {
             self.undo_diff(&diff);
@@ -898,22 +904,12 @@ impl Engine {
         }
     }
 
-    /// After `ep` was released (its table elements are gone): deletes the conntrack entries
-    /// of its addresses, so a client's flow DNATed to it, or any flow from or to it, does not
-    /// live on (UDP without end while the client keeps sending) and reach the next container
-    /// that gets the address. A failure is logged; the release itself has succeeded.
+    /// After `ep` was released (its table elements are gone): has the conntrack entries of
+    /// its addresses deleted, so a client's flow DNATed to it, or any flow from or to it, does
+    /// not live on (UDP without end while the client keeps sending) and reach the next
+    /// container that gets the address. Done after the answer; an attach settles it first.
     fn clear_flows_of(&mut self, ep: &Endpoint) {
-        let addrs: Vec<IpAddr> = ep
-            .addr4
-            .map(IpAddr::V4)
-            .into_iter()
-            .chain(ep.addr6.map(IpAddr::V6))
-            .collect();
-        if addrs.is_empty() {
-            return;
-        }
-        let cleared = self.kernel.clear_conntrack_of(&addrs);
-        log_cleared(ep, "the released endpoint's conntrack entries", cleared);
+        self.kernel.clear_conntrack_later(&endpoint_addrs(ep));
     }
 
     /// CNI GC: releases the network's endpoints the runtime no longer lists.
@@ -940,6 +936,15 @@ impl Engine {
         }
         Ok(released)
     }
+}
+
+/// The endpoint's addresses, both families.
+fn endpoint_addrs(ep: &Endpoint) -> Vec<IpAddr> {
+    ep.addr4
+        .map(IpAddr::V4)
+        .into_iter()
+        .chain(ep.addr6.map(IpAddr::V6))
+        .collect()
 }
 
 /// Conntrack clearing is best effort (the change it follows has succeeded): log either way.
@@ -980,6 +985,8 @@ mod tests {
         gone_netns: Vec<String>,
         /// Addresses whose conntrack entries the engine asked to clear.
         cleared: Vec<IpAddr>,
+        /// Addresses an attach waited for (settle_conntrack) before handing them out.
+        settled: Vec<IpAddr>,
         /// The host does not forward IPv6.
         no_ipv6_forwarding: bool,
     }
@@ -1086,9 +1093,11 @@ mod tests {
         ) -> Result<usize, KernelError> {
             Ok(bindings.len())
         }
-        fn clear_conntrack_of(&mut self, addrs: &[IpAddr]) -> Result<usize, KernelError> {
+        fn clear_conntrack_later(&mut self, addrs: &[IpAddr]) {
             self.0.lock().unwrap().cleared.extend_from_slice(addrs);
-            Ok(addrs.len())
+        }
+        fn settle_conntrack(&mut self, addrs: &[IpAddr]) {
+            self.0.lock().unwrap().settled.extend_from_slice(addrs);
         }
     }
 
@@ -1506,6 +1515,13 @@ mod tests {
         let mut e = fx.engine();
         let two = e.attach(attach("a", "c2", vec![])).unwrap().endpoint;
         assert_ne!(two.addr4, one.addr4);
+        // Before handing an address out, the attach waited for any pending flow clearing.
+        assert!(fx
+            .table
+            .lock()
+            .unwrap()
+            .settled
+            .contains(&IpAddr::V4(two.addr4.unwrap())));
         assert_eq!(
             u32::from(two.addr4.unwrap()),
             u32::from(one.addr4.unwrap()) + 1

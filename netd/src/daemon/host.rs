@@ -11,6 +11,7 @@ use super::engine::{Flows, HostFacts, HostLink, HostLinks, KernelError, TableWri
 use std::sync::Arc;
 
 use super::reaper::Reaper;
+use super::sweeper::Sweeper;
 use super::sysctl::{self, ForwardingError};
 use crate::link::HostLinks as Rtnetlink;
 use crate::plan::{Desired, Diff};
@@ -20,6 +21,7 @@ pub struct HostKernel {
     applier: Applier,
     links: Rtnetlink,
     reaper: Arc<Reaper>,
+    sweeper: Arc<Sweeper>,
 }
 
 impl HostKernel {
@@ -30,6 +32,8 @@ impl HostKernel {
             applier: Applier::new(table).map_err(|e| KernelError(e.to_string()))?,
             links: Rtnetlink::new().map_err(|e| KernelError(e.to_string()))?,
             reaper: Reaper::start().map_err(|e| KernelError(e.to_string()))?,
+            sweeper: Sweeper::start()
+                .map_err(|e| KernelError(format!("starting the conntrack sweeper thread: {e}")))?,
         })
     }
 }
@@ -122,8 +126,12 @@ impl Flows for HostKernel {
         crate::conntrack::clear_udp(bindings).map_err(|e| KernelError(e.to_string()))
     }
 
-    fn clear_conntrack_of(&mut self, addrs: &[std::net::IpAddr]) -> Result<usize, KernelError> {
-        crate::conntrack::clear_addrs(addrs).map_err(|e| KernelError(e.to_string()))
+    fn clear_conntrack_later(&mut self, addrs: &[std::net::IpAddr]) {
+        self.sweeper.schedule(addrs);
+    }
+
+    fn settle_conntrack(&mut self, addrs: &[std::net::IpAddr]) {
+        self.sweeper.settle(addrs);
     }
 }
 

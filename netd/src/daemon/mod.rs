@@ -7,6 +7,7 @@ pub mod host;
 pub mod notify;
 pub mod reaper;
 pub mod server;
+pub mod sweeper;
 pub mod sysctl;
 
 pub use engine::{Engine, EngineConfig, EngineError, Kernel};
