@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -199,8 +198,7 @@ pub struct EngineConfig {
 
 pub struct Engine {
     cfg: EngineConfig,
-    /// Shared with the server, which finishes deferred changes after releasing the lock.
-    store: Arc<Store>,
+    store: Store,
     kernel: Box<dyn Kernel>,
     meta: Meta,
     networks: BTreeMap<String, Network>,
@@ -319,7 +317,7 @@ impl Engine {
         );
         let mut engine = Engine {
             cfg,
-            store: Arc::new(store),
+            store,
             kernel,
             cursors: loaded.meta.cursors.clone(),
             meta: loaded.meta,
@@ -330,12 +328,6 @@ impl Engine {
         };
         engine.sync_conflists()?;
         Ok(engine)
-    }
-
-    /// The state store, for the server to finish deferred changes outside the engine lock
-    /// (see [`crate::store`], group commit).
-    pub fn store(&self) -> Arc<Store> {
-        self.store.clone()
     }
 
     pub fn networks(&self) -> impl Iterator<Item = &Network> {

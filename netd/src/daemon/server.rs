@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use super::engine::{Engine, EngineError};
 use crate::api::http::{self, HttpError};
@@ -292,30 +292,9 @@ async fn connection(mut stream: UnixStream, engine: Arc<Mutex<Engine>>) {
         Ok(Ok(Some((method, path, body)))) => {
             let mutating = method != "GET";
             let what = format!("{method} {path}");
-            let what_blocking = what.clone();
             let answer = tokio::task::spawn_blocking(move || {
-                let (answer, store, changes) = {
-                    let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
-                    let store = engine.store();
-                    store.defer();
-                    let answer = route(&mut engine, &method, &path, &body);
-                    let changes = store.take_deferred();
-                    (answer, store, changes)
-                };
-                // Outside the engine lock: concurrent requests share fsyncs (group commit,
-                // see crate::store), and the answer still waits until the change is durable.
-                match store.finish(changes) {
-                    Ok(()) => answer,
-                    Err(e) => {
-                        error!(error = %e, request = %what_blocking, "a change was applied but could not be saved");
-                        error(
-                            500,
-                            ApiError::internal(format!(
-                                "the change was applied but could not be saved to the state directory: {e}"
-                            )),
-                        )
-                    }
-                }
+                let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
+                route(&mut engine, &method, &path, &body)
             })
             .await
             .unwrap_or_else(|_| error(500, ApiError::internal("request handler panicked")));
