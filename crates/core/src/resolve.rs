@@ -79,6 +79,16 @@ pub enum ResolveError {
         has: String,
         asked: String,
     },
+    #[error(
+        "network {network} exists with {family} gateway mode {has}, but the CNI configuration asks \
+         for {asked}; fix the configuration or remove the network (netctl network rm {network})"
+    )]
+    OtherMode {
+        network: String,
+        family: &'static str,
+        has: GatewayMode,
+        asked: GatewayMode,
+    },
     #[error("netns {0:?} is not an absolute path")]
     NetnsNotAbsolute(String),
     #[error("container {} already has interface {} on network {}", .0.container_id, .0.ifname, .0.network)]
@@ -126,6 +136,7 @@ impl ResolveError {
             | E::BridgeUsed { .. }
             | E::Subnet(_)
             | E::OtherSubnets { .. }
+            | E::OtherMode { .. }
             | E::EndpointExists(_)
             | E::BridgeFull { .. }
             | E::Allocation(_) => Kind::Conflict,
@@ -398,6 +409,32 @@ pub fn check_ensure(
             has: list(net.subnet4, net.subnet6),
             asked: list(spec.subnet4, spec.subnet6),
         });
+    }
+    // A gateway mode the configuration names must be the network's too: pods attached in
+    // nat mode where the operator asked for routed would be unreachable from other nodes.
+    let modes = [
+        (
+            "IPv4",
+            spec.gateway_mode4,
+            net.gateway_mode4,
+            net.subnet4.is_some(),
+        ),
+        (
+            "IPv6",
+            spec.gateway_mode6,
+            net.gateway_mode6,
+            net.subnet6.is_some(),
+        ),
+    ];
+    for (family, asked, has, present) in modes {
+        if let Some(asked) = asked.filter(|a| present && *a != has) {
+            return Err(ResolveError::OtherMode {
+                network: net.name.clone(),
+                family,
+                has,
+                asked,
+            });
+        }
     }
     Ok(())
 }
@@ -965,6 +1002,40 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("exists with subnets 10.244.1.0/24, but the CNI configuration asks for 10.244.2.0/24"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_ensured_network_must_have_the_gateway_modes_the_configuration_names() {
+        let spec = NetworkRequest {
+            subnet4: Some("10.244.1.0/24".parse().unwrap()),
+            ..req("pods")
+        };
+        let pods = create(spec.clone(), &BTreeMap::new(), &facts()).unwrap();
+        assert_eq!(pods.gateway_mode4, GatewayMode::Nat);
+        // Naming the mode the network has, or none, is fine.
+        let nat = NetworkRequest {
+            gateway_mode4: Some(GatewayMode::Nat),
+            ..spec.clone()
+        };
+        assert_eq!(check_ensure(&nat, "pods", Some(&pods)), Ok(()));
+        // A mode for a family the network lacks says nothing about it.
+        let v6 = NetworkRequest {
+            gateway_mode6: Some(GatewayMode::Routed),
+            ..spec.clone()
+        };
+        assert_eq!(check_ensure(&v6, "pods", Some(&pods)), Ok(()));
+        let routed = NetworkRequest {
+            gateway_mode4: Some(GatewayMode::Routed),
+            ..spec
+        };
+        let err = check_ensure(&routed, "pods", Some(&pods)).unwrap_err();
+        assert_eq!(err.kind(), Kind::Conflict);
+        assert!(
+            err.to_string().contains(
+                "exists with IPv4 gateway mode nat, but the CNI configuration asks for routed"
+            ),
             "{err}"
         );
     }
