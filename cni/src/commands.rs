@@ -145,16 +145,10 @@ fn add(
 
     // A second ADD of an attached interface fails at netd (it holds the endpoint) before any
     // rollback could tear the working attachment down. A host link left over without an
-    // endpoint is found after the attach, because netd first finishes removing the veth of a
-    // DEL it has just answered (the runtime may ADD the same interface again at once).
-    let exists = |name: &str| {
-        links.link_exists(name).map_err(|e| {
-            PluginError::link(
-                format!("ADD failed checking for host link {name}"),
-                e.to_string(),
-            )
-        })
-    };
+    // endpoint is found after the attach, when creating the pair fails with EEXIST, because
+    // netd first finishes removing the veth of a DEL it has just answered (the runtime may ADD
+    // the same interface again at once). Not looked up beforehand: on a host with many
+    // containers every lookup of a veth costs the kernel a walk over all their namespaces.
     let already = |name: &str| PluginError::Conflict {
         msg: format!(
             "container {cid} interface {ifname} is already attached \
@@ -202,11 +196,6 @@ fn add(
         e.with_note(&notes.join("; "))
     };
 
-    match exists(&veth) {
-        Ok(false) => {}
-        Ok(true) => return Err(fail(already(&veth), false)),
-        Err(e) => return Err(fail(e, false)),
-    }
     let addressing = shaping::addressing(&att).map_err(|d| {
         fail(
             PluginError::NetdInternal {
@@ -227,7 +216,7 @@ fn add(
         .ensure_bridge(&net.bridge, &net.gateway_nets(), net.mtu, &net.name)
         .map_err(|e| fail(step(format!("ensure_bridge {}", net.bridge), e), false))?;
     let tmp = temp_peer_name(&veth);
-    links
+    let host_mac = links
         .create_veth(
             &veth,
             &tmp,
@@ -238,6 +227,10 @@ fn add(
             &net.name,
         )
         .map_err(|e| {
+            // EEXIST made nothing: if the host link is there, it is someone else's to remove.
+            if e.errno() == Some(libc::EEXIST) && links.link_exists(&veth).unwrap_or(false) {
+                return fail(already(&veth), false);
+            }
             // create_veth cleans up after itself; deleting again covers a half-done cleanup.
             fail(
                 step(format!("create_veth {veth} on {}", net.bridge), e),
@@ -266,7 +259,7 @@ fn add(
 
     let out = AddOutcome {
         attachment: &att,
-        host_mac: links.link_mac(&veth),
+        host_mac: Some(host_mac),
         container: &container,
         netns,
         addressing: &addressing,
@@ -679,12 +672,17 @@ mod tests {
             isolated: bool,
             _: &Path,
             _: &str,
-        ) -> Result<(), LinkError> {
+        ) -> Result<String, LinkError> {
             self.step("create_veth")?;
             assert_eq!((bridge, isolated), (7, false));
             assert_eq!(tmp, temp_peer_name(host));
-            self.host.borrow_mut().insert(host.to_string());
-            Ok(())
+            if !self.host.borrow_mut().insert(host.to_string()) {
+                return Err(LinkError::Os {
+                    step: "create_veth".into(),
+                    err: std::io::Error::from_raw_os_error(libc::EEXIST),
+                });
+            }
+            Ok("02:00:00:00:00:01".into())
         }
         fn delete_link(&self, name: &str) -> Result<bool, LinkError> {
             self.calls.borrow_mut().push(format!("delete_link {name}"));
@@ -692,9 +690,6 @@ mod tests {
         }
         fn link_exists(&self, name: &str) -> Result<bool, LinkError> {
             Ok(self.host.borrow().contains(name))
-        }
-        fn link_mac(&self, _: &str) -> Option<String> {
-            Some("02:00:00:00:00:01".into())
         }
         fn configure_container(
             &self,

@@ -22,7 +22,9 @@ pub trait Links {
         network: &str,
     ) -> Result<u32, LinkError>;
     /// Creates the pair, enslaves the host end to the bridge, marks it as netd's for
-    /// `network` and moves the peer into `netns`; leaves nothing behind when it fails.
+    /// `network` and moves the peer into `netns`; leaves nothing behind when it fails, and
+    /// fails with EEXIST (making nothing) when a link named `host_name` exists. Returns the
+    /// host end's MAC.
     #[allow(clippy::too_many_arguments)]
     fn create_veth(
         &self,
@@ -33,12 +35,10 @@ pub trait Links {
         isolated: bool,
         netns: &Path,
         network: &str,
-    ) -> Result<(), LinkError>;
+    ) -> Result<String, LinkError>;
     /// False when there was no such link.
     fn delete_link(&self, name: &str) -> Result<bool, LinkError>;
     fn link_exists(&self, name: &str) -> Result<bool, LinkError>;
-    /// The MAC of a host link, for the result; None when it cannot be read.
-    fn link_mac(&self, name: &str) -> Option<String>;
     /// Renames `tmp_name` to `ifname` inside `netns`, sets the MAC (if given), addresses,
     /// routes and MTU, brings it up.
     #[allow(clippy::too_many_arguments)]
@@ -60,14 +60,6 @@ pub trait Links {
     /// False when there was no such interface.
     fn delete_container_iface(&self, netns: &Path, ifname: &str) -> Result<bool, LinkError>;
     fn is_netns(&self, path: &Path) -> bool;
-}
-
-/// Read from sysfs because the link layer offers no MAC lookup for host links and the result
-/// only reports it; the plugin runs in the host namespace, whose /sys is the one mounted.
-fn sysfs_mac(name: &str) -> Option<String> {
-    let s = std::fs::read_to_string(format!("/sys/class/net/{name}/address")).ok()?;
-    let s = s.trim();
-    (!s.is_empty()).then(|| s.to_string())
 }
 
 mod system {
@@ -125,7 +117,7 @@ mod system {
             isolated: bool,
             netns: &Path,
             network: &str,
-        ) -> Result<(), LinkError> {
+        ) -> Result<String, LinkError> {
             self.host()?
                 .create_veth(
                     host_name,
@@ -136,7 +128,7 @@ mod system {
                     text(netns)?,
                     network,
                 )
-                .map(|_index| ())
+                .map(|mac| netd_core::model::MacAddr(mac).to_string())
         }
 
         fn delete_link(&self, name: &str) -> Result<bool, LinkError> {
@@ -145,13 +137,6 @@ mod system {
 
         fn link_exists(&self, name: &str) -> Result<bool, LinkError> {
             self.host()?.link_exists(name)
-        }
-
-        fn link_mac(&self, name: &str) -> Option<String> {
-            match self.host().ok()?.link_state(name) {
-                Ok(Some(state)) => state.mac,
-                _ => super::sysfs_mac(name),
-            }
         }
 
         fn configure_container(

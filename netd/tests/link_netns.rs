@@ -314,6 +314,14 @@ fn container_is_configured_and_reaches_gateway_and_neighbour() {
     let d = host.ip(&["-d", "link", "show", "vn-t2"]);
     assert!(d.contains("hairpin on"), "{d}");
     assert!(d.contains("isolated off"), "{d}");
+    // IPv6 off on the bridge port: no address, no routes in the host's IPv6 table for it,
+    // while the containers' IPv6 still crosses the bridge (the pings below).
+    let v6 = host.ip(&["-6", "addr", "show", "dev", "vn-t2"]);
+    assert!(v6.trim().is_empty(), "{v6}");
+    let r6 = host.ip(&["-6", "route", "show", "table", "all", "dev", "vn-t2"]);
+    assert!(r6.trim().is_empty(), "{r6}");
+    let off = host.run(|| link::read_sysctl("net.ipv6.conf.vn-t2.disable_ipv6").unwrap());
+    assert_eq!(off, "1");
 
     assert!(c1.ping("10.201.0.1", 2, 2), "c1 -> gateway v4");
     assert!(c1.ping("fd00:201::1", 2, 2), "c1 -> gateway v6");
@@ -350,7 +358,10 @@ fn failed_create_veth_leaves_nothing_behind() {
     std::fs::write(&not_ns, b"").unwrap();
     let not_ns_path = not_ns.to_str().unwrap().to_string();
 
-    let (missing, plain, bad_bridge, left) = host.host(|h| {
+    // An alias longer than the kernel takes (IFALIASZ 256) is refused by the second request,
+    // after the pair exists, so this exercises the rollback.
+    let long_network = "n".repeat(300);
+    let (missing, plain, bad_bridge, bad_alias, left) = host.host(|h| {
         let br = h.ensure_bridge("br-t", &gateways(), 0, "t").unwrap();
         let missing = h
             .create_veth("vn-bad", "tmp-bad", br, 0, false, "/nonexistent/netns", "t")
@@ -358,14 +369,18 @@ fn failed_create_veth_leaves_nothing_behind() {
         let plain = h
             .create_veth("vn-bad", "tmp-bad", br, 0, false, &not_ns_path, "t")
             .unwrap_err();
-        // The pair exists by the time attaching fails, so this exercises the rollback.
+        // The kernel enslaves at creation and undoes the whole create when that fails.
         let bad_bridge = h
             .create_veth("vn-bad", "tmp-bad", 999_999, 0, false, &c.path, "t")
+            .unwrap_err();
+        let bad_alias = h
+            .create_veth("vn-bad", "tmp-bad", br, 0, false, &c.path, &long_network)
             .unwrap_err();
         (
             missing,
             plain,
             bad_bridge,
+            bad_alias,
             h.list_links_with_prefix("vn").unwrap(),
         )
     });
@@ -380,8 +395,17 @@ fn failed_create_veth_leaves_nothing_behind() {
     assert!(
         bad_bridge
             .to_string()
-            .starts_with("attaching veth vn-bad to bridge"),
+            .starts_with("creating veth vn-bad with peer tmp-bad in netns /run/netns/")
+            && bad_bridge
+                .to_string()
+                .contains("on bridge with index 999999"),
         "{bad_bridge}"
+    );
+    assert!(
+        bad_alias
+            .to_string()
+            .starts_with("setting alias \"netd network nnn"),
+        "{bad_alias}"
     );
     assert!(left.is_empty(), "{left:?}");
     assert!(!host.ip_status(&["link", "show", "vn-bad"]));

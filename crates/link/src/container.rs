@@ -58,7 +58,9 @@ pub fn configure_container_with_mac(
         let st = nl::link_state(&link);
         let index = st.index;
 
-        let mut change = LinkUnspec::new_with_index(index);
+        // One request: the kernel renames, sets the MTU and the MAC, and only then applies
+        // the flags, so the link is still down for the rename (which a running link refuses).
+        let mut change = LinkUnspec::new_with_index(index).up();
         let mut what = Vec::new();
         if tmp_name != ifname {
             change = change.name(ifname);
@@ -68,34 +70,25 @@ pub fn configure_container_with_mac(
             change = change.mtu(mtu);
             what.push(format!("setting mtu {mtu} on {tmp_name}"));
         }
+        let mut mac_text = st.mac.clone().unwrap_or_default();
         if let Some(mac) = mac {
             let text = super::format_mac(&mac);
             if st.mac.as_deref() != Some(text.as_str()) {
                 change = change.address(mac.to_vec());
                 what.push(format!("setting MAC {text} on {tmp_name}"));
             }
+            mac_text = text;
         }
-        if !what.is_empty() {
-            h.link()
-                .change(change.build())
-                .execute()
-                .await
-                .map_err(|e| {
-                    LinkError::from_rtnl(format!("{} in netns {p}", what.join(", ")), e)
-                })?;
-        }
+        what.push(format!("bringing up {ifname}"));
+        h.link()
+            .change(change.build())
+            .execute()
+            .await
+            .map_err(|e| LinkError::from_rtnl(format!("{} in netns {p}", what.join(", ")), e))?;
 
-        if let Some(lo) = nl::get_link(&h, "lo")
+        nl::set_up(&h, LOOPBACK_IFINDEX)
             .await
-            .map_err(|e| LinkError::from_rtnl(format!("looking up lo in netns {p}"), e))?
-        {
-            nl::set_up(&h, lo.header.index)
-                .await
-                .map_err(|e| LinkError::from_rtnl(format!("bringing up lo in netns {p}"), e))?;
-        }
-        nl::set_up(&h, index)
-            .await
-            .map_err(|e| LinkError::from_rtnl(format!("bringing up {ifname} in netns {p}"), e))?;
+            .map_err(|e| LinkError::from_rtnl(format!("bringing up lo in netns {p}"), e))?;
 
         for net in addrs {
             nl::ensure_address(&h, index, *net).await.map_err(|e| {
@@ -108,14 +101,29 @@ pub fn configure_container_with_mac(
             })?;
         }
 
-        iface(&h, ifname, p).await?.ok_or_else(|| {
-            LinkError::os(
-                format!("reading back {ifname} in netns {p}"),
-                std::io::Error::from_raw_os_error(libc::ENODEV),
-            )
+        // What was configured, not read back: every step above was acknowledged, and a
+        // read-back would cost four more round trips (link, addresses, two route dumps).
+        Ok(ContainerIface {
+            ifname: ifname.to_string(),
+            index,
+            mac: mac_text,
+            mtu: if mtu > 0 { mtu } else { st.mtu },
+            up: true,
+            addrs: addrs.to_vec(),
+            routes: routes
+                .iter()
+                .map(|r| Route {
+                    dst: r.dst.trunc(),
+                    gateway: r.gateway,
+                })
+                .collect(),
         })
     })
 }
+
+/// The loopback device has this index in every network namespace (the kernel registers it
+/// first and reserves the number), so bringing it up needs no lookup.
+const LOOPBACK_IFINDEX: u32 = 1;
 
 /// The interface `ifname` inside the namespace at `netns_path` with its addresses and routes
 /// (for CNI CHECK); None when there is no such interface. A missing namespace is an error here:

@@ -1,6 +1,7 @@
 //! The host side: bridges and the host ends of veth pairs.
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::Mutex;
 
 use ipnet::IpNet;
@@ -203,9 +204,15 @@ impl HostLinks {
     /// at `netns_path` (so a half-made pair never shows up in the host under a temporary name),
     /// makes `host_name` a port of the bridge `bridge_index` with hairpin on (a container can
     /// reach itself through a published port) and `isolated` as asked (ICC off: isolated ports
-    /// do not talk to each other, only to the bridge and non-isolated ports), marks it as
-    /// netd's for `network` ([`owner_alias`]) and sets it up. MTU 0 leaves the default. On failure nothing it created is left behind. Returns the
-    /// host end's ifindex.
+    /// do not talk to each other, only to the bridge and non-isolated ports), turns IPv6 off on
+    /// it, marks it as netd's for `network` ([`owner_alias`]) and sets it up. MTU 0 leaves the
+    /// default. On failure nothing it created is left behind. Returns the host end's MAC.
+    ///
+    /// Two netlink requests, no lookups: the create carries the MAC (chosen here, so the
+    /// result needs no read-back) and the bridge, the second request finds the link by name.
+    /// Every answer about a host veth makes the kernel look up its peer's namespace id by
+    /// walking a list with one entry per container, so a lookup costs more the more
+    /// containers the host runs.
     #[allow(clippy::too_many_arguments)]
     pub fn create_veth(
         &self,
@@ -216,17 +223,22 @@ impl HostLinks {
         isolated: bool,
         netns_path: &str,
         network: &str,
-    ) -> Result<u32> {
+    ) -> Result<[u8; 6]> {
         check_ifname("host veth", host_name)?;
         check_ifname("container veth", peer_name)?;
         let ns = NetnsFile::open(netns_path)?;
+        let mac = random_mac()?;
         let h = &self.handle;
         self.run(async {
             let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
                 .name(peer_name)
                 .setns_by_fd(ns.raw_fd());
-            let mut veth =
-                LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth).name(host_name);
+            // Enslaved at birth (the kernel honours IFLA_MASTER on create), still down: the
+            // port flags below must be in place before the link carries anything.
+            let mut veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+                .name(host_name)
+                .address(mac.to_vec())
+                .controller(bridge_index);
             if mtu > 0 {
                 peer = peer.mtu(mtu);
                 veth = veth.mtu(mtu);
@@ -235,69 +247,41 @@ impl HostLinks {
             h.link().add(veth.build()).execute().await.map_err(|e| {
                 LinkError::from_rtnl(
                     format!(
-                        "creating veth {host_name} with peer {peer_name} in netns {netns_path}"
+                        "creating veth {host_name} with peer {peer_name} in netns {netns_path} on bridge with index {bridge_index}"
                     ),
                     e,
                 )
             })?;
 
-            let res = self
-                .attach_veth(host_name, bridge_index, isolated, network)
-                .await;
+            let res = self.finish_veth(host_name, isolated, network).await;
             if res.is_err() {
                 // Deleting one end deletes the pair, the peer in the container included.
                 if let Err(e) = self.delete_by_name(host_name).await {
                     tracing::warn!("cleaning up veth {host_name} after a failed create: {e}");
                 }
             }
-            res
+            res.map(|()| mac)
         })
     }
 
-    async fn attach_veth(
-        &self,
-        name: &str,
-        bridge_index: u32,
-        isolated: bool,
-        network: &str,
-    ) -> Result<u32> {
-        let h = &self.handle;
-        let index = nl::get_link(h, name)
-            .await
-            .map_err(|e| LinkError::from_rtnl(format!("looking up veth {name}"), e))?
-            .ok_or_else(|| {
-                LinkError::os(
-                    format!("looking up veth {name} after creating it"),
-                    std::io::Error::from_raw_os_error(libc::ENODEV),
-                )
-            })?
-            .header
-            .index;
+    /// The second half of [`HostLinks::create_veth`]: IPv6 off, then one request for the
+    /// alias, the bridge-port flags and up.
+    async fn finish_veth(&self, name: &str, isolated: bool, network: &str) -> Result<()> {
+        disable_ipv6(name)?;
         // The alias is set here rather than in the create request: the kernel ignores
-        // IFLA_IFALIAS when it creates a link (only a change sets it).
+        // IFLA_IFALIAS when it creates a link (only a change sets it). The port flags must
+        // come after the create too: the kernel applies them through the link's current
+        // bridge, which it has only once created.
         let alias = owner_alias(network);
-        h.link()
-            .change(
-                LinkUnspec::new_with_index(index)
-                    .controller(bridge_index)
-                    .alias(alias.clone())
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(|e| {
-                LinkError::from_rtnl(
-                    format!(
-                        "attaching veth {name} to bridge with index {bridge_index} (alias {alias:?})"
-                    ),
-                    e,
-                )
-            })?;
-        h.link()
+        self.handle
+            .link()
             .set_port(
-                LinkBridgePort::new(index)
+                LinkBridgePort::new(0)
+                    .name(name)
+                    .alias(alias.clone())
                     .isolated(isolated)
                     .hairpin(true)
+                    .up()
                     .build(),
             )
             .execute()
@@ -305,16 +289,12 @@ impl HostLinks {
             .map_err(|e| {
                 LinkError::from_rtnl(
                     format!(
-                        "setting bridge port flags of veth {name} (isolated {}, hairpin on)",
+                        "setting alias {alias:?}, bridge port flags (isolated {}, hairpin on) and up on veth {name}",
                         if isolated { "on" } else { "off" }
                     ),
                     e,
                 )
-            })?;
-        nl::set_up(h, index)
-            .await
-            .map_err(|e| LinkError::from_rtnl(format!("bringing up veth {name}"), e))?;
-        Ok(index)
+            })
     }
 
     async fn delete_by_name(&self, name: &str) -> Result<bool> {
@@ -434,6 +414,39 @@ impl Drop for HostLinks {
             rt.shutdown_background();
         }
     }
+}
+
+/// Turns IPv6 off on a host veth before it goes up. A bridge port forwards IPv6 frames
+/// without an address of its own; with IPv6 on, each veth would get a link-local address and
+/// routes in the host's IPv6 table, and every link going up or down walks that whole table,
+/// so each ADD and DEL would cost more the more containers run. Kernels built without IPv6
+/// have no such sysctl, which is fine.
+fn disable_ipv6(veth: &str) -> Result<()> {
+    let key = format!("net/ipv6/conf/{veth}/disable_ipv6");
+    match super::write_sysctl(&key, "1") {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && !Path::new("/proc/sys/net/ipv6").exists() =>
+        {
+            Ok(())
+        }
+        r => r.map_err(|e| LinkError::os(format!("setting {} to 1", key.replace('/', ".")), e)),
+    }
+}
+
+/// A random unicast, locally administered MAC, as the kernel would pick for a veth.
+fn random_mac() -> Result<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    // SAFETY: getrandom writes at most mac.len() bytes into the live buffer.
+    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if n != mac.len() as isize {
+        return Err(LinkError::os(
+            "choosing a MAC for a veth",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    Ok(mac)
 }
 
 /// Sets `net.ipv4.conf.BRIDGE.route_localnet=1` on one of netd's own bridges (never a global
