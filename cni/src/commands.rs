@@ -17,7 +17,12 @@ use crate::types::{self, CniVersion, NetConf, VersionReply};
 /// The netd calls the plugin makes; a trait so the commands can be tested without a daemon.
 pub trait Netd {
     fn socket(&self) -> &Path;
-    fn attach(&self, req: &AttachRequest) -> Result<Attachment, ClientError>;
+    /// Asks netd for the endpoint; `meanwhile` runs while netd works on it.
+    fn attach(
+        &self,
+        req: &AttachRequest,
+        meanwhile: &mut dyn FnMut(),
+    ) -> Result<Attachment, ClientError>;
     fn endpoint(&self, network: &str, cid: &str, ifname: &str) -> Result<Attachment, ClientError>;
     fn detach(&self, network: &str, cid: &str, ifname: &str) -> Result<Released, ClientError>;
     /// DEL: detach, and netd removes the host veth (and the container's end) after answering.
@@ -30,8 +35,12 @@ impl Netd for Client {
     fn socket(&self) -> &Path {
         self.socket_path()
     }
-    fn attach(&self, req: &AttachRequest) -> Result<Attachment, ClientError> {
-        Client::attach(self, req)
+    fn attach(
+        &self,
+        req: &AttachRequest,
+        meanwhile: &mut dyn FnMut(),
+    ) -> Result<Attachment, ClientError> {
+        Client::attach_overlapped(self, req, meanwhile)
     }
     fn endpoint(&self, network: &str, cid: &str, ifname: &str) -> Result<Attachment, ClientError> {
         Client::endpoint(self, network, cid, ifname)
@@ -145,7 +154,7 @@ fn add(
 
     // A second ADD of an attached interface fails at netd (it holds the endpoint) before any
     // rollback could tear the working attachment down. A host link left over without an
-    // endpoint is found after the attach, when creating the pair fails with EEXIST, because
+    // endpoint shows when creating the pair fails with EEXIST once netd has answered, because
     // netd first finishes removing the veth of a DEL it has just answered (the runtime may ADD
     // the same interface again at once). Not looked up beforehand: on a host with many
     // containers every lookup of a veth costs the kernel a walk over all their namespaces.
@@ -169,17 +178,36 @@ fn add(
             .as_ref()
             .map(|e| e.request(&conf.network, conf.version)),
     };
-    let att = netd.attach(&req).map_err(|e| match e {
-        ClientError::Api(api) if api.kind == ErrorKind::NotFound => PluginError::InvalidConfig {
-            msg: format!(
-                "network {} is not known to netd: create it (netctl network create {}) or give the configuration \"subnets\" so netd creates it",
-                conf.network, conf.network
-            ),
-            details: api.message,
-        },
-        e => PluginError::from_netd("attach", e),
+    // The pair is made while netd works on the attach: it is the largest piece of kernel work
+    // of an ADD and needs nothing from netd's answer (the name follows from the container and
+    // the interface). It stays down, unmarked and outside any bridge until the answer, so
+    // netd's reaper and reconciliation, which delete only marked links, leave it alone. If it
+    // fails here (EEXIST from a veth netd is still removing, say) it is made again below.
+    let veth = netd_core::model::host_veth_name(cid, ifname);
+    let tmp = temp_peer_name(&veth);
+    let mut early = None;
+    let att = netd.attach(&req, &mut || {
+        early = Some(links.create_veth(&veth, &tmp, netns));
+    });
+    let made_early = matches!(early, Some(Ok(_)));
+    let att = att.map_err(|e| {
+        let e = match e {
+            ClientError::Api(api) if api.kind == ErrorKind::NotFound => {
+                PluginError::InvalidConfig {
+                    msg: format!(
+                        "network {} is not known to netd: create it (netctl network create {}) or give the configuration \"subnets\" so netd creates it",
+                        conf.network, conf.network
+                    ),
+                    details: api.message,
+                }
+            }
+            e => PluginError::from_netd("attach", e),
+        };
+        match made_early.then(|| links.delete_link(&veth)) {
+            Some(Err(le)) => e.with_note(&format!("rollback could not delete {veth}: {le}")),
+            _ => e,
+        }
     })?;
-    let veth = att.endpoint.host_veth.clone();
 
     // From here on netd holds the endpoint: every failure undoes what was done.
     let fail = |e: PluginError, veth_made: bool| -> PluginError {
@@ -195,6 +223,15 @@ fn add(
         }
         e.with_note(&notes.join("; "))
     };
+    if att.endpoint.host_veth != veth {
+        return Err(fail(
+            PluginError::NetdInternal {
+                msg: "ADD failed: netd named the host veth differently".into(),
+                details: format!("netd: {}, plugin: {veth}", att.endpoint.host_veth),
+            },
+            made_early,
+        ));
+    }
 
     let addressing = shaping::addressing(&att).map_err(|d| {
         fail(
@@ -202,7 +239,7 @@ fn add(
                 msg: "ADD failed: netd's attachment is inconsistent".into(),
                 details: d,
             },
-            false,
+            made_early,
         )
     })?;
     let addrs: Vec<_> = addressing.iter().map(|a| a.addr).collect();
@@ -212,28 +249,25 @@ fn add(
         PluginError::link(format!("ADD failed at {what}"), e.to_string())
     };
 
-    let bridge_index = links
-        .ensure_bridge(&net.bridge, &net.gateway_nets(), net.mtu, &net.name)
-        .map_err(|e| fail(step(format!("ensure_bridge {}", net.bridge), e), false))?;
-    let tmp = temp_peer_name(&veth);
-    let host_mac = links
-        .create_veth(
-            &veth,
-            &tmp,
-            bridge_index,
-            net.mtu,
-            !net.icc,
-            netns,
-            &net.name,
-        )
-        .map_err(|e| {
+    let host_mac = match early {
+        Some(Ok(mac)) => mac,
+        _ => links.create_veth(&veth, &tmp, netns).map_err(|e| {
             // EEXIST made nothing: if the host link is there, it is someone else's to remove.
             if e.errno() == Some(libc::EEXIST) && links.link_exists(&veth).unwrap_or(false) {
                 return fail(already(&veth), false);
             }
             // create_veth cleans up after itself; deleting again covers a half-done cleanup.
+            fail(step(format!("create_veth {veth}"), e), true)
+        })?,
+    };
+    let bridge_index = links
+        .ensure_bridge(&net.bridge, &net.gateway_nets(), net.mtu, &net.name)
+        .map_err(|e| fail(step(format!("ensure_bridge {}", net.bridge), e), true))?;
+    links
+        .attach_veth(&veth, bridge_index, net.mtu, !net.icc, &net.name)
+        .map_err(|e| {
             fail(
-                step(format!("create_veth {veth} on {}", net.bridge), e),
+                step(format!("attach_veth {veth} to {}", net.bridge), e),
                 true,
             )
         })?;
@@ -577,7 +611,12 @@ mod tests {
         fn socket(&self) -> &Path {
             Path::new("/fake.sock")
         }
-        fn attach(&self, req: &AttachRequest) -> Result<Attachment, ClientError> {
+        fn attach(
+            &self,
+            req: &AttachRequest,
+            meanwhile: &mut dyn FnMut(),
+        ) -> Result<Attachment, ClientError> {
+            meanwhile();
             self.log(format!(
                 "attach {} {}",
                 req.container_id,
@@ -663,18 +702,8 @@ mod tests {
             self.host.borrow_mut().insert(name.to_string());
             Ok(7)
         }
-        fn create_veth(
-            &self,
-            host: &str,
-            tmp: &str,
-            bridge: u32,
-            _: u32,
-            isolated: bool,
-            _: &Path,
-            _: &str,
-        ) -> Result<String, LinkError> {
+        fn create_veth(&self, host: &str, tmp: &str, _: &Path) -> Result<String, LinkError> {
             self.step("create_veth")?;
-            assert_eq!((bridge, isolated), (7, false));
             assert_eq!(tmp, temp_peer_name(host));
             if !self.host.borrow_mut().insert(host.to_string()) {
                 return Err(LinkError::Os {
@@ -683,6 +712,19 @@ mod tests {
                 });
             }
             Ok("02:00:00:00:00:01".into())
+        }
+        fn attach_veth(
+            &self,
+            host: &str,
+            bridge: u32,
+            _: u32,
+            isolated: bool,
+            _: &str,
+        ) -> Result<(), LinkError> {
+            self.step("attach_veth")?;
+            assert_eq!((bridge, isolated), (7, false));
+            assert!(self.host.borrow().contains(host));
+            Ok(())
         }
         fn delete_link(&self, name: &str) -> Result<bool, LinkError> {
             self.calls.borrow_mut().push(format!("delete_link {name}"));
@@ -778,8 +820,12 @@ mod tests {
         fn socket(&self) -> &Path {
             self.0.socket()
         }
-        fn attach(&self, r: &AttachRequest) -> Result<Attachment, ClientError> {
-            self.0.attach(r)
+        fn attach(
+            &self,
+            r: &AttachRequest,
+            meanwhile: &mut dyn FnMut(),
+        ) -> Result<Attachment, ClientError> {
+            self.0.attach(r, meanwhile)
         }
         fn endpoint(&self, n: &str, c: &str, i: &str) -> Result<Attachment, ClientError> {
             self.0.endpoint(n, c, i)
@@ -908,7 +954,12 @@ mod tests {
 
     #[test]
     fn add_rolls_back_at_each_failing_step() {
-        for step in ["ensure_bridge", "create_veth", "configure_container"] {
+        for step in [
+            "ensure_bridge",
+            "create_veth",
+            "attach_veth",
+            "configure_container",
+        ] {
             let links = FakeLinks {
                 fail_at: Some(step),
                 ..Default::default()
@@ -961,7 +1012,12 @@ mod tests {
             assert_eq!(e.code(), code);
             assert!(e.to_string().contains(text), "{e}");
             assert_eq!(calls.len(), 1, "no detach when attach failed");
-            assert!(links.calls.borrow().is_empty());
+            // The pair made while netd worked is removed again.
+            assert_eq!(
+                *links.calls.borrow(),
+                vec!["create_veth".to_string(), format!("delete_link {}", veth())]
+            );
+            assert!(links.host.borrow().is_empty(), "{:?}", links.host.borrow());
         }
     }
 

@@ -21,21 +21,25 @@ pub trait Links {
         mtu: u32,
         network: &str,
     ) -> Result<u32, LinkError>;
-    /// Creates the pair, enslaves the host end to the bridge, marks it as netd's for
-    /// `network` and moves the peer into `netns`; leaves nothing behind when it fails, and
-    /// fails with EEXIST (making nothing) when a link named `host_name` exists. Returns the
-    /// host end's MAC.
-    #[allow(clippy::too_many_arguments)]
+    /// Creates the pair with the peer inside `netns`, both ends down and not yet a bridge
+    /// port; leaves nothing behind when it fails, and fails with EEXIST (making nothing) when
+    /// a link named `host_name` exists. Returns the host end's MAC.
     fn create_veth(
         &self,
         host_name: &str,
         peer_tmp_name: &str,
+        netns: &Path,
+    ) -> Result<String, LinkError>;
+    /// Enslaves the host end to the bridge, sets the MTU, the port flags and netd's mark for
+    /// `network`, and brings it up. The caller deletes the pair when this fails.
+    fn attach_veth(
+        &self,
+        host_name: &str,
         bridge_index: u32,
         mtu: u32,
         isolated: bool,
-        netns: &Path,
         network: &str,
-    ) -> Result<String, LinkError>;
+    ) -> Result<(), LinkError>;
     /// False when there was no such link.
     fn delete_link(&self, name: &str) -> Result<bool, LinkError>;
     fn link_exists(&self, name: &str) -> Result<bool, LinkError>;
@@ -112,23 +116,23 @@ mod system {
             &self,
             host_name: &str,
             peer_tmp_name: &str,
+            netns: &Path,
+        ) -> Result<String, LinkError> {
+            self.host()?
+                .create_veth(host_name, peer_tmp_name, text(netns)?)
+                .map(|mac| netd_core::model::MacAddr(mac).to_string())
+        }
+
+        fn attach_veth(
+            &self,
+            host_name: &str,
             bridge_index: u32,
             mtu: u32,
             isolated: bool,
-            netns: &Path,
             network: &str,
-        ) -> Result<String, LinkError> {
+        ) -> Result<(), LinkError> {
             self.host()?
-                .create_veth(
-                    host_name,
-                    peer_tmp_name,
-                    bridge_index,
-                    mtu,
-                    isolated,
-                    text(netns)?,
-                    network,
-                )
-                .map(|mac| netd_core::model::MacAddr(mac).to_string())
+                .attach_veth(host_name, bridge_index, mtu, isolated, network)
         }
 
         fn delete_link(&self, name: &str) -> Result<bool, LinkError> {

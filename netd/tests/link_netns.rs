@@ -168,8 +168,8 @@ fn attach(host: &Netns, c: &Netns, n: u8, isolated: bool) -> link::ContainerIfac
     let tmp = format!("tmp-t{n}");
     host.host(|h| {
         let br = h.ensure_bridge("br-t", &gateways(), 1400, "t").unwrap();
-        h.create_veth(&veth, &tmp, br, 1400, isolated, &c.path, "t")
-            .unwrap();
+        h.create_veth(&veth, &tmp, &c.path).unwrap();
+        h.attach_veth(&veth, br, 1400, isolated, "t").unwrap();
         configure_container(
             &c.path,
             &tmp,
@@ -358,27 +358,30 @@ fn failed_create_veth_leaves_nothing_behind() {
     std::fs::write(&not_ns, b"").unwrap();
     let not_ns_path = not_ns.to_str().unwrap().to_string();
 
-    // An alias longer than the kernel takes (IFALIASZ 256) is refused by the second request,
-    // after the pair exists, so this exercises the rollback.
+    // An alias longer than the kernel takes (IFALIASZ 256) is refused by attach_veth's
+    // second request; a bridge that does not exist by its first.
     let long_network = "n".repeat(300);
-    let (missing, plain, bad_bridge, bad_alias, left) = host.host(|h| {
+    let (missing, plain, taken, bad_bridge, bad_alias, left) = host.host(|h| {
         let br = h.ensure_bridge("br-t", &gateways(), 0, "t").unwrap();
         let missing = h
-            .create_veth("vn-bad", "tmp-bad", br, 0, false, "/nonexistent/netns", "t")
+            .create_veth("vn-bad", "tmp-bad", "/nonexistent/netns")
             .unwrap_err();
         let plain = h
-            .create_veth("vn-bad", "tmp-bad", br, 0, false, &not_ns_path, "t")
+            .create_veth("vn-bad", "tmp-bad", &not_ns_path)
             .unwrap_err();
-        // The kernel enslaves at creation and undoes the whole create when that fails.
-        let bad_bridge = h
-            .create_veth("vn-bad", "tmp-bad", 999_999, 0, false, &c.path, "t")
-            .unwrap_err();
+        // A name that is taken: EEXIST, and the existing link is left as it was.
+        let taken = h.create_veth("br-t", "tmp-bad", &c.path).unwrap_err();
+        h.create_veth("vn-bad", "tmp-bad", &c.path).unwrap();
+        let bad_bridge = h.attach_veth("vn-bad", 999_999, 0, false, "t").unwrap_err();
         let bad_alias = h
-            .create_veth("vn-bad", "tmp-bad", br, 0, false, &c.path, &long_network)
+            .attach_veth("vn-bad", br, 0, false, &long_network)
             .unwrap_err();
+        // attach_veth leaves the cleanup to its caller, as the plugin does it.
+        assert!(h.delete_link("vn-bad").unwrap());
         (
             missing,
             plain,
+            taken,
             bad_bridge,
             bad_alias,
             h.list_links_with_prefix("vn").unwrap(),
@@ -392,13 +395,12 @@ fn failed_create_veth_leaves_nothing_behind() {
         "opening netns /nonexistent/netns: No such file or directory"
     );
     assert!(matches!(plain, LinkError::NotNetns { .. }), "{plain}");
+    assert_eq!(taken.errno(), Some(libc::EEXIST), "{taken}");
+    assert!(host.ip_status(&["link", "show", "br-t"]), "br-t survived");
     assert!(
         bad_bridge
             .to_string()
-            .starts_with("creating veth vn-bad with peer tmp-bad in netns /run/netns/")
-            && bad_bridge
-                .to_string()
-                .contains("on bridge with index 999999"),
+            .starts_with("attaching veth vn-bad to bridge with index 999999"),
         "{bad_bridge}"
     );
     assert!(
@@ -610,8 +612,8 @@ fn configure_again_converges_but_a_foreign_default_route_is_an_error() {
     c2.ip(&["route", "add", "default", "via", "192.168.77.1"]);
     let err = host.host(|h| {
         let br = h.ensure_bridge("br-t", &gateways(), 0, "t").unwrap();
-        h.create_veth("vn-t3", "tmp-t3", br, 0, false, &c2.path, "t")
-            .unwrap();
+        h.create_veth("vn-t3", "tmp-t3", &c2.path).unwrap();
+        h.attach_veth("vn-t3", br, 0, false, "t").unwrap();
         configure_container(
             &c2.path,
             "tmp-t3",

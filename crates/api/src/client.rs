@@ -71,6 +71,18 @@ impl Client {
         path: &str,
         body: &[u8],
     ) -> Result<(u16, Vec<u8>), ClientError> {
+        self.raw_overlapped(method, path, body, &mut || {})
+    }
+
+    /// [`Client::raw`], running `meanwhile` once the request is sent and before the answer is
+    /// read, so the caller's own work overlaps netd's. Not run if the request cannot be sent.
+    pub fn raw_overlapped(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        meanwhile: &mut dyn FnMut(),
+    ) -> Result<(u16, Vec<u8>), ClientError> {
         let io = |source| ClientError::Io {
             path: self.path.clone(),
             source,
@@ -85,6 +97,7 @@ impl Client {
         stream
             .write_all(&http::request(method, path, body))
             .map_err(io)?;
+        meanwhile();
         let mut buf = Vec::new();
         stream.read_to_end(&mut buf).map_err(io)?;
         let (head, off) = http::parse_head(&buf, usize::MAX)?.ok_or_else(|| {
@@ -110,11 +123,21 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T, ClientError> {
+        self.call_overlapped(method, path, body, &mut || {})
+    }
+
+    fn call_overlapped<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+        meanwhile: &mut dyn FnMut(),
+    ) -> Result<T, ClientError> {
         let bytes = match body {
             Some(b) => serde_json::to_vec(b).map_err(|e| ClientError::Protocol(e.to_string()))?,
             None => Vec::new(),
         };
-        let (status, answer) = self.raw(method, path, &bytes)?;
+        let (status, answer) = self.raw_overlapped(method, path, &bytes, meanwhile)?;
         if (200..300).contains(&status) {
             serde_json::from_slice(&answer).map_err(|e| ClientError::Protocol(e.to_string()))
         } else {
@@ -154,6 +177,16 @@ impl Client {
 
     pub fn attach(&self, req: &AttachRequest) -> Result<Attachment, ClientError> {
         self.call("POST", "/v1/endpoints", Some(req))
+    }
+
+    /// [`Client::attach`], running `meanwhile` while netd works on the request (see
+    /// [`Client::raw_overlapped`]).
+    pub fn attach_overlapped(
+        &self,
+        req: &AttachRequest,
+        meanwhile: &mut dyn FnMut(),
+    ) -> Result<Attachment, ClientError> {
+        self.call_overlapped("POST", "/v1/endpoints", Some(req), meanwhile)
     }
 
     pub fn endpoint(

@@ -202,27 +202,21 @@ impl HostLinks {
 
     /// Creates the veth pair `host_name`/`peer_name` with the peer born inside the namespace
     /// at `netns_path` (so a half-made pair never shows up in the host under a temporary name),
-    /// makes `host_name` a port of the bridge `bridge_index` with hairpin on (a container can
-    /// reach itself through a published port) and `isolated` as asked (ICC off: isolated ports
-    /// do not talk to each other, only to the bridge and non-isolated ports), turns IPv6 off on
-    /// it, marks it as netd's for `network` ([`owner_alias`]) and sets it up. MTU 0 leaves the
-    /// default. On failure nothing it created is left behind. Returns the host end's MAC.
+    /// both ends down, and turns IPv6 off on the host end (see [`disable_ipv6`]). Fails with
+    /// EEXIST, having made nothing, when a link named `host_name` exists. On any other failure
+    /// nothing it created is left behind. Returns the host end's MAC, chosen here so that the
+    /// plugin's result needs no lookup: every answer about a host veth makes the kernel find
+    /// its peer's namespace id by walking a list with one entry per container, so a lookup
+    /// costs more the more containers the host runs.
     ///
-    /// Two netlink requests, no lookups: the create carries the MAC (chosen here, so the
-    /// result needs no read-back) and the bridge, the second request finds the link by name.
-    /// Every answer about a host veth makes the kernel look up its peer's namespace id by
-    /// walking a list with one entry per container, so a lookup costs more the more
-    /// containers the host runs.
-    #[allow(clippy::too_many_arguments)]
+    /// The pair is not a bridge port yet ([`HostLinks::attach_veth`]), so the plugin can
+    /// create it while netd is still deciding the container's addresses: the pair is the
+    /// largest piece of kernel work of an ADD and does not depend on them.
     pub fn create_veth(
         &self,
         host_name: &str,
         peer_name: &str,
-        bridge_index: u32,
-        mtu: u32,
-        isolated: bool,
         netns_path: &str,
-        network: &str,
     ) -> Result<[u8; 6]> {
         check_ifname("host veth", host_name)?;
         check_ifname("container veth", peer_name)?;
@@ -230,71 +224,90 @@ impl HostLinks {
         let mac = random_mac()?;
         let h = &self.handle;
         self.run(async {
-            let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
+            let peer = LinkMessageBuilder::<LinkUnspec>::new()
                 .name(peer_name)
                 .setns_by_fd(ns.raw_fd());
-            // Enslaved at birth (the kernel honours IFLA_MASTER on create), still down: the
-            // port flags below must be in place before the link carries anything.
-            let mut veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
                 .name(host_name)
                 .address(mac.to_vec())
-                .controller(bridge_index);
-            if mtu > 0 {
-                peer = peer.mtu(mtu);
-                veth = veth.mtu(mtu);
-            }
-            let veth = veth.set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
             h.link().add(veth.build()).execute().await.map_err(|e| {
                 LinkError::from_rtnl(
                     format!(
-                        "creating veth {host_name} with peer {peer_name} in netns {netns_path} on bridge with index {bridge_index}"
+                        "creating veth {host_name} with peer {peer_name} in netns {netns_path}"
                     ),
                     e,
                 )
             })?;
-
-            let res = self.finish_veth(host_name, isolated, network).await;
-            if res.is_err() {
+            if let Err(e) = disable_ipv6(host_name) {
                 // Deleting one end deletes the pair, the peer in the container included.
-                if let Err(e) = self.delete_by_name(host_name).await {
-                    tracing::warn!("cleaning up veth {host_name} after a failed create: {e}");
+                if let Err(de) = self.delete_by_name(host_name).await {
+                    tracing::warn!("cleaning up veth {host_name} after a failed create: {de}");
                 }
+                return Err(e);
             }
-            res.map(|()| mac)
+            Ok(mac)
         })
     }
 
-    /// The second half of [`HostLinks::create_veth`]: IPv6 off, then one request for the
-    /// alias, the bridge-port flags and up.
-    async fn finish_veth(&self, name: &str, isolated: bool, network: &str) -> Result<()> {
-        disable_ipv6(name)?;
-        // The alias is set here rather than in the create request: the kernel ignores
-        // IFLA_IFALIAS when it creates a link (only a change sets it). The port flags must
-        // come after the create too: the kernel applies them through the link's current
-        // bridge, which it has only once created.
-        let alias = owner_alias(network);
-        self.handle
-            .link()
-            .set_port(
-                LinkBridgePort::new(0)
-                    .name(name)
-                    .alias(alias.clone())
-                    .isolated(isolated)
-                    .hairpin(true)
-                    .up()
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(|e| {
-                LinkError::from_rtnl(
-                    format!(
-                        "setting alias {alias:?}, bridge port flags (isolated {}, hairpin on) and up on veth {name}",
-                        if isolated { "on" } else { "off" }
-                    ),
-                    e,
+    /// Makes the host veth `name` (from [`HostLinks::create_veth`]) a port of the bridge
+    /// `bridge_index` with the MTU (0 leaves it), hairpin on (a container can reach itself
+    /// through a published port) and `isolated` as asked (ICC off: isolated ports do not talk
+    /// to each other, only to the bridge and non-isolated ports), marks it as netd's for
+    /// `network` ([`owner_alias`]) and sets it up. Two requests that find the link by name.
+    /// The caller owns cleanup: on error, delete the pair.
+    pub fn attach_veth(
+        &self,
+        name: &str,
+        bridge_index: u32,
+        mtu: u32,
+        isolated: bool,
+        network: &str,
+    ) -> Result<()> {
+        check_ifname("host veth", name)?;
+        let h = &self.handle;
+        self.run(async {
+            let mut enslave = LinkUnspec::new_with_name(name).controller(bridge_index);
+            if mtu > 0 {
+                enslave = enslave.mtu(mtu);
+            }
+            h.link()
+                .change(enslave.build())
+                .execute()
+                .await
+                .map_err(|e| {
+                    LinkError::from_rtnl(
+                        format!("attaching veth {name} to bridge with index {bridge_index}"),
+                        e,
+                    )
+                })?;
+            // A second request because the kernel applies port flags through the bridge the
+            // link has when the request arrives. The alias is never part of a create either:
+            // the kernel ignores IFLA_IFALIAS there (only a change sets it). Up comes last, in
+            // the same request, after the flags.
+            let alias = owner_alias(network);
+            h.link()
+                .set_port(
+                    LinkBridgePort::new(0)
+                        .name(name)
+                        .alias(alias.clone())
+                        .isolated(isolated)
+                        .hairpin(true)
+                        .up()
+                        .build(),
                 )
-            })
+                .execute()
+                .await
+                .map_err(|e| {
+                    LinkError::from_rtnl(
+                        format!(
+                            "setting alias {alias:?}, bridge port flags (isolated {}, hairpin on) and up on veth {name}",
+                            if isolated { "on" } else { "off" }
+                        ),
+                        e,
+                    )
+                })
+        })
     }
 
     async fn delete_by_name(&self, name: &str) -> Result<bool> {

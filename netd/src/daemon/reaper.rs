@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use tracing::{debug, warn};
 
-use crate::link::HostLinks;
+use crate::link::{HostLinks, Removal as Outcome};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Removal {
@@ -104,8 +104,15 @@ impl Reaper {
                 _ => return,
             }
         }
-        match self.links.delete_link(name) {
-            Ok(removed) => debug!(link = %name, removed, "host veth removed after DEL"),
+        // Only a veth carrying netd's mark: the plugin creates the pair of an ADD before netd
+        // answers (and marks it after), so a fresh, unmarked veth under a name whose removal
+        // is still queued belongs to that ADD, not to the DEL that queued the removal.
+        match self.links.delete_owned(name, "veth", None) {
+            Ok(Outcome::Deleted) => debug!(link = %name, "host veth removed after DEL"),
+            Ok(Outcome::Missing) => debug!(link = %name, "host veth already gone after DEL"),
+            Ok(Outcome::Foreign(why)) => {
+                debug!(link = %name, why = %why, "left a link alone after DEL: not a marked veth")
+            }
             Err(e) => warn!(link = %name, error = %e, "could not remove host veth after DEL"),
         }
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
