@@ -67,6 +67,10 @@ fi
 export BENCH_NETAVARK21="$nv21"
 
 cargo build --release --workspace --bins
+# netd as installed: scripts/build-release.sh links the plugin statically into target/dist.
+# NETD_BIN_DIR set by the caller (another build to compare) wins.
+scripts/build-release.sh
+export NETD_BIN_DIR="${NETD_BIN_DIR:-${CARGO_TARGET_DIR:-target}/dist}"
 bench_bin="${CARGO_TARGET_DIR:-target}/release/bench"
 
 # If the bench is killed outright (no destructors run), remove what it left: its netns are

@@ -10,7 +10,7 @@
 #   PREFIX         installation prefix (default /usr/local): bin/, share/, lib/systemd/system/
 #   DESTDIR        staging root prepended to every path (default: none, i.e. the real system)
 #   NETD_BUILD_DIR directory holding built netd, netctl and netd-cni (default: build with
-#                  `cargo build --release` and use target/release)
+#                  scripts/build-release.sh and use target/dist, where the plugin is static)
 #   SYSTEMD_UNIT_DIR  where netd.service goes (default $PREFIX/lib/systemd/system)
 #   CNI_BIN_DIRS   plugin directories, space-separated (default "/opt/cni/bin /usr/lib/cni")
 #
@@ -25,12 +25,12 @@ SYSTEMD_UNIT_DIR="${SYSTEMD_UNIT_DIR:-$PREFIX/lib/systemd/system}"
 CNI_BIN_DIRS="${CNI_BIN_DIRS:-/opt/cni/bin /usr/lib/cni}"
 
 if [ -z "${NETD_BUILD_DIR:-}" ]; then
-  cargo build --release --locked --bin netd --bin netctl --bin netd-cni
-  NETD_BUILD_DIR="${CARGO_TARGET_DIR:-target}/release"
+  scripts/build-release.sh
+  NETD_BUILD_DIR="${CARGO_TARGET_DIR:-target}/dist"
 fi
 for b in netd netctl netd-cni; do
   if [ ! -x "$NETD_BUILD_DIR/$b" ]; then
-    echo "install.sh: $NETD_BUILD_DIR/$b is missing; build first (cargo build --release) or set NETD_BUILD_DIR" >&2
+    echo "install.sh: $NETD_BUILD_DIR/$b is missing; build first (scripts/build-release.sh) or set NETD_BUILD_DIR" >&2
     exit 1
   fi
 done
