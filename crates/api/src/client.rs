@@ -156,6 +156,13 @@ impl Client {
         self.call("POST", "/v1/endpoints", Some(req))
     }
 
+    /// Like [`Client::attach`], but netd leaves the port mappings out of the answer
+    /// (`endpoint.ports` comes back empty): the caller sent them, and with thousands of
+    /// mappings echoing them back costs both sides more than the rest of the call.
+    pub fn attach_omitting_ports(&self, req: &AttachRequest) -> Result<Attachment, ClientError> {
+        self.call("POST", "/v1/endpoints?ports=omit", Some(req))
+    }
+
     pub fn endpoint(
         &self,
         network: &str,
