@@ -58,14 +58,14 @@ fn read_input(command: Option<env::Command>) -> Result<Vec<u8>, PluginError> {
 
 fn main() -> ExitCode {
     let env = env::Env::from_process();
-    let input = read_input(env.as_ref().ok().map(|e| e.command));
-    let version = input
-        .as_deref()
-        .ok()
-        .and_then(types::requested_version)
-        .unwrap_or_else(|| types::CniVersion::LATEST.as_str().to_string());
+    let (input, input_err) = match read_input(env.as_ref().ok().map(|e| e.command)) {
+        Ok(input) => (input, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
     let outcome = env.and_then(|env| {
-        let input = input?;
+        if let Some(e) = input_err {
+            return Err(e);
+        }
         let connect =
             |path: &Path| -> Box<dyn commands::Netd> { Box::new(netd_api::Client::new(path)) };
         commands::run(&env, &input, &connect, &links::SystemLinks::default())
@@ -78,6 +78,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
+            // Looked up only for an error reply: it reads the whole input a second time.
+            let version = types::requested_version(&input)
+                .unwrap_or_else(|| types::CniVersion::LATEST.as_str().to_string());
             let reply = types::ErrorReply::new(&version, &e);
             println!(
                 "{}",

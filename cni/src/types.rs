@@ -151,35 +151,211 @@ struct RawConf {
     attachments: Option<Vec<GcAttachment>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// Deserialized by hand for the reason given at [`RawPortMapping`]: with `#[serde(flatten)]`
+/// serde buffered the whole `portMappings` list before decoding it.
+#[derive(Debug, Default)]
 struct RawRuntimeConfig {
-    #[serde(default)]
     port_mappings: Option<Vec<RawPortMapping>>,
     /// The `ips` capability: "ADDR" or "ADDR/PREFIX" strings, either family.
-    #[serde(default)]
     ips: Option<Vec<String>>,
     /// The `mac` capability.
-    #[serde(default)]
     mac: Option<String>,
     // Runtimes pass only capabilities the conflist declares; one we do not implement is the
     // conflist author's business, so other keys are tolerated (and reported on stderr).
-    #[serde(flatten)]
     other: BTreeMap<String, Value>,
+}
+
+impl<'de> Deserialize<'de> for RawRuntimeConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawRuntimeConfig;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("the runtimeConfig object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawRuntimeConfig, A::Error> {
+                use serde::de::Error;
+                let mut rc = RawRuntimeConfig::default();
+                let mut seen = [false; 3];
+                let mut first = |i: usize, name: &'static str| {
+                    if std::mem::replace(&mut seen[i], true) {
+                        Err(A::Error::duplicate_field(name))
+                    } else {
+                        Ok(())
+                    }
+                };
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "portMappings" => {
+                            first(0, "portMappings")?;
+                            rc.port_mappings = map.next_value()?;
+                        }
+                        "ips" => {
+                            first(1, "ips")?;
+                            rc.ips = map.next_value()?;
+                        }
+                        "mac" => {
+                            first(2, "mac")?;
+                            rc.mac = map.next_value()?;
+                        }
+                        _ => {
+                            let v = map.next_value::<Value>()?;
+                            rc.other.insert(key, v);
+                        }
+                    }
+                }
+                Ok(rc)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The input in one pass: every top-level key as a JSON value, except `runtimeConfig`, which
+/// is decoded straight into its typed form (its key stays in `map`, as null). With 10,000
+/// port mappings, building a JSON value of each one first was most of the plugin's parse.
+struct SplitInput {
+    map: Map<String, Value>,
+    runtime_config: Option<RawRuntimeConfig>,
+}
+
+impl<'de> Deserialize<'de> for SplitInput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SplitInput;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<SplitInput, A::Error> {
+                let mut map = Map::new();
+                let mut runtime_config = None;
+                while let Some(key) = access.next_key::<String>()? {
+                    if key == "runtimeConfig" {
+                        runtime_config = access.next_value()?;
+                        map.insert(key, Value::Null);
+                    } else {
+                        let v = access.next_value()?;
+                        map.insert(key, v);
+                    }
+                }
+                Ok(SplitInput {
+                    map,
+                    runtime_config,
+                })
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// `i64` ports so that 0, negative and >65535 get a message naming the port rather than a
 /// serde type error.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+///
+/// Deserialized by hand rather than with `#[serde(flatten)]`: flatten buffers every entry
+/// into serde's generic content tree before matching fields, and a runtime may send 10,000
+/// mappings in one ADD (issue #14), where that buffering dominated the plugin's parse.
+#[derive(Debug, Default)]
 struct RawPortMapping {
     host_port: Option<i64>,
     container_port: Option<i64>,
     protocol: Option<String>,
-    #[serde(rename = "hostIP")]
     host_ip: Option<String>,
-    #[serde(flatten)]
+    /// Keys other than the four above, sorted and last-one-wins like a JSON object's keys.
     unknown: BTreeMap<String, Value>,
+}
+
+impl<'de> Deserialize<'de> for RawPortMapping {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(PortMappingVisitor)
+    }
+}
+
+/// A key of a port mapping object: one of ours (matched without allocating), or another.
+enum PortKey {
+    HostPort,
+    ContainerPort,
+    Protocol,
+    HostIp,
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for PortKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = PortKey;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port mapping key")
+            }
+            fn visit_str<E: serde::de::Error>(self, k: &str) -> Result<PortKey, E> {
+                Ok(match k {
+                    "hostPort" => PortKey::HostPort,
+                    "containerPort" => PortKey::ContainerPort,
+                    "protocol" => PortKey::Protocol,
+                    "hostIP" => PortKey::HostIp,
+                    other => PortKey::Other(other.to_string()),
+                })
+            }
+        }
+        d.deserialize_identifier(KeyVisitor)
+    }
+}
+
+struct PortMappingVisitor;
+
+impl<'de> serde::de::Visitor<'de> for PortMappingVisitor {
+    type Value = RawPortMapping;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a port mapping object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<RawPortMapping, A::Error> {
+        use serde::de::Error;
+        let mut pm = RawPortMapping::default();
+        // A repeated key of ours is refused, as the derived deserializer refused it.
+        let mut seen = [false; 4];
+        let mut first = |i: usize, name: &'static str| {
+            if std::mem::replace(&mut seen[i], true) {
+                Err(A::Error::duplicate_field(name))
+            } else {
+                Ok(())
+            }
+        };
+        while let Some(key) = map.next_key::<PortKey>()? {
+            match key {
+                PortKey::HostPort => {
+                    first(0, "hostPort")?;
+                    pm.host_port = map.next_value()?;
+                }
+                PortKey::ContainerPort => {
+                    first(1, "containerPort")?;
+                    pm.container_port = map.next_value()?;
+                }
+                PortKey::Protocol => {
+                    first(2, "protocol")?;
+                    pm.protocol = map.next_value()?;
+                }
+                PortKey::HostIp => {
+                    first(3, "hostIP")?;
+                    pm.host_ip = map.next_value()?;
+                }
+                PortKey::Other(k) => {
+                    let v = map.next_value::<Value>()?;
+                    pm.unknown.insert(k, v);
+                }
+            }
+        }
+        Ok(pm)
+    }
 }
 
 /// One entry of `cni.dev/valid-attachments`.
@@ -307,8 +483,15 @@ fn ensure_network(raw: &RawConf) -> Result<Option<EnsureNetwork>, PluginError> {
 
 /// The `cniVersion` the caller asked for, if the input says; errors echo it.
 pub fn requested_version(input: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(input).ok()?;
-    v.get("cniVersion")?.as_str().map(str::to_string)
+    // Only `cniVersion` is kept: the other keys are skipped without building values, since
+    // the input may carry thousands of port mappings (issue #14).
+    #[derive(Deserialize)]
+    struct Version {
+        #[serde(rename = "cniVersion")]
+        cni_version: Option<Value>,
+    }
+    let v: Version = serde_json::from_slice(input).ok()?;
+    v.cni_version?.as_str().map(str::to_string)
 }
 
 /// Parses the version only: VERSION must not insist on a whole configuration.
@@ -336,7 +519,12 @@ fn decode_value(input: &[u8]) -> Result<Map<String, Value>, PluginError> {
 
 impl NetConf {
     pub fn parse(input: &[u8]) -> Result<NetConf, PluginError> {
-        let map = decode_value(input)?;
+        // The fast path decodes runtimeConfig typed in the same pass. Input it refuses goes
+        // the general way (all of it as JSON values first), so every error reads as before.
+        let (map, typed_rc) = match serde_json::from_slice::<SplitInput>(input) {
+            Ok(split) => (split.map, Some(split.runtime_config)),
+            Err(_) => (decode_value(input)?, None),
+        };
         let version = match map.get("cniVersion") {
             Some(Value::String(s)) => parse_version(s)?,
             Some(other) => {
@@ -364,8 +552,11 @@ impl NetConf {
             });
         }
         let has_gc_key = map.contains_key(VALID_ATTACHMENTS) || map.contains_key(OLD_ATTACHMENTS);
-        let raw: RawConf = serde_json::from_value(Value::Object(map))
+        let mut raw: RawConf = serde_json::from_value(Value::Object(map))
             .map_err(|e| PluginError::decode("invalid network configuration", e.to_string()))?;
+        if let Some(rc) = typed_rc {
+            raw.runtime_config = rc;
+        }
         let ensure = ensure_network(&raw)?;
 
         let name = raw
@@ -486,7 +677,8 @@ fn validate_cni_name(name: &str) -> Result<(), PluginError> {
 }
 
 fn port_mapping(i: usize, mut pm: RawPortMapping) -> Result<PortMapping, PluginError> {
-    let at = format!("runtimeConfig.portMappings[{i}]");
+    // Built only for an error: a runtime may send 10,000 mappings.
+    let at = || format!("runtimeConfig.portMappings[{i}]");
     // Go's encoding/json matches keys in any letter case, and go-cni (containerd's CRI plugin
     // and `ctr`) sends its struct's untagged field names: `HostPort`, `ContainerPort`,
     // `Protocol`, `HostIP`. The reference portmap plugin takes them, so fold them onto ours.
@@ -506,7 +698,7 @@ fn port_mapping(i: usize, mut pm: RawPortMapping) -> Result<PortMapping, PluginE
         };
         if folded.is_none() {
             return Err(PluginError::UnsupportedField {
-                field: format!("{at}.{key}"),
+                field: format!("{}.{key}", at()),
                 reason: format!(
                     "port mappings take hostPort, containerPort (numbers), protocol and hostIP (strings), once each, in any letter case; not {key:?} (value {})",
                     excerpt(&value)
@@ -515,9 +707,9 @@ fn port_mapping(i: usize, mut pm: RawPortMapping) -> Result<PortMapping, PluginE
         }
     }
     let port = |what: &str, v: Option<i64>| -> Result<u16, PluginError> {
-        let v = v.ok_or_else(|| PluginError::invalid_config(format!("{at} has no {what}")))?;
+        let v = v.ok_or_else(|| PluginError::invalid_config(format!("{} has no {what}", at())))?;
         u16::try_from(v).ok().filter(|p| *p != 0).ok_or_else(|| {
-            PluginError::invalid_config(format!("{at}.{what} {v} is not a port (1..=65535)"))
+            PluginError::invalid_config(format!("{}.{what} {v} is not a port (1..=65535)", at()))
         })
     };
     let host_port = port("hostPort", pm.host_port)?;
@@ -526,13 +718,13 @@ fn port_mapping(i: usize, mut pm: RawPortMapping) -> Result<PortMapping, PluginE
         None | Some("") => Proto::Tcp,
         Some(p) => p
             .parse::<Proto>()
-            .map_err(|e| PluginError::invalid_config(format!("{at}.protocol: {e}")))?,
+            .map_err(|e| PluginError::invalid_config(format!("{}.protocol: {e}", at())))?,
     };
     // Runtimes that serialise an unset host IP as "" mean "every address", like an absent key.
     let host_ip = match pm.host_ip.as_deref() {
         None | Some("") => None,
         Some(s) => Some(s.parse::<IpAddr>().map_err(|_| {
-            PluginError::invalid_config(format!("{at}.hostIP {s:?} is not an IP address"))
+            PluginError::invalid_config(format!("{}.hostIP {s:?} is not an IP address", at()))
         })?),
     };
     Ok(PortMapping {
@@ -776,6 +968,45 @@ mod tests {
         // So is a port given as a string.
         v["runtimeConfig"] = json!({"portMappings": [{"HostPort": "1", "containerPort": 1}]});
         assert_eq!(parse(v).unwrap_err().code(), 2);
+    }
+
+    #[test]
+    fn port_mapping_values_of_the_wrong_type_are_refused() {
+        let mut v = base("1.0.0");
+        v["runtimeConfig"] = json!({"portMappings": [
+            {"hostPort": 1, "containerPort": 1, "protocol": 6}
+        ]});
+        let e = parse(v.clone()).unwrap_err();
+        assert!(
+            e.to_string().contains("invalid network configuration"),
+            "{e}"
+        );
+        // null is the same as an absent key.
+        v["runtimeConfig"] = json!({"portMappings": [{"hostPort": null, "containerPort": 1}]});
+        let e = parse(v.clone()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("runtimeConfig.portMappings[0] has no hostPort"),
+            "{e}"
+        );
+        v["runtimeConfig"] = json!({"portMappings": [
+            {"hostPort": 1, "containerPort": 2, "protocol": null, "hostIP": null}
+        ]});
+        let c = parse(v).unwrap();
+        assert_eq!(c.port_mappings[0].protocol, Proto::Tcp);
+        assert_eq!(c.port_mappings[0].host_ip, None);
+    }
+
+    #[test]
+    fn requested_version_reads_only_cni_version() {
+        let v = json!({"cniVersion": "0.4.0", "runtimeConfig": {"portMappings": [{"x": [1]}]}});
+        assert_eq!(
+            requested_version(v.to_string().as_bytes()).as_deref(),
+            Some("0.4.0")
+        );
+        assert_eq!(requested_version(br#"{"cniVersion": 4}"#), None);
+        assert_eq!(requested_version(br#"{"name": "x"}"#), None);
+        assert_eq!(requested_version(b"not json"), None);
     }
 
     /// containerd's CRI plugin (go-cni 1.1) sends the Go field names, as the real runtime

@@ -203,7 +203,10 @@ fn add_sends_ports_with_host_ip_and_maps_a_conflict_to_100() {
     let seen = netd.seen();
     assert_eq!(seen.len(), 1, "no detach after a refused attach: {seen:?}");
     let (method, path, body) = &seen[0];
-    assert_eq!((method.as_str(), path.as_str()), ("POST", "/v1/endpoints"));
+    assert_eq!(
+        (method.as_str(), path.as_str()),
+        ("POST", "/v1/endpoints?ports=omit")
+    );
     assert_eq!(
         body,
         &json!({
@@ -255,7 +258,7 @@ fn add_rolls_back_with_a_detach_when_netd_answers_nonsense() {
     );
     let v = plugin("ADD", "/proc/self/ns/net", &conf(&netd, json!({}))).error(101);
     assert!(v["msg"].as_str().unwrap().contains("inconsistent"), "{v}");
-    assert_eq!(netd.requests(), ["POST /v1/endpoints", DETACH]);
+    assert_eq!(netd.requests(), ["POST /v1/endpoints?ports=omit", DETACH]);
 }
 
 #[test]

@@ -179,14 +179,16 @@ impl Client {
         self.call("POST", "/v1/endpoints", Some(req))
     }
 
-    /// [`Client::attach`], running `meanwhile` while netd works on the request (see
-    /// [`Client::raw_overlapped`]).
-    pub fn attach_overlapped(
+    /// Like [`Client::attach`], but netd leaves the port mappings out of the answer
+    /// (`endpoint.ports` comes back empty): the caller sent them, and with thousands of
+    /// mappings echoing them back costs both sides more than the rest of the call. `meanwhile`
+    /// runs while netd works on the request (see [`Client::raw_overlapped`]).
+    pub fn attach_omitting_ports(
         &self,
         req: &AttachRequest,
         meanwhile: &mut dyn FnMut(),
     ) -> Result<Attachment, ClientError> {
-        self.call_overlapped("POST", "/v1/endpoints", Some(req), meanwhile)
+        self.call_overlapped("POST", "/v1/endpoints?ports=omit", Some(req), meanwhile)
     }
 
     pub fn endpoint(

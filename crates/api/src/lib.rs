@@ -10,6 +10,7 @@
 //! | DELETE | /v1/networks/{name}                            |                 | `{}`                |
 //! | GET    | /v1/endpoints                                  |                 | `[Endpoint]`        |
 //! | POST   | /v1/endpoints                                  | [`AttachRequest`] | [`Attachment`]    |
+//! | POST   | /v1/endpoints?ports=omit (CNI ADD: the answer's endpoint leaves its `ports` out) | [`AttachRequest`] | [`Attachment`] |
 //! | GET    | /v1/endpoints/{network}/{container}/{ifname}   |                 | [`Attachment`]      |
 //! | DELETE | /v1/endpoints/{network}/{container}/{ifname}   |                 | [`Released`]        |
 //! | DELETE | …/{ifname}?links=remove (CNI DEL: also removes the host veth, after answering) | | [`Released`] |

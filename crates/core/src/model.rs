@@ -52,14 +52,16 @@ impl fmt::Display for Proto {
 impl FromStr for Proto {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "tcp" => Ok(Proto::Tcp),
-            "udp" => Ok(Proto::Udp),
-            "sctp" => Ok(Proto::Sctp),
-            other => Err(format!(
-                "unknown protocol {other:?} (expected tcp, udp or sctp)"
-            )),
-        }
+        // Compared in place: the plugin parses one protocol per published port, 10,000 at once.
+        [Proto::Tcp, Proto::Udp, Proto::Sctp]
+            .into_iter()
+            .find(|p| s.eq_ignore_ascii_case(p.as_str()))
+            .ok_or_else(|| {
+                format!(
+                    "unknown protocol {:?} (expected tcp, udp or sctp)",
+                    s.to_ascii_lowercase()
+                )
+            })
     }
 }
 

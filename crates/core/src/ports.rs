@@ -1,7 +1,7 @@
 //! Published ports: which host bindings a mapping claims, and conflicts between endpoints.
 //! Pure.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use crate::model::{Endpoint, GatewayMode, Network, PortMapping, Proto};
@@ -24,6 +24,10 @@ pub struct Binding {
 }
 
 impl Binding {
+    /// Two bindings clash when they share family, protocol and port and their addresses
+    /// overlap. [`check`] answers this through an index (`Claims`); the tests hold the index
+    /// to this definition.
+    #[cfg(test)]
     fn clashes(&self, other: &Binding) -> bool {
         self.family == other.family
             && self.proto == other.proto
@@ -48,28 +52,29 @@ impl std::fmt::Display for Binding {
 /// address only to that address's family (as in Docker: `-p 127.0.0.1:8080:80` is IPv4 only).
 /// What each entry becomes depends on the family's gateway mode (see [`bindings`]).
 pub fn targets(net: &Network, pm: &PortMapping) -> Vec<Binding> {
+    target_iter(net, pm).collect()
+}
+
+/// [`targets`] without allocating: at most two bindings (one per family). The hot paths
+/// (checks, planning) run it once per mapping, and a container may publish 10,000.
+pub(crate) fn target_iter(net: &Network, pm: &PortMapping) -> impl Iterator<Item = Binding> {
     let fam = |family, addr| Binding {
         family,
         proto: pm.protocol,
         addr,
         port: pm.host_port,
     };
-    match pm.host_ip {
-        None => {
-            let mut v = Vec::new();
-            if net.subnet4.is_some() {
-                v.push(fam(Family::V4, None));
-            }
-            if net.subnet6.is_some() {
-                v.push(fam(Family::V6, None));
-            }
-            v
-        }
-        Some(IpAddr::V4(a)) if a.is_unspecified() => vec![fam(Family::V4, None)],
-        Some(IpAddr::V6(a)) if a.is_unspecified() => vec![fam(Family::V6, None)],
-        Some(a @ IpAddr::V4(_)) => vec![fam(Family::V4, Some(a))],
-        Some(a @ IpAddr::V6(_)) => vec![fam(Family::V6, Some(a))],
-    }
+    let pair = match pm.host_ip {
+        None => [
+            net.subnet4.map(|_| fam(Family::V4, None)),
+            net.subnet6.map(|_| fam(Family::V6, None)),
+        ],
+        Some(IpAddr::V4(a)) if a.is_unspecified() => [Some(fam(Family::V4, None)), None],
+        Some(IpAddr::V6(a)) if a.is_unspecified() => [Some(fam(Family::V6, None)), None],
+        Some(a @ IpAddr::V4(_)) => [Some(fam(Family::V4, Some(a))), None],
+        Some(a @ IpAddr::V6(_)) => [Some(fam(Family::V6, Some(a))), None],
+    };
+    pair.into_iter().flatten()
 }
 
 /// A network's gateway mode for one family.
@@ -91,10 +96,12 @@ fn family_name(family: Family) -> &'static str {
 /// opens the container port at the container's own address and claims no host port (two
 /// routed containers may both publish port 80); an `isolated` one publishes nothing.
 pub fn bindings(net: &Network, pm: &PortMapping) -> Vec<Binding> {
-    targets(net, pm)
-        .into_iter()
-        .filter(|b| mode(net, b.family) == GatewayMode::Nat)
-        .collect()
+    binding_iter(net, pm).collect()
+}
+
+/// [`bindings`] without allocating.
+fn binding_iter<'a>(net: &'a Network, pm: &PortMapping) -> impl Iterator<Item = Binding> + 'a {
+    target_iter(net, pm).filter(|b| mode(net, b.family) == GatewayMode::Nat)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -153,16 +160,14 @@ pub fn validate(net: &Network, mappings: &[PortMapping]) -> Result<(), PortError
         return Ok(());
     }
     for pm in mappings {
-        let present: Vec<Binding> = targets(net, pm)
-            .into_iter()
-            .filter(|b| match b.family {
+        let present = || {
+            target_iter(net, pm).filter(|b| match b.family {
                 Family::V4 => net.subnet4.is_some(),
                 Family::V6 => net.subnet6.is_some(),
             })
-            .collect();
-        if let Some(b) = present
-            .iter()
-            .find(|b| b.addr.is_some() && mode(net, b.family) == GatewayMode::Routed)
+        };
+        if let Some(b) =
+            present().find(|b| b.addr.is_some() && mode(net, b.family) == GatewayMode::Routed)
         {
             return Err(PortError::RoutedHostIp {
                 mapping: describe(pm),
@@ -174,16 +179,13 @@ pub fn validate(net: &Network, mappings: &[PortMapping]) -> Result<(), PortError
                 },
             });
         }
-        if !present.is_empty()
-            && present
-                .iter()
-                .all(|b| mode(net, b.family) == GatewayMode::Isolated)
+        if present().next().is_some()
+            && present().all(|b| mode(net, b.family) == GatewayMode::Isolated)
         {
             return Err(PortError::Isolated {
                 mapping: describe(pm),
                 network: net.name.clone(),
-                families: present
-                    .iter()
+                families: present()
                     .map(|b| family_name(b.family))
                     .collect::<Vec<_>>()
                     .join(" and "),
@@ -208,7 +210,7 @@ pub fn check<'a>(
     }
     // Indexed by (family, protocol, port): only bindings with the same key can clash, so a
     // container publishing 10,000 ports costs 10,000 lookups, not 10,000² comparisons.
-    let mut mine: HashMap<(Family, Proto, u16), Vec<Binding>> = HashMap::new();
+    let mut mine = Claims::new();
     for pm in mappings {
         if pm.host_port == 0 || pm.container_port == 0 {
             return Err(PortError::Zero(describe(pm)));
@@ -225,19 +227,17 @@ pub fn check<'a>(
                 family: if wants4 { "IPv4" } else { "IPv6" },
             });
         }
-        for b in bindings(net, pm) {
-            let same_key = mine.entry((b.family, b.proto, b.port)).or_default();
-            if same_key.iter().any(|m| m.clashes(&b)) {
+        for b in binding_iter(net, pm) {
+            if mine.clash(&b).is_some() {
                 return Err(PortError::Duplicate(b.to_string()));
             }
-            same_key.push(b);
+            mine.insert(b);
         }
     }
     for (ep, ep_net) in existing {
         for pm in &ep.ports {
-            for theirs in bindings(ep_net, pm) {
-                let same_key = mine.get(&(theirs.family, theirs.proto, theirs.port));
-                if let Some(b) = same_key.and_then(|v| v.iter().find(|m| m.clashes(&theirs))) {
+            for theirs in binding_iter(ep_net, pm) {
+                if let Some(b) = mine.clash(&theirs) {
                     return Err(PortError::Taken {
                         binding: b.to_string(),
                         container: ep.container_id.clone(),
@@ -251,10 +251,126 @@ pub fn check<'a>(
     Ok(())
 }
 
+/// Keys (family, protocol, port) as dense indices: 2 × 3 × 65,536.
+const KEYS: usize = 6 << 16;
+
+fn key_index(b: &Binding) -> usize {
+    let family = match b.family {
+        Family::V4 => 0,
+        Family::V6 => 1,
+    };
+    let proto = match b.proto {
+        Proto::Tcp => 0,
+        Proto::Udp => 1,
+        Proto::Sctp => 2,
+    };
+    ((family * 3 + proto) << 16) | usize::from(b.port)
+}
+
+/// The host bindings one request claims, for [`check`]. A request holds, per key, either one
+/// any-address binding or address-bound ones with distinct addresses (anything else clashes
+/// and is refused), so a bit per key for the first kind and a set of (key, address) for the
+/// second say everything [`Binding::clashes`] asks, without an allocation per binding (two
+/// 48 KiB bitmaps per request instead).
+struct Claims {
+    any: Vec<u64>,
+    bound_keys: Vec<u64>,
+    /// The first address-bound binding of each key that has one (a clash names it).
+    first_bound: HashMap<usize, Binding>,
+    bound: HashSet<(usize, IpAddr)>,
+}
+
+impl Claims {
+    fn new() -> Self {
+        Claims {
+            any: vec![0; KEYS / 64],
+            bound_keys: vec![0; KEYS / 64],
+            first_bound: HashMap::new(),
+            bound: HashSet::new(),
+        }
+    }
+
+    fn bit(bits: &[u64], k: usize) -> bool {
+        bits[k / 64] & (1 << (k % 64)) != 0
+    }
+
+    /// The claimed binding `b` clashes with, the first claimed if several do.
+    fn clash(&self, b: &Binding) -> Option<Binding> {
+        let k = key_index(b);
+        if Self::bit(&self.any, k) {
+            return Some(Binding { addr: None, ..*b });
+        }
+        match b.addr {
+            None => self.first_bound.get(&k).copied(),
+            Some(a) => self.bound.contains(&(k, a)).then_some(*b),
+        }
+    }
+
+    /// Claims `b`, which must not clash with what is claimed.
+    fn insert(&mut self, b: Binding) {
+        let k = key_index(&b);
+        match b.addr {
+            None => self.any[k / 64] |= 1 << (k % 64),
+            Some(a) => {
+                if !Self::bit(&self.bound_keys, k) {
+                    self.bound_keys[k / 64] |= 1 << (k % 64);
+                    self.first_bound.insert(k, b);
+                }
+                self.bound.insert((k, a));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::GatewayMode;
+
+    /// The index answers exactly what comparing with every claimed binding in order answers
+    /// (which one clashes included, since errors name it), over every sequence a simple
+    /// generator makes from a small space of keys and addresses.
+    #[test]
+    fn claims_index_agrees_with_pairwise_comparison() {
+        let addrs: [Option<IpAddr>; 4] = [
+            None,
+            Some("10.0.0.1".parse().unwrap()),
+            Some("10.0.0.2".parse().unwrap()),
+            Some("fd00::1".parse().unwrap()),
+        ];
+        let mut all = Vec::new();
+        for family in [Family::V4, Family::V6] {
+            for proto in [Proto::Tcp, Proto::Sctp] {
+                for port in [1, 65535] {
+                    for addr in addrs {
+                        all.push(Binding {
+                            family,
+                            proto,
+                            addr,
+                            port,
+                        });
+                    }
+                }
+            }
+        }
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..2000 {
+            let mut claims = Claims::new();
+            let mut claimed: Vec<Binding> = Vec::new();
+            for _ in 0..12 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let b = all[(seed % all.len() as u64) as usize];
+                let want = claimed.iter().find(|m| m.clashes(&b)).copied();
+                assert_eq!(claims.clash(&b), want, "{b:?} against {claimed:?}");
+                if want.is_none() {
+                    claims.insert(b);
+                    claimed.push(b);
+                }
+            }
+        }
+    }
 
     fn net(name: &str, v6: bool) -> Network {
         Network {

@@ -322,6 +322,8 @@ async fn read_request(stream: &mut UnixStream) -> Result<Option<Request>, HttpEr
     loop {
         if let Some((head, off)) = http::parse_head(&buf, MAX_BODY)? {
             let want = off + head.content_length;
+            // One allocation for the whole (bounded) body instead of doubling as it arrives.
+            buf.reserve(want.saturating_sub(buf.len()));
             while buf.len() < want {
                 let n = stream
                     .read(&mut chunk)
@@ -368,11 +370,13 @@ fn decode<T: for<'de> serde::Deserialize<'de>>(body: &[u8]) -> Result<T, ApiErro
     serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("malformed request: {e}")))
 }
 
-/// Dispatches one request. Paths are `/v1/...`; the only query parameter is `links=remove`
-/// on an endpoint's DELETE (netd then removes the host veth too, after answering).
+/// Dispatches one request. Paths are `/v1/...`; the query parameters are `links=remove` on an
+/// endpoint's DELETE (netd then removes the host veth too, after answering) and `ports=omit`
+/// on an attach (the answer's endpoint leaves out the port mappings the caller just sent).
 pub fn route(engine: &mut Engine, method: &str, full_path: &str, body: &[u8]) -> (u16, Vec<u8>) {
     let (path, query) = full_path.split_once('?').unwrap_or((full_path, ""));
     let remove_links = query.split('&').any(|kv| kv == "links=remove");
+    let omit_ports = query.split('&').any(|kv| kv == "ports=omit");
     let Some(rest) = path.strip_prefix("/v1/") else {
         return error(
             404,
@@ -397,7 +401,12 @@ pub fn route(engine: &mut Engine, method: &str, full_path: &str, body: &[u8]) ->
         ("GET", ["endpoints"]) => Ok(ok(200, &engine.endpoints().collect::<Vec<_>>())),
         ("POST", ["endpoints"]) => decode::<AttachRequest>(body)
             .and_then(|req| engine.attach(req).map_err(ApiError::from))
-            .map(|a| ok(201, &a)),
+            .map(|mut a| {
+                if omit_ports {
+                    a.endpoint.ports = Vec::new();
+                }
+                ok(201, &a)
+            }),
         ("GET", ["endpoints", network, container, ifname]) => engine
             .endpoint(&key(network, container, ifname))
             .map(|a| ok(200, &a))

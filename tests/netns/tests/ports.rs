@@ -292,6 +292,81 @@ fn a_range_of_100_ports() {
     drop(servers);
 }
 
+/// 10,000 mappings in one ADD (issue #14): the plugin gets no echo of them from netd
+/// (`?ports=omit`), yet netd holds and publishes every one, refuses a clash with any of
+/// them, and DEL removes them all.
+#[test]
+fn ten_thousand_ports_in_one_add() {
+    const N: u16 = 10_000;
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network("a", &["--subnet", "10.89.1.0/24"]);
+    let c1 = w.container("c1");
+    let first = TcpServer::start_on_port(&c1, 30000);
+    let last = TcpServer::start_on_port(&c1, 30000 + N - 1);
+    let maps = (0..N)
+        .map(|i| pm(20000 + i, 30000 + i, "tcp", None))
+        .collect();
+    let r = add_ports_ok(&w, &c1, "a", maps);
+    assert_eq!(
+        assert_tcp_ok(&w.external, sa(HOST_EXT_V4, 20000)).ip(),
+        ip(EXT_V4)
+    );
+    assert_eq!(
+        assert_tcp_ok(&w.external, sa(HOST_EXT_V4, 20000 + N - 1)).ip(),
+        ip(EXT_V4)
+    );
+    refused(&w.external, sa(HOST_EXT_V4, 20000 + N));
+    let t = table(&w);
+    let elems = t.matches(&format!(": {} . ", r.ip())).count();
+    assert_eq!(elems, usize::from(N), "DNAT elements of c1:\n{t}");
+
+    // netd keeps every mapping even though the plugin's answer carried none.
+    let client = netd::api::Client::new(w.socket());
+    let held = client.endpoint("a", c1.label(), "eth0").unwrap();
+    assert_eq!(held.endpoint.ports.len(), usize::from(N));
+
+    // The full answer (no `ports=omit`) still echoes the mappings; the brief one does not.
+    let c2 = w.container("c2");
+    let c3 = w.container("c3");
+    let req = |c: &Netns, host: u16| netd::api::AttachRequest {
+        network: "a".into(),
+        container_id: c.label().into(),
+        ifname: "eth0".into(),
+        netns: c.path().display().to_string(),
+        port_mappings: vec![netd::model::PortMapping {
+            host_port: host,
+            container_port: 80,
+            protocol: netd::model::Proto::Tcp,
+            host_ip: None,
+        }],
+        ips: vec![],
+        mac: None,
+        ensure_network: None,
+    };
+    let full = client.attach(&req(&c2, 8080)).unwrap();
+    assert_eq!(full.endpoint.ports.len(), 1);
+    let brief = client
+        .attach_omitting_ports(&req(&c3, 8081), &mut || {})
+        .unwrap();
+    assert!(brief.endpoint.ports.is_empty(), "{brief:?}");
+    let held = client.endpoint("a", c3.label(), "eth0").unwrap();
+    assert_eq!(held.endpoint.ports.len(), 1);
+
+    // Any one of the 10,000 still clashes, naming the holder.
+    let c4 = w.container("c4");
+    let clash = add_ports(&w, &c4, "a", vec![pm(20000 + N / 2, 80, "tcp", None)]);
+    assert!(!clash.success(), "{clash}");
+    assert!(clash.stdout.contains("c1"), "{clash}");
+
+    w.cni_del(&c1, "a");
+    let t = table(&w);
+    assert_eq!(t.matches(&format!(": {} . ", r.ip())).count(), 0, "{t}");
+    refused(&w.external, sa(HOST_EXT_V4, 20000));
+    refused(&w.external, sa(HOST_EXT_V4, 20000 + N - 1));
+    drop((first, last));
+}
+
 #[test]
 fn conflicting_add_is_refused_naming_the_holder_and_changes_nothing() {
     let mut w = World::new();
