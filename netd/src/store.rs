@@ -485,6 +485,28 @@ fn write_snapshot(dir: &Path, changed: &Objects) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The ops of each record in a state directory's journal, by name (for tests of what one
+/// change writes).
+#[cfg(test)]
+pub(crate) fn journal_records(dir: &Path) -> Vec<Vec<&'static str>> {
+    let bytes = fs::read(dir.join(journal::FILE)).unwrap();
+    let scan = journal::scan(&bytes).unwrap();
+    let kind = |op: &Replayed| match op {
+        Replayed::PutNetwork(_) => "put_network",
+        Replayed::DeleteNetwork(_) => "delete_network",
+        Replayed::PutEndpoint(_) => "put_endpoint",
+        Replayed::DeleteEndpoint(_) => "delete_endpoint",
+        Replayed::PutMeta(_) => "put_meta",
+    };
+    scan.records
+        .iter()
+        .map(|r| {
+            let ops: Vec<Replayed> = serde_json::from_slice(&bytes[r.clone()]).unwrap();
+            ops.iter().map(kind).collect()
+        })
+        .collect()
+}
+
 fn tmp_path(path: &Path) -> PathBuf {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");

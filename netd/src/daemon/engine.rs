@@ -1504,7 +1504,15 @@ mod tests {
             .unwrap()
             .endpoint;
         assert!(fx.table.lock().unwrap().cleared.is_empty());
+        let state = fx.dir.join("state");
+        let records = || store::journal_records(&state);
+        // An ADD is one record of one op.
+        assert_eq!(records().last().unwrap(), &["put_endpoint"]);
+        let before = records().len();
         assert!(e.release(&one.key()).unwrap());
+        // A DEL is one record (one flush): the moved cursor, then the removal.
+        assert_eq!(records().len(), before + 1);
+        assert_eq!(records().last().unwrap(), &["put_meta", "delete_endpoint"]);
         assert_eq!(
             fx.table.lock().unwrap().cleared,
             vec![IpAddr::V4(one.addr4.unwrap())]
@@ -1529,6 +1537,7 @@ mod tests {
         // Removing the network forgets its cursor.
         e.release(&two.key()).unwrap();
         e.remove_network("a").unwrap();
+        assert_eq!(records().last().unwrap(), &["delete_network", "put_meta"]);
         drop(e);
         let e = fx.engine();
         assert!(e.meta.cursors.is_empty());
