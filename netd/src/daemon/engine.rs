@@ -22,7 +22,7 @@ use crate::model::{self, Endpoint, EndpointKey, Network};
 use crate::plan::{self, Desired, Diff};
 use crate::ports;
 use crate::resolve::{self, EndpointRequest, NetworkRequest, ResolveError};
-use crate::store::{self, Meta, Store, StoreError};
+use crate::store::{self, Meta, Op, Store, StoreError};
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -206,7 +206,7 @@ pub struct Engine {
     /// What netd's table holds now.
     applied: Desired,
     /// Per network, the addresses handed out last, so released ones are not reused at once
-    /// (persisted in `meta.cursors` when an address is released, see [`Self::save_cursor`]).
+    /// (persisted in `meta.cursors` when an address is released, see [`Self::cursor_to_save`]).
     cursors: BTreeMap<String, Cursor>,
     started: SystemTime,
 }
@@ -284,7 +284,7 @@ impl Engine {
     /// gone (a crash between the two removals) are dropped.
     pub fn start(
         cfg: EngineConfig,
-        store: Store,
+        mut store: Store,
         mut kernel: Box<dyn Kernel>,
     ) -> Result<Engine, EngineError> {
         let loaded = store.load().map_err(store_err("loading state"))?;
@@ -294,16 +294,19 @@ impl Engine {
             .map(|n| (n.name.clone(), n))
             .collect();
         let mut endpoints = BTreeMap::new();
+        let mut orphans = Vec::new();
         for ep in loaded.endpoints {
             if networks.contains_key(&ep.network) {
                 endpoints.insert(ep.key(), ep);
             } else {
                 warn!(endpoint = %ep.key(), "dropping endpoint of a network that no longer exists");
-                store
-                    .delete_endpoint(&ep.key())
-                    .map_err(store_err("removing orphan endpoint"))?;
+                orphans.push(ep.key());
             }
         }
+        let drops: Vec<Op> = orphans.iter().map(Op::DeleteEndpoint).collect();
+        store
+            .commit(&drops)
+            .map_err(store_err("removing orphan endpoints"))?;
         let desired = plan::desired(networks.values(), endpoints.values());
         kernel
             .sync_full(&desired)
@@ -675,10 +678,21 @@ impl Engine {
                 return Err(e);
             }
         };
-        if let Err(e) = self.store.delete_network(name) {
+        // The network's allocation cursor goes in the same record.
+        let meta = self.meta.cursors.contains_key(name).then(|| {
+            let mut meta = self.meta.clone();
+            meta.cursors.remove(name);
+            meta
+        });
+        let mut ops = vec![Op::DeleteNetwork(name)];
+        ops.extend(meta.as_ref().map(Op::PutMeta));
+        if let Err(e) = self.store.commit(&ops) {
             self.revert_table(&desired);
             self.networks.insert(name.to_string(), net);
             return Err(store_err("removing the network from state")(e));
+        }
+        if let Some(meta) = meta {
+            self.meta = meta;
         }
         self.applied = desired;
         self.forget_network(&net);
@@ -686,21 +700,12 @@ impl Engine {
         Ok(())
     }
 
-    /// After a network left the state and the table: its cursor, conflist and bridge go.
-    /// Failures are logged; the removal itself has succeeded.
+    /// After a network left the state (with its saved cursor) and the table: its
+    /// in-memory cursor, conflist and bridge go. Failures are logged; the removal itself
+    /// has succeeded.
     fn forget_network(&mut self, net: &Network) {
         let name = net.name.as_str();
         self.cursors.remove(name);
-        if self.meta.cursors.contains_key(name) {
-            let mut meta = self.meta.clone();
-            meta.cursors.remove(name);
-            match self.store.put_meta(&meta) {
-                Ok(()) => self.meta = meta,
-                Err(e) => {
-                    warn!(network = %name, error = %e, "could not forget the allocation cursor")
-                }
-            }
-        }
         let path = self.cfg.cni_conf_dir.join(conflist::file_name(name));
         if let Err(e) = std::fs::remove_file(&path) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -864,12 +869,18 @@ impl Engine {
         };
         let net = self.network(&ep.network)?;
         let diff = self.apply_endpoint(&net, &ep, false)?;
-        // Before the endpoint file goes: a crash in between keeps the endpoint, never a
-        // released address behind a stale cursor.
-        self.save_cursor(&net.name);
-        if let Err(e) = self.store.delete_endpoint(key) {
+        // The cursor is saved with the endpoint's removal, ahead of it in one journal
+        // record: a restart sees both or neither, so it may keep the endpoint but never
+        // sees a released address behind a stale cursor. One record is one flush.
+        let meta = self.cursor_to_save(&net.name);
+        let mut ops: Vec<Op> = meta.as_ref().map(Op::PutMeta).into_iter().collect();
+        ops.push(Op::DeleteEndpoint(key));
+        if let Err(e) = self.store.commit(&ops) {
             self.undo_diff(&diff);
             return Err(store_err("removing the endpoint from state")(e));
+        }
+        if let Some(meta) = meta {
+            self.meta = meta;
         }
         self.commit_diff(&diff);
         self.endpoints.remove(key);
@@ -878,22 +889,19 @@ impl Engine {
         Ok(true)
     }
 
-    /// Persists a network's allocation cursor if it moved since it was last saved. Saving it
-    /// when an address is released is enough: every address handed out after the saved
-    /// cursor and before the next release is still in use at that release, so next-fit from
-    /// the saved cursor skips them and lands where the in-memory one would. ADD stays one
-    /// write. A failure is logged: the release itself goes on.
-    fn save_cursor(&mut self, network: &str) {
+    /// The meta to persist with a release if the network's allocation cursor moved since
+    /// it was last saved. Saving it when an address is released is enough: every address
+    /// handed out after the saved cursor and before the next release is still in use at
+    /// that release, so next-fit from the saved cursor skips them and lands where the
+    /// in-memory one would. ADD stays one record.
+    fn cursor_to_save(&self, network: &str) -> Option<Meta> {
         let cursor = self.cursors.get(network).copied().unwrap_or_default();
         if cursor == Cursor::default() || self.meta.cursors.get(network) == Some(&cursor) {
-            return;
+            return None;
         }
         let mut meta = self.meta.clone();
         meta.cursors.insert(network.to_string(), cursor);
-        match self.store.put_meta(&meta) {
-            Ok(()) => self.meta = meta,
-            Err(e) => warn!(network = %network, error = %e, "could not save the allocation cursor"),
-        }
+        Some(meta)
     }
 
     /// After `ep` was released (its table elements are gone): has the conntrack entries of
@@ -1496,7 +1504,15 @@ mod tests {
             .unwrap()
             .endpoint;
         assert!(fx.table.lock().unwrap().cleared.is_empty());
+        let state = fx.dir.join("state");
+        let records = || store::journal_records(&state);
+        // An ADD is one record of one op.
+        assert_eq!(records().last().unwrap(), &["put_endpoint"]);
+        let before = records().len();
         assert!(e.release(&one.key()).unwrap());
+        // A DEL is one record (one flush): the moved cursor, then the removal.
+        assert_eq!(records().len(), before + 1);
+        assert_eq!(records().last().unwrap(), &["put_meta", "delete_endpoint"]);
         assert_eq!(
             fx.table.lock().unwrap().cleared,
             vec![IpAddr::V4(one.addr4.unwrap())]
@@ -1521,6 +1537,7 @@ mod tests {
         // Removing the network forgets its cursor.
         e.release(&two.key()).unwrap();
         e.remove_network("a").unwrap();
+        assert_eq!(records().last().unwrap(), &["delete_network", "put_meta"]);
         drop(e);
         let e = fx.engine();
         assert!(e.meta.cursors.is_empty());

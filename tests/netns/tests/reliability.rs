@@ -547,6 +547,7 @@ fn foreign_links_named_like_netds_survive_restart_check_and_network_rm() {
     // releasing them and removing their links), so their veth and bridge are leftovers.
     d.kill();
     let state = w.state_dir();
+    fold_journal(&state);
     std::fs::remove_file(state.join(format!("endpoints/own@{}@eth0.json", c2.label()))).unwrap();
     std::fs::remove_file(state.join("networks/gone.json")).unwrap();
     let d = spawn_netd_env(&w, &w.socket(), &args, &env).unwrap();
@@ -931,8 +932,17 @@ fn sigkill_during_parallel_add_del_loses_nothing_and_leaks_nothing() {
 // 3. Restart after containers vanished; the plugin without its daemon
 // ---------------------------------------------------------------------------
 
+/// Folds netd's journal into the per-object state files, as netd's next start would do
+/// first, so that a test can edit those files while netd is stopped.
+fn fold_journal(state: &Path) {
+    netd::store::Store::open(state)
+        .and_then(|mut s| s.compact_now())
+        .unwrap_or_else(|e| panic!("folding the journal of {}: {e}", state.display()));
+}
+
 /// Moves an endpoint's creation time back, as if it had been made long ago.
 fn age_endpoint(w: &World, net: &str, cid: &str) {
+    fold_journal(&w.state_dir());
     let p = w
         .state_dir()
         .join(format!("endpoints/{net}@{cid}@eth0.json"));

@@ -59,16 +59,16 @@ pub fn render(table: &str, networks: &[Network], endpoints: &[Endpoint]) -> Stri
 }
 
 fn from_state_dir(dir: &std::path::Path) -> Result<(Vec<Network>, Vec<Endpoint>), Failure> {
-    // Store::open creates missing directories; a plan must not write, so check first.
+    // A plan must not write: Store::read takes the snapshot files and the journal's
+    // records as they are (netd may be running). Check first for a clearer message.
     if !dir.join("networks").is_dir() {
         return Err(Failure::Other(format!(
             "{} is not a netd state directory (no networks/ in it)",
             dir.display()
         )));
     }
-    let loaded = Store::open(dir)
-        .and_then(|s| s.load())
-        .map_err(|e| Failure::Other(format!("reading {}: {e}", dir.display())))?;
+    let loaded =
+        Store::read(dir).map_err(|e| Failure::Other(format!("reading {}: {e}", dir.display())))?;
     Ok((loaded.networks, loaded.endpoints))
 }
 
