@@ -33,6 +33,7 @@ mod journal;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -224,9 +225,11 @@ impl Store {
 
     /// Reads everything and readies the journal for [`Store::commit`]. Temporary files left
     /// by a crash mid-write are removed: their rename never happened, so the object is as
-    /// the snapshot and journal say. A journal holding records (or a torn tail) is compacted
-    /// into the snapshot and replaced by an empty one, so the journal starts clean and a
-    /// torn tail is never appended after.
+    /// the snapshot and journal say. A journal with a torn tail is compacted into the
+    /// snapshot and replaced by an empty one, so a torn tail is never appended after; a
+    /// clean one is appended to where its records end, and its objects are folded in by the
+    /// next compaction. Compacting at every start would make a restart cost a file write per
+    /// object changed since the last compaction (about a second per thousand here).
     pub fn load(&mut self) -> Result<Loaded, StoreError> {
         let read = read_dir_state(&self.dir, true)?;
         if let Some(why) = &read.torn {
@@ -241,7 +244,7 @@ impl Store {
         self.journal = None;
         self.changed = read.changed;
         match read.journal_end {
-            Some((end, size)) if read.records == 0 && read.torn.is_none() => {
+            Some((end, size)) if read.torn.is_none() => {
                 self.journal = Some(Journal::reopen(&self.dir.join(journal::FILE), end, size)?);
             }
             _ => {
@@ -435,10 +438,12 @@ fn load_dir<T: for<'de> Deserialize<'de>>(
 }
 
 /// Brings the snapshot files of `changed` up to date: every new content is written to a
-/// temporary file and fsynced first, then all are renamed into place and deleted objects
-/// removed, then each directory is fsynced once. Cheaper than one [`write_atomic`] per
-/// object (one directory fsync per directory instead of per file), and as safe: a crash
-/// anywhere leaves each file old or new, and the journal is still there to replay.
+/// temporary file, one syncfs(2) makes them all durable, then all are renamed into place and
+/// deleted objects removed, then each directory is fsynced once. One flush for all the files
+/// instead of one each: a compaction runs under the engine's lock, and with thousands of
+/// changed objects an fsync per file stalled requests for seconds (5,000 files: ~0.3 s
+/// with syncfs, ~5 s with an fsync each, on this VM). As safe: a crash anywhere leaves each
+/// file old or new, and the journal is still there to replay.
 fn write_snapshot(dir: &Path, changed: &Objects) -> Result<(), StoreError> {
     let mut puts: Vec<(PathBuf, Vec<u8>)> = Vec::new();
     let mut deletes: Vec<PathBuf> = Vec::new();
@@ -459,8 +464,14 @@ fn write_snapshot(dir: &Path, changed: &Objects) -> Result<(), StoreError> {
             None => deletes.push(path),
         }
     }
+    // Opened before the writes: syncfs reports a write-back error on the filesystem only if
+    // it happened after this fd was opened.
+    let fs_handle = File::open(dir).map_err(io("opening", dir))?;
     for (path, bytes) in &puts {
-        write_synced(&tmp_path(path), bytes)?;
+        write_new(&tmp_path(path), bytes)?;
+    }
+    if !puts.is_empty() {
+        syncfs(&fs_handle, dir)?;
     }
     for (path, _) in &puts {
         let tmp = tmp_path(path);
@@ -527,8 +538,8 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, StoreError>
     })
 }
 
-/// Creates or truncates `path`, writes `bytes` and fsyncs the file (not its directory).
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+/// Creates or truncates `path` and writes `bytes`; durable only after [`syncfs`].
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
@@ -536,15 +547,36 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         .mode(0o600)
         .open(path)
         .map_err(io("creating", path))?;
-    f.write_all(bytes).map_err(io("writing", path))?;
-    f.sync_all().map_err(io("syncing", path))
+    f.write_all(bytes).map_err(io("writing", path))
+}
+
+/// Flushes everything written to the filesystem that holds `dir` (open as `handle`). Since
+/// Linux 5.8 it also reports a write-back error that happened on that filesystem after
+/// `handle` was opened, as fsync would for one file.
+fn syncfs(handle: &File, dir: &Path) -> Result<(), StoreError> {
+    // SAFETY: plain syscall on an fd that `handle` keeps open for the call.
+    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
+        return Err(io("syncing the filesystem of", dir)(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 /// Replaces `path` with `bytes` so that readers (and a restart after a crash) see either the
 /// old or the new content, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let tmp = tmp_path(path);
-    write_synced(&tmp, bytes)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io("creating", &tmp))?;
+    f.write_all(bytes).map_err(io("writing", &tmp))?;
+    f.sync_all().map_err(io("syncing", &tmp))?;
+    drop(f);
     fs::rename(&tmp, path).map_err(io("renaming", &tmp))?;
     sync_dir(path)
 }
@@ -706,9 +738,17 @@ mod tests {
         assert_eq!(read.endpoints, vec![ep("blue", "c1", 2)]);
         assert_eq!(records(&dir).len(), 2);
 
-        // A restart replays them, writes them as files and starts an empty journal.
-        let loaded = Store::open(&dir).unwrap().load().unwrap();
+        // A restart replays them and goes on appending to the (clean) journal: a restart
+        // writes no files.
+        let mut again = Store::open(&dir).unwrap();
+        let loaded = again.load().unwrap();
         assert_eq!(loaded.endpoints, vec![ep("blue", "c1", 2)]);
+        assert!(snapshot_files(&dir, "networks").is_empty());
+        again.put_endpoint(&ep("blue", "c2", 3)).unwrap();
+        assert_eq!(records(&dir).len(), 3);
+        again.delete_endpoint(&ep("blue", "c2", 3).key()).unwrap();
+        // A compaction writes them as files and starts an empty journal.
+        again.compact_now().unwrap();
         assert_eq!(snapshot_files(&dir, "networks"), vec!["blue.json"]);
         assert_eq!(snapshot_files(&dir, "endpoints"), vec!["blue@c1@eth0.json"]);
         assert!(records(&dir).is_empty());
@@ -804,7 +844,8 @@ mod tests {
         fs::write(dir.join("journal.new"), b"netdjnl1\x05\0\0").unwrap();
         drop(store);
 
-        let loaded = Store::open(&dir).unwrap().load().unwrap();
+        let mut again = Store::open(&dir).unwrap();
+        let loaded = again.load().unwrap();
         assert_eq!(loaded.endpoints, want.endpoints);
         assert_eq!(loaded.meta, meta(9));
         assert_eq!(
@@ -817,7 +858,8 @@ mod tests {
         );
         assert!(!dir.join("journal.new").exists());
         assert!(!dir.join("endpoints/blue@c2@eth0.json.tmp").exists());
-        // And the snapshot alone now holds it all.
+        // And after the next compaction the snapshot alone holds it all.
+        again.compact_now().unwrap();
         fs::remove_file(dir.join("journal")).unwrap();
         assert_eq!(Store::read(&dir).unwrap().endpoints, want.endpoints);
         fs::remove_dir_all(&dir).unwrap();

@@ -193,7 +193,14 @@ fn run(args: Settings) -> anyhow::Result<()> {
         }
         let _ = notify::stopping();
         // Wait for a change in progress to finish; the table stays so containers keep working.
-        drop(engine.lock().unwrap_or_else(|p| p.into_inner()));
+        // The journal is folded into the state files, so they alone say it all.
+        if let Err(e) = engine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .fold_state()
+        {
+            warn!(error = %e, "could not fold the journal at stop; the next start replays it");
+        }
         let _ = std::fs::remove_file(&args.socket);
         Ok::<_, anyhow::Error>(())
     })

@@ -493,6 +493,14 @@ impl Engine {
     /// removes host veths no endpoint claims and bridges no network claims, but only those
     /// netd marked as its own ([`crate::link::owner_alias`]) and of the expected kind. A
     /// link someone else made is never touched, whatever its name.
+    /// Folds the state's journal into its per-object files (at a clean stop), so the files
+    /// alone hold the state: what an older netd or a person reading them sees.
+    pub fn fold_state(&mut self) -> Result<(), EngineError> {
+        self.store
+            .compact_now()
+            .map_err(store_err("folding the journal into the state files"))
+    }
+
     pub fn reconcile_links(&mut self) -> Result<Reconciled, EngineError> {
         let mut report = Reconciled::default();
         let links = self.kernel.links().map_err(kernel_err("listing links"))?;

@@ -1612,3 +1612,50 @@ fn no_tcp_listener() {
     let udp = w.host.exec_ok(&["ss", "-Hulnp"]);
     assert!(!udp.contains(&format!("pid={pid},")), "{udp}");
 }
+
+/// The journal holds the changes since the last compaction; a clean stop folds it into the
+/// per-object files, so that they alone hold the state (what an older netd, or a person
+/// reading them, sees). Control: before the stop the endpoint is only in the journal.
+#[test]
+fn a_clean_stop_folds_the_journal_into_the_state_files() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network("fold", &["--subnet", "10.89.7.0/24"]);
+    let c = w.container("c");
+    let r = w.cni("ADD", &c, "eth0", "fold", None);
+    assert!(r.success(), "{r}");
+    let state = w.state_dir();
+    let file = state.join(format!("endpoints/fold@{}@eth0.json", c.label()));
+    let has_records = || {
+        let j = std::fs::read(state.join("journal")).unwrap();
+        // Past the 8-byte header, a journal without records is all zeros.
+        j[8..].iter().any(|&b| b != 0)
+    };
+    assert!(!file.exists(), "the ADD wrote {} itself", file.display());
+    assert!(has_records(), "the ADD is not in the journal");
+
+    w.stop_netd_gracefully();
+    assert!(
+        file.exists(),
+        "{} missing after a clean stop",
+        file.display()
+    );
+    assert!(
+        !has_records(),
+        "the journal still holds records after a clean stop"
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    let ep: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(ep["container_id"], c.label(), "{text}");
+
+    // And netd starts from the files, serving what it had.
+    w.start_netd();
+    let eps = w.netctl_json(&["endpoint", "ls"]);
+    assert!(
+        eps.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["container_id"] == c.label()),
+        "{eps}"
+    );
+}
