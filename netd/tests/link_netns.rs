@@ -659,3 +659,45 @@ fn sysctls_are_per_namespace() {
         root_before
     );
 }
+
+/// On an IPv4-only network the container's interface has no IPv6 at all (as Docker since
+/// 26.0.1): no link-local address, so nothing on the bridge can reach it, or be reached,
+/// over IPv6 that the firewall's IPv4 rules would not cover. Controls: a dual-stack
+/// container keeps its link-local address, and IPv4 works the same for both.
+#[test]
+fn an_ipv4_only_container_has_no_ipv6() {
+    require_root!();
+    let host = Netns::new();
+    let v4 = Netns::new();
+    let dual = Netns::new();
+    host.host(|h| {
+        let br = h.ensure_bridge("br-t", &gateways(), 0, "t").unwrap();
+        for (c, n, addrs) in [
+            (&v4, 2u8, vec![net("10.201.0.2/24")]),
+            (&dual, 3, vec![net("10.201.0.3/24"), net("fd00:201::3/64")]),
+        ] {
+            let veth = format!("vn-t{n}");
+            let tmp = format!("tmp-t{n}");
+            h.create_veth(&veth, &tmp, &c.path).unwrap();
+            h.attach_veth(&veth, br, 0, false, "t").unwrap();
+            let routes: Vec<Route> = default_routes()
+                .into_iter()
+                .filter(|r| addrs.len() > 1 || r.dst.addr().is_ipv4())
+                .collect();
+            configure_container(&c.path, &tmp, "eth0", &addrs, &routes, 0).unwrap();
+        }
+    });
+    let six = |c: &Netns| c.ip(&["-6", "addr", "show", "dev", "eth0"]);
+    assert!(six(&v4).trim().is_empty(), "{}", six(&v4));
+    let off = v4.run(|| link::read_sysctl("net.ipv6.conf.eth0.disable_ipv6").unwrap());
+    assert_eq!(off, "1");
+    assert!(six(&dual).contains("inet6 fe80::"), "{}", six(&dual));
+    assert!(
+        six(&dual).contains("inet6 fd00:201::3/64"),
+        "{}",
+        six(&dual)
+    );
+    // IPv4 between them and to the gateway works (positive controls).
+    assert!(v4.ping("10.201.0.1", 2, 2), "v4-only -> gateway");
+    assert!(v4.ping("10.201.0.3", 2, 2), "v4-only -> dual-stack");
+}

@@ -58,6 +58,23 @@ pub fn configure_container_with_mac(
         let st = nl::link_state(&link);
         let index = st.index;
 
+        // An interface without an IPv6 address of ours gets no IPv6 at all, as Docker does
+        // since 26.0.1 (CVE-2024-32473): with it, the kernel would give it a link-local
+        // address, and a router advertisement from another container on the bridge would
+        // give it global ones, IPv6 that the network's firewall rules never cover. It also
+        // spares every container on the bridge the multicast listener reports such an
+        // interface sends, which the bridge floods to all its ports. Before up, so no
+        // address is ever made. In this thread's namespace: /proc/sys/net follows the
+        // opener's network namespace.
+        if !addrs.iter().any(|a| a.addr().is_ipv6()) {
+            disable_ipv6(tmp_name).map_err(|e| {
+                LinkError::os(
+                    format!("turning IPv6 off on {tmp_name} in netns {p} (an IPv4-only network)"),
+                    e,
+                )
+            })?;
+        }
+
         // One request: the kernel renames, sets the MTU and the MAC, and only then applies
         // the flags, so the link is still down for the rename (which a running link refuses).
         let mut change = LinkUnspec::new_with_index(index).up();
@@ -119,6 +136,20 @@ pub fn configure_container_with_mac(
                 .collect(),
         })
     })
+}
+
+/// Sets `disable_ipv6` on `ifname` in the calling thread's namespace; a kernel without IPv6
+/// has nothing to turn off.
+fn disable_ipv6(ifname: &str) -> std::io::Result<()> {
+    match super::write_sysctl(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1") {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && !std::path::Path::new("/proc/sys/net/ipv6").exists() =>
+        {
+            Ok(())
+        }
+        r => r,
+    }
 }
 
 /// The loopback device has this index in every network namespace (the kernel registers it
