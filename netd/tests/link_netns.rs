@@ -210,6 +210,23 @@ fn bridge_gets_addresses_and_a_stable_mac() {
 
     let link = host.ip(&["link", "show", "br-t"]);
     assert!(link.contains("mtu 1400"), "{link}");
+    let detail = host.ip(&["-d", "link", "show", "br-t"]);
+    assert!(detail.contains("mcast_snooping 0"), "{detail}");
+    // A bridge whose snooping was turned (back) on gets it off again at the next ensure.
+    host.ip(&[
+        "link",
+        "set",
+        "br-t",
+        "type",
+        "bridge",
+        "mcast_snooping",
+        "1",
+    ]);
+    let on = host.ip(&["-d", "link", "show", "br-t"]);
+    assert!(on.contains("mcast_snooping 1"), "{on}");
+    host.host(|h| h.ensure_bridge("br-t", &gateways(), 1400, "t").unwrap());
+    let detail = host.ip(&["-d", "link", "show", "br-t"]);
+    assert!(detail.contains("mcast_snooping 0"), "{detail}");
     assert!(link.contains(&format!("link/ether {mac}")), "{link}");
     assert!(link.contains(",UP"), "{link}");
     let addr = host.ip(&["addr", "show", "br-t"]);

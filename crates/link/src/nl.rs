@@ -8,7 +8,9 @@ use ipnet::IpNet;
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
 };
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    AfSpecInet, AfSpecUnspec, InfoBridge, InfoData, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
     RouteVia,
@@ -70,6 +72,49 @@ pub(crate) fn link_state(msg: &LinkMessage) -> LinkState {
         }
     }
     st
+}
+
+/// What [`HostLinks::ensure_bridge`](super::HostLinks::ensure_bridge) reads from a bridge's
+/// own link message besides [`LinkState`], so that an ADD needs no further request (and no
+/// /proc/sys lookup) to know them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BridgeFacts {
+    /// IFLA_BR_MCAST_SNOOPING; None when the answer did not say.
+    pub mcast_snooping: Option<bool>,
+    /// net.ipv4.conf.BRIDGE.route_localnet, from IFLA_AF_SPEC; None without IPv4 conf.
+    pub route_localnet: Option<bool>,
+}
+
+pub(crate) fn bridge_facts(msg: &LinkMessage) -> BridgeFacts {
+    let mut facts = BridgeFacts::default();
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Data(InfoData::Bridge(data)) = info {
+                        for d in data {
+                            if let InfoBridge::MulticastSnooping(on) = d {
+                                facts.mcast_snooping = Some(*on);
+                            }
+                        }
+                    }
+                }
+            }
+            LinkAttribute::AfSpecUnspec(specs) => {
+                for spec in specs {
+                    if let AfSpecUnspec::Inet(inet) = spec {
+                        for i in inet {
+                            if let AfSpecInet::DevConf(conf) = i {
+                                facts.route_localnet = Some(conf.route_localnet != 0);
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    facts
 }
 
 pub(crate) async fn set_up(h: &Handle, index: u32) -> Result<(), Error> {
