@@ -1,11 +1,12 @@
 //! The host side: bridges and the host ends of veth pairs.
 
 use std::future::Future;
-use std::path::Path;
 use std::sync::Mutex;
 
 use ipnet::IpNet;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
+use netlink_packet_route::link::{
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute,
+};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use super::netns::NetnsFile;
@@ -233,7 +234,7 @@ impl HostLinks {
 
     /// Creates the veth pair `host_name`/`peer_name` with the peer born inside the namespace
     /// at `netns_path` (so a half-made pair never shows up in the host under a temporary name),
-    /// both ends down, and turns IPv6 off on the host end (see [`disable_ipv6`]). Fails with
+    /// both ends down. Fails with
     /// EEXIST, having made nothing, when a link named `host_name` exists. On any other failure
     /// nothing it created is left behind. Returns the host end's MAC, chosen here so that the
     /// plugin's result needs no lookup: every answer about a host veth makes the kernel find
@@ -270,13 +271,6 @@ impl HostLinks {
                     e,
                 )
             })?;
-            if let Err(e) = disable_ipv6(host_name) {
-                // Deleting one end deletes the pair, the peer in the container included.
-                if let Err(de) = self.delete_by_name(host_name).await {
-                    tracing::warn!("cleaning up veth {host_name} after a failed create: {de}");
-                }
-                return Err(e);
-            }
             Ok(mac)
         })
     }
@@ -324,6 +318,7 @@ impl HostLinks {
                         .alias(alias.clone())
                         .isolated(isolated)
                         .hairpin(true)
+                        .append_extra_attribute(no_ipv6_addresses())
                         .up()
                         .build(),
                 )
@@ -460,22 +455,18 @@ impl Drop for HostLinks {
     }
 }
 
-/// Turns IPv6 off on a host veth before it goes up. A bridge port forwards IPv6 frames
-/// without an address of its own; with IPv6 on, each veth would get a link-local address and
-/// routes in the host's IPv6 table, and every link going up or down walks that whole table,
-/// so each ADD and DEL would cost more the more containers run. Kernels built without IPv6
-/// have no such sysctl, which is fine.
-fn disable_ipv6(veth: &str) -> Result<()> {
-    let key = format!("net/ipv6/conf/{veth}/disable_ipv6");
-    match super::write_sysctl(&key, "1") {
-        Err(e)
-            if e.kind() == std::io::ErrorKind::NotFound
-                && !Path::new("/proc/sys/net/ipv6").exists() =>
-        {
-            Ok(())
-        }
-        r => r.map_err(|e| LinkError::os(format!("setting {} to 1", key.replace('/', ".")), e)),
-    }
+/// IFLA_AF_SPEC asking the kernel to give a host veth no IPv6 address of its own (address
+/// generation mode "none"). A bridge port forwards IPv6 frames without one; with one, each
+/// veth adds a link-local address and two routes to the host's IPv6 table, and every link
+/// that goes up or down walks that whole table. Through netlink, not the `disable_ipv6`
+/// sysctl: opening anything under /proc/sys/net walks one directory entry per network
+/// namespace that ever looked there (every container's, once the plugin set a sysctl inside
+/// it), which at 1,000 containers cost more than the walk it would save. What is left per
+/// veth is the kernel's multicast route (`ff00::/8`).
+fn no_ipv6_addresses() -> LinkAttribute {
+    LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
+        In6AddrGenMode::None,
+    )])])
 }
 
 /// A random unicast, locally administered MAC, as the kernel would pick for a veth.
