@@ -254,11 +254,16 @@ fn add(
     let host_mac = match early {
         Some(Ok(mac)) => mac,
         _ => links.create_veth(&veth, &tmp, netns).map_err(|e| {
-            // EEXIST made nothing: if the host link is there, it is someone else's to remove.
-            if e.errno() == Some(libc::EEXIST) && links.link_exists(&veth).unwrap_or(false) {
-                return fail(already(&veth), false);
+            // EEXIST made nothing (the name, or the peer's temporary name inside the
+            // container, is taken): whatever has that name is not ours to remove.
+            if e.errno() == Some(libc::EEXIST) {
+                if links.link_exists(&veth).unwrap_or(false) {
+                    return fail(already(&veth), false);
+                }
+                return fail(step(format!("create_veth {veth}"), e), false);
             }
-            // create_veth cleans up after itself; deleting again covers a half-done cleanup.
+            // create_veth removes what it made when it fails; deleting again covers a crash of
+            // that cleanup's request.
             fail(step(format!("create_veth {veth}"), e), true)
         })?,
     };

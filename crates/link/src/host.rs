@@ -159,7 +159,11 @@ impl HostLinks {
             // that is enabled makes the kernel re-enable multicast on all the bridge's ports
             // (timers included), a cost per ADD that grows with the ports of the bridge (16%
             // of the plugin's CPU at 1,000 ports, profiled).
-            if facts.mcast_snooping != Some(false) {
+            // Only on a bridge that already carries netd's mark (one netd creates has it off
+            // from the start): an unmarked bridge that netd adopts below keeps its setting
+            // this time, as it may have a querier and an uplink.
+            if facts.mcast_snooping != Some(false) && st.alias.as_deref() == Some(alias.as_str())
+            {
                 h.link()
                     .change(
                         LinkMessageBuilder::<LinkBridge>::new_with_info_kind(InfoKind::Bridge)
@@ -311,20 +315,25 @@ impl HostLinks {
             // the kernel ignores IFLA_IFALIAS there (only a change sets it). Up comes last, in
             // the same request, after the flags.
             let alias = owner_alias(network);
-            h.link()
-                .set_port(
-                    LinkBridgePort::new(0)
-                        .name(name)
-                        .alias(alias.clone())
-                        .isolated(isolated)
-                        .hairpin(true)
-                        .append_extra_attribute(no_ipv6_addresses())
-                        .up()
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(|e| {
+            let finish = |ipv6_attr: bool| {
+                let mut m = LinkBridgePort::new(0)
+                    .name(name)
+                    .alias(alias.clone())
+                    .isolated(isolated)
+                    .hairpin(true);
+                if ipv6_attr {
+                    m = m.append_extra_attribute(no_ipv6_addresses());
+                }
+                h.link().set_port(m.up().build()).execute()
+            };
+            let res = match finish(true).await {
+                // The kernel refuses the whole request when the link has no IPv6 state (IPv6
+                // disabled on the host, or an MTU below IPv6's 1280): then there is no IPv6
+                // address to avoid either.
+                Err(e) if nl::is_errno(&e, libc::EAFNOSUPPORT) => finish(false).await,
+                r => r,
+            };
+            res.map_err(|e| {
                     LinkError::from_rtnl(
                         format!(
                             "setting alias {alias:?}, bridge port flags (isolated {}, hairpin on) and up on veth {name}",

@@ -49,9 +49,9 @@ pub trait HostLinks: Send {
         kind: &str,
         network: Option<&str>,
     ) -> Result<Removal, KernelError>;
-    /// Removes a host link (a DEL's host veth; a missing one is no error) after the current
-    /// request is answered: see [`super::reaper`].
-    fn remove_link_later(&mut self, name: &str);
+    /// Removes a host link (a DEL's host veth; a missing one is no error) of `network` after
+    /// the current request is answered: see [`super::reaper`].
+    fn remove_link_later(&mut self, name: &str, network: &str);
     /// Returns once no removal of `name` is pending, so its name can be used again.
     fn settle_link(&mut self, name: &str);
     /// Whether `path` is (still) a network namespace.
@@ -865,8 +865,12 @@ impl Engine {
     /// was released.
     pub fn release(&mut self, key: &EndpointKey) -> Result<bool, EngineError> {
         let released = self.detach(key)?;
-        self.kernel
-            .remove_link_later(&model::host_veth_name(&key.container_id, &key.ifname));
+        // The veth's name does not say its network; the mark does, so a DEL for another
+        // network of the same container interface cannot take this one's veth.
+        self.kernel.remove_link_later(
+            &model::host_veth_name(&key.container_id, &key.ifname),
+            &key.network,
+        );
         Ok(released)
     }
 
@@ -1066,7 +1070,7 @@ mod tests {
         fn links(&mut self) -> Result<Vec<HostLink>, KernelError> {
             Ok(self.0.lock().unwrap().links.clone())
         }
-        fn remove_link_later(&mut self, name: &str) {
+        fn remove_link_later(&mut self, name: &str, _network: &str) {
             self.0.lock().unwrap().links.retain(|l| l.name != name);
         }
         fn settle_link(&mut self, _name: &str) {}

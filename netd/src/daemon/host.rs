@@ -105,8 +105,8 @@ impl HostLinks for HostKernel {
             .map_err(|e| KernelError(e.to_string()))
     }
 
-    fn remove_link_later(&mut self, name: &str) {
-        self.reaper.schedule(name);
+    fn remove_link_later(&mut self, name: &str, network: &str) {
+        self.reaper.schedule(name, network);
     }
 
     fn settle_link(&mut self, name: &str) {

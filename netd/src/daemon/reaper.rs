@@ -19,7 +19,8 @@ enum Removal {
 }
 
 pub struct Reaper {
-    pending: Mutex<BTreeMap<String, Removal>>,
+    /// By link name: the removal's state and the network whose mark the link must carry.
+    pending: Mutex<BTreeMap<String, (Removal, String)>>,
     done: Condvar,
     links: HostLinks,
     queue: Mutex<Sender<String>>,
@@ -54,13 +55,13 @@ impl Reaper {
         Ok(reaper)
     }
 
-    /// Queues the removal of host link `name`.
-    pub fn schedule(&self, name: &str) {
+    /// Queues the removal of host link `name`, a veth marked as `network`'s.
+    pub fn schedule(&self, name: &str, network: &str) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         if pending.contains_key(name) {
             return;
         }
-        pending.insert(name.to_string(), Removal::Queued);
+        pending.insert(name.to_string(), (Removal::Queued, network.to_string()));
         drop(pending);
         let sent = self
             .queue
@@ -78,7 +79,7 @@ impl Reaper {
     pub fn settle(&self, name: &str) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            match pending.get(name) {
+            match pending.get(name).map(|(state, _)| *state) {
                 None => return,
                 Some(Removal::Queued) => {
                     drop(pending);
@@ -96,18 +97,22 @@ impl Reaper {
     }
 
     fn run(&self, name: &str) {
-        {
+        let network = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             match pending.get_mut(name) {
-                Some(state @ Removal::Queued) => *state = Removal::Running,
+                Some((state @ Removal::Queued, network)) => {
+                    *state = Removal::Running;
+                    network.clone()
+                }
                 // Settled or being removed by someone else already.
                 _ => return,
             }
-        }
-        // Only a veth carrying netd's mark: the plugin creates the pair of an ADD before netd
-        // answers (and marks it after), so a fresh, unmarked veth under a name whose removal
-        // is still queued belongs to that ADD, not to the DEL that queued the removal.
-        match self.links.delete_owned(name, "veth", None) {
+        };
+        // Only a veth carrying the mark of the DEL's network: the plugin creates the pair of
+        // an ADD before netd answers (and marks it after), so a fresh, unmarked veth under a
+        // name whose removal is still queued belongs to that ADD, not to the DEL that queued
+        // the removal; and one marked for another network belongs to that network.
+        match self.links.delete_owned(name, "veth", Some(&network)) {
             Ok(Outcome::Deleted) => debug!(link = %name, "host veth removed after DEL"),
             Ok(Outcome::Missing) => debug!(link = %name, "host veth already gone after DEL"),
             Ok(Outcome::Foreign(why)) => {
