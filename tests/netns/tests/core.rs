@@ -724,3 +724,43 @@ fn two_hundred_back_to_back_del_add_pairs_all_succeed() {
     let eps = w.netctl_json(&["endpoint", "ls"]);
     assert_eq!(eps.as_array().map(Vec::len), Some(2), "{eps:#}");
 }
+
+/// A DEL names a network; the host veth's name does not. A DEL for network "b" of a
+/// container interface that is attached to network "a" (a runtime cleaning up after an ADD to
+/// "b" that was refused) must not remove "a"'s veth: the reaper removes only a veth marked
+/// for the DEL's network. Control: "a"'s own DEL does remove it.
+#[test]
+fn a_del_for_another_network_leaves_the_attached_veth() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network("a", &["--subnet", "10.89.8.0/24"]);
+    w.create_network("b", &["--subnet", "10.89.9.0/24"]);
+    let c = w.container("c1");
+    let peer = w.container("c2");
+    let rp = w.cni_add(&peer, "a");
+    let srv = TcpServer::start(&peer);
+    w.cni_add(&c, "a");
+    assert_tcp_ok(&c, srv.addr(rp.ip()));
+    let veth = |w: &World| {
+        w.host
+            .link_names()
+            .into_iter()
+            .filter(|l| l.starts_with("vn"))
+            .count()
+    };
+    assert_eq!(veth(&w), 2);
+
+    w.cni_del(&c, "b");
+    // The reaper works after the answer: give it the time it needs for a removal.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(veth(&w), 2, "the DEL for b removed a's veth");
+    assert!(c.has_link("eth0"), "the container lost its interface");
+    assert_tcp_ok(&c, srv.addr(rp.ip()));
+
+    w.cni_del(&c, "a");
+    assert!(
+        c.wait_link_gone("eth0", Duration::from_secs(5)),
+        "a's own DEL left the container's interface"
+    );
+    assert_eq!(veth(&w), 1);
+}
