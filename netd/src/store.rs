@@ -361,6 +361,16 @@ impl Store {
 /// Snapshot, then the journal's records over it. `clean`: remove temporary files left by
 /// a crash (only the daemon does; a reader must not write).
 fn read_dir_state(dir: &Path, clean: bool) -> Result<Read, StoreError> {
+    // The journal is read before the snapshot: a compaction running meanwhile (a reader such
+    // as `netctl plan` beside a running netd) then leaves an old journal replayed over newer
+    // files, which converges like any replay; the other order could pair old files with the
+    // new, empty journal and miss changes.
+    let path = dir.join(journal::FILE);
+    let journal_bytes = match fs::read(&path) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io("reading", &path)(e)),
+    };
     let mut state = Objects::default();
     let meta = dir.join("meta.json");
     if meta.exists() {
@@ -379,11 +389,8 @@ fn read_dir_state(dir: &Path, clean: bool) -> Result<Read, StoreError> {
         records: 0,
         torn: None,
     };
-    let path = dir.join(journal::FILE);
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(read),
-        Err(e) => return Err(io("reading", &path)(e)),
+    let Some(bytes) = journal_bytes else {
+        return Ok(read);
     };
     let corrupt = |detail: String| StoreError::Journal {
         path: path.clone(),
