@@ -209,6 +209,11 @@ pub struct Engine {
     /// (persisted in `meta.cursors` when an address is released, see [`Self::cursor_to_save`]).
     cursors: BTreeMap<String, Cursor>,
     started: SystemTime,
+    /// The endpoints loaded from state at start (made by an earlier netd), until the attach
+    /// grace has passed for all of them. Kept as keys, not judged by creation time: times
+    /// are in seconds, and an endpoint made in the second the restart happened must count as
+    /// made before it.
+    loaded_at_start: BTreeSet<EndpointKey>,
 }
 
 fn now() -> u64 {
@@ -318,7 +323,9 @@ impl Engine {
             elements = desired.len(),
             "table applied from state"
         );
+        let loaded_at_start = endpoints.keys().cloned().collect();
         let mut engine = Engine {
+            loaded_at_start,
             cfg,
             store,
             kernel,
@@ -555,9 +562,14 @@ impl Engine {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        if now.saturating_sub(started) >= ATTACH_GRACE_SECS {
+            // Every endpoint loaded at start is past its attach grace by now.
+            self.loaded_at_start.clear();
+        }
+        let loaded = &self.loaded_at_start;
         let settled = |e: &Endpoint| {
             now.saturating_sub(e.created) >= ATTACH_GRACE_SECS
-                || (e.created < started && now.saturating_sub(started) >= RESTART_GRACE_SECS)
+                || (loaded.contains(&e.key()) && now.saturating_sub(started) >= RESTART_GRACE_SECS)
         };
         self.endpoints
             .values()
