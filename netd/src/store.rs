@@ -558,14 +558,20 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, StoreError>
 
 /// Creates or truncates `path` and writes `bytes`; durable only after [`syncfs`].
 fn write_new(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let mut f = OpenOptions::new()
+    create_private(path)?
+        .write_all(bytes)
+        .map_err(io("writing", path))
+}
+
+/// Creates or truncates `path` for writing, readable by root only (state names containers).
+fn create_private(path: &Path) -> Result<File, StoreError> {
+    OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .map_err(io("creating", path))?;
-    f.write_all(bytes).map_err(io("writing", path))
+        .map_err(io("creating", path))
 }
 
 /// Whether the running kernel is at least `major.minor` (from uname; false if unreadable).
@@ -598,13 +604,7 @@ fn syncfs(handle: &File, dir: &Path) -> Result<(), StoreError> {
 /// old or the new content, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let tmp = tmp_path(path);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io("creating", &tmp))?;
+    let mut f = create_private(&tmp)?;
     f.write_all(bytes).map_err(io("writing", &tmp))?;
     f.sync_all().map_err(io("syncing", &tmp))?;
     drop(f);

@@ -13,7 +13,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::ops::Range;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::{io, sync_dir, StoreError};
@@ -148,14 +148,7 @@ impl Journal {
     pub fn create(dir: &Path, size: u64) -> Result<Journal, StoreError> {
         let tmp = dir.join(NEW_FILE);
         let path = dir.join(FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("creating", &tmp))?;
+        let mut file = super::create_private(&tmp)?;
         let zeros = vec![0u8; 64 * 1024];
         file.write_all(MAGIC).map_err(io("writing", &tmp))?;
         let mut left = size - HEADER;
@@ -179,7 +172,6 @@ impl Journal {
     /// which has only zeros after that.
     pub fn reopen(path: &Path, end: u64, size: u64) -> Result<Journal, StoreError> {
         let file = OpenOptions::new()
-            .read(true)
             .write(true)
             .open(path)
             .map_err(io("opening", path))?;
