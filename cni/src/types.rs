@@ -177,28 +177,20 @@ impl<'de> Deserialize<'de> for RawRuntimeConfig {
                 self,
                 mut map: A,
             ) -> Result<RawRuntimeConfig, A::Error> {
-                use serde::de::Error;
                 let mut rc = RawRuntimeConfig::default();
-                let mut seen = [false; 3];
-                let mut first = |i: usize, name: &'static str| {
-                    if std::mem::replace(&mut seen[i], true) {
-                        Err(A::Error::duplicate_field(name))
-                    } else {
-                        Ok(())
-                    }
-                };
+                let mut seen = Seen([false; 3]);
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
                         "portMappings" => {
-                            first(0, "portMappings")?;
+                            seen.first::<A::Error>(0, "portMappings")?;
                             rc.port_mappings = map.next_value()?;
                         }
                         "ips" => {
-                            first(1, "ips")?;
+                            seen.first::<A::Error>(1, "ips")?;
                             rc.ips = map.next_value()?;
                         }
                         "mac" => {
-                            first(2, "mac")?;
+                            seen.first::<A::Error>(2, "mac")?;
                             rc.mac = map.next_value()?;
                         }
                         _ => {
@@ -308,6 +300,21 @@ impl<'de> Deserialize<'de> for PortKey {
     }
 }
 
+/// Which of an object's known keys were seen. A repeated one fails the fast path, and the
+/// input then goes the general way (`NetConf::parse`), where JSON values keep the last
+/// occurrence, as netd-cni always read such input.
+struct Seen<const N: usize>([bool; N]);
+
+impl<const N: usize> Seen<N> {
+    fn first<E: serde::de::Error>(&mut self, i: usize, name: &'static str) -> Result<(), E> {
+        if std::mem::replace(&mut self.0[i], true) {
+            Err(E::duplicate_field(name))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 struct PortMappingVisitor;
 
 impl<'de> serde::de::Visitor<'de> for PortMappingVisitor {
@@ -319,33 +326,24 @@ impl<'de> serde::de::Visitor<'de> for PortMappingVisitor {
         self,
         mut map: A,
     ) -> Result<RawPortMapping, A::Error> {
-        use serde::de::Error;
         let mut pm = RawPortMapping::default();
-        // A repeated key of ours is refused, as the derived deserializer refused it.
-        let mut seen = [false; 4];
-        let mut first = |i: usize, name: &'static str| {
-            if std::mem::replace(&mut seen[i], true) {
-                Err(A::Error::duplicate_field(name))
-            } else {
-                Ok(())
-            }
-        };
+        let mut seen = Seen([false; 4]);
         while let Some(key) = map.next_key::<PortKey>()? {
             match key {
                 PortKey::HostPort => {
-                    first(0, "hostPort")?;
+                    seen.first::<A::Error>(0, "hostPort")?;
                     pm.host_port = map.next_value()?;
                 }
                 PortKey::ContainerPort => {
-                    first(1, "containerPort")?;
+                    seen.first::<A::Error>(1, "containerPort")?;
                     pm.container_port = map.next_value()?;
                 }
                 PortKey::Protocol => {
-                    first(2, "protocol")?;
+                    seen.first::<A::Error>(2, "protocol")?;
                     pm.protocol = map.next_value()?;
                 }
                 PortKey::HostIp => {
-                    first(3, "hostIP")?;
+                    seen.first::<A::Error>(3, "hostIP")?;
                     pm.host_ip = map.next_value()?;
                 }
                 PortKey::Other(k) => {
@@ -1187,6 +1185,28 @@ mod tests {
         let mut v = base("1.0.0");
         v["ipam"] = json!({"type": "host-local"});
         assert_eq!(parse(v).unwrap_err().code(), 7);
+    }
+
+    #[test]
+    fn a_repeated_key_reads_as_its_last_occurrence() {
+        // The fast path leaves such input to the general one, which keeps the last value.
+        let head = r#"{"cniVersion":"1.0.0","name":"web","type":"netd-cni","runtimeConfig":"#;
+        let pm = |port: u16| format!(r#"{{"hostPort":{port},"containerPort":80}}"#);
+        let twice_rc = format!(
+            r#"{head}{{"portMappings":[{}],"portMappings":[{}]}}}}"#,
+            pm(80),
+            pm(81)
+        );
+        let twice_pm = format!(
+            r#"{head}{{"portMappings":[{{"hostPort":80,"hostPort":81,"containerPort":80}}]}}}}"#
+        );
+        let once = format!(r#"{head}{{"portMappings":[{}]}}}}"#, pm(81));
+        let want = NetConf::parse(once.as_bytes()).unwrap().port_mappings;
+        assert_eq!(want[0].host_port, 81);
+        for input in [twice_rc, twice_pm] {
+            let got = NetConf::parse(input.as_bytes()).unwrap().port_mappings;
+            assert_eq!(got, want, "{input}");
+        }
     }
 
     #[test]
