@@ -3,6 +3,7 @@
 
 usage (root): scripts/probe-add.py BIN_DIR N_FILL N_SAMPLE
   e.g. scripts/probe-add.py target/dist 1000 40
+  PROBE_PERF=/tmp/add.data scripts/probe-add.py target/dist 1000 200   # and profile the samples
 
 Makes a private "host" netns with netd in it and one network, attaches N_FILL containers
 (each a netns of its own, one published port), then times N_SAMPLE ADD/DEL pairs: wall time
@@ -56,12 +57,20 @@ try:
     for i in range(nfill):
         mk(i); call("ADD", i, 20000 + i)
     res = {"ADD": [], "DEL": [], "ADDcpu": [], "DELcpu": []}
+    # PROBE_PERF=FILE: a whole-machine `perf record -g` of the sample phase only (the fill is
+    # left out), to read with `perf report -i FILE --comm netd` or `--comm netd-cni`.
+    perf = None
+    if os.environ.get("PROBE_PERF"):
+        perf = subprocess.Popen(["perf", "record", "-a", "-g", "-q", "-o", os.environ["PROBE_PERF"]])
+        time.sleep(1)
     c0 = netd_cpu()
     for j in range(nsample):
         i = nfill + j; mk(i)
         w, c = call("ADD", i, 30000 + j); res["ADD"].append(w); res["ADDcpu"].append(c)
         w, c = call("DEL", i, 30000 + j); res["DEL"].append(w); res["DELcpu"].append(c)
     c1 = netd_cpu()
+    if perf:
+        perf.send_signal(2); perf.wait()
     med = lambda v: statistics.median(v)
     print(f"{bins} N={nfill}: ADD wall p50 {med(res['ADD']):.2f} ms cpu p50 {med(res['ADDcpu']):.2f} ms | DEL wall p50 {med(res['DEL']):.2f} cpu p50 {med(res['DELcpu']):.2f} | netd cpu per ADD+DEL {(c1-c0)/nsample*1e3:.2f} ms (load {open('/proc/loadavg').read().split()[0]})")
 finally:
