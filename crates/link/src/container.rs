@@ -67,7 +67,7 @@ pub fn configure_container_with_mac(
         // address is ever made. In this thread's namespace: /proc/sys/net follows the
         // opener's network namespace.
         if !addrs.iter().any(|a| a.addr().is_ipv6()) {
-            disable_ipv6(tmp_name).map_err(|e| {
+            super::sysctl::disable_ipv6(tmp_name).map_err(|e| {
                 LinkError::os(
                     format!("turning IPv6 off on {tmp_name} in netns {p} (an IPv4-only network)"),
                     e,
@@ -136,20 +136,6 @@ pub fn configure_container_with_mac(
                 .collect(),
         })
     })
-}
-
-/// Sets `disable_ipv6` on `ifname` in the calling thread's namespace; a kernel without IPv6
-/// has nothing to turn off.
-fn disable_ipv6(ifname: &str) -> std::io::Result<()> {
-    match super::write_sysctl(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1") {
-        Err(e)
-            if e.kind() == std::io::ErrorKind::NotFound
-                && !std::path::Path::new("/proc/sys/net/ipv6").exists() =>
-        {
-            Ok(())
-        }
-        r => r,
-    }
 }
 
 /// The loopback device has this index in every network namespace (the kernel registers it

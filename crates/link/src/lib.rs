@@ -15,6 +15,7 @@ mod container;
 mod host;
 mod netns;
 mod nl;
+mod sysctl;
 
 use std::fmt;
 use std::io;
@@ -190,17 +191,19 @@ pub fn alias_network(alias: &str) -> Option<&str> {
 
 /// Reads a sysctl of the calling thread's network namespace, e.g. "net.ipv4.ip_forward".
 /// Names containing '/' are taken as paths under /proc/sys, so interface names with dots
-/// ("net/ipv4/conf/eth0.5/forwarding") stay expressible.
+/// ("net/ipv4/conf/eth0.5/forwarding") stay expressible. Read through this process's private
+/// procfs where it has one ([`sysctl`] says why).
 pub fn read_sysctl(name: &str) -> io::Result<String> {
-    let s = std::fs::read_to_string(sysctl_path(name)?)?;
+    let s = sysctl::read(&sysctl_path(name)?)?;
     Ok(s.trim_end_matches('\n').to_string())
 }
 
 /// Writes a sysctl of the calling thread's network namespace; names as for [`read_sysctl`].
 pub fn write_sysctl(name: &str, value: &str) -> io::Result<()> {
-    std::fs::write(sysctl_path(name)?, value)
+    sysctl::write(&sysctl_path(name)?, value.as_bytes())
 }
 
+/// The path of a sysctl relative to /proc/sys.
 fn sysctl_path(name: &str) -> io::Result<String> {
     let rel = if name.contains('/') {
         name.trim_start_matches('/').to_string()
@@ -216,7 +219,7 @@ fn sysctl_path(name: &str) -> io::Result<String> {
             format!("invalid sysctl name {name:?}"),
         ));
     }
-    Ok(format!("/proc/sys/{rel}"))
+    Ok(rel)
 }
 
 /// A locally administered unicast MAC derived from the bridge name. A bridge without an
