@@ -9,6 +9,7 @@
 //! ```
 
 mod conn;
+mod floor;
 mod plot;
 mod report;
 mod runner;
@@ -163,6 +164,8 @@ pub struct SysResult {
     pub port_phase_mem: Option<(u64, u64)>,
     /// Process start-to-exit floor: VERSION calls (ms).
     pub floor: Vec<f64>,
+    /// netd only: N → the kernel's share of one attach, in process ([`floor::link_floor`]).
+    pub link_floor: BTreeMap<usize, Vec<f64>>,
     pub burst: Option<BurstResult>,
     /// netd only: restart at the largest N of the endpoint phase.
     pub restart: Option<RestartResult>,
@@ -475,6 +478,18 @@ fn endpoint_phase(o: &Opts, systems: &mut [System], res: &mut [SysResult]) {
                     continue;
                 }
                 res[j].del.entry(n).or_default().push(ms(t.elapsed));
+            }
+        }
+        for (j, s) in systems.iter().enumerate() {
+            if s.kind == Kind::Netd && !broken[j] {
+                log(format!("endpoints: kernel link floor at N = {n}"));
+                let f = floor::link_floor(
+                    &s.world.host,
+                    "nd-bench",
+                    Ipv4Addr::new(10, 90, 0, 1),
+                    o.sample,
+                );
+                res[j].link_floor.insert(n, f);
             }
         }
         for (s, r) in systems.iter().zip(res.iter()) {
