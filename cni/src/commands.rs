@@ -10,7 +10,7 @@ use netd_api::{
 
 use crate::env::{Command, Env};
 use crate::error::PluginError;
-use crate::links::Links;
+use crate::links::{Links, Removal};
 use crate::shaping::{self, AddOutcome};
 use crate::types::{self, CniVersion, NetConf, VersionReply};
 
@@ -253,7 +253,7 @@ fn add(
 
     let host_mac = match early {
         Some(Ok(mac)) => mac,
-        _ => links.create_veth(&veth, &tmp, netns).map_err(|e| {
+        _ => create_over_leftover(links, &veth, &tmp, netns).map_err(|e| {
             // EEXIST made nothing (the name, or the peer's temporary name inside the
             // container, is taken): whatever has that name is not ours to remove.
             if e.errno() == Some(libc::EEXIST) {
@@ -312,6 +312,32 @@ fn add(
         conf.dns.as_ref(),
         &out,
     ))
+}
+
+/// Creates the pair after netd's answer. On EEXIST, a host veth of this name that is
+/// unmarked with its peer in this container's namespace is the pair of an earlier ADD of
+/// this interface whose plugin died before marking it (netd holds no endpoint for the
+/// interface, or it would have refused the attach; the runtime runs one command per
+/// container at a time): it is removed and the pair made again. Anything else keeps the
+/// EEXIST. Only on this failure path, so a successful ADD makes no extra request.
+fn create_over_leftover(
+    links: &dyn Links,
+    veth: &str,
+    tmp: &str,
+    netns: &Path,
+) -> Result<String, crate::links::LinkError> {
+    match links.create_veth(veth, tmp, netns) {
+        Err(e) if e.errno() == Some(libc::EEXIST) => {
+            match links.delete_host_veth(veth, None, Some(netns)) {
+                Ok(Removal::Deleted) => {
+                    eprintln!("netd-cni: removed {veth}, left unmarked in this container by an ADD that did not finish");
+                    links.create_veth(veth, tmp, netns)
+                }
+                _ => Err(e),
+            }
+        }
+        r => r,
+    }
 }
 
 /// The fixed addresses and MAC of an ADD: from the `ips`/`mac` capabilities or CNI_ARGS
@@ -377,16 +403,31 @@ fn refuse_taken_ifname(conf: &NetConf, netns: &Path, ifname: &str) -> Result<(),
     Ok(())
 }
 
-/// Best effort and idempotent: whatever is already gone counts as removed. When netd answers,
-/// it removes the veth pair itself after answering (the kernel takes 15–30 ms to unregister a
-/// veth, most of a DEL otherwise). An unreachable netd does not block the container's removal:
-/// the plugin removes the links itself and netd releases the endpoint when it is back.
+/// Best effort and idempotent: whatever is already gone counts as removed. When netd answers
+/// that it released the endpoint, it removes the veth pair itself after answering (the kernel
+/// takes 15–30 ms to unregister a veth, most of a DEL otherwise). An unreachable netd does not
+/// block the container's removal: the plugin removes the links itself and netd releases the
+/// endpoint when it is back.
+///
+/// The plugin removes only a host veth that is netd's for this DEL
+/// ([`Links::delete_host_veth`]): marked for this network, or unmarked with its peer in this
+/// container's namespace, the pair an ADD made while netd worked and never marked because its
+/// plugin died. netd's reaper removes only marked veths: it runs after the answer, when a new
+/// ADD of the same interface may already have made its own unmarked pair.
 fn del(env: &Env, conf: &NetConf, netd: &dyn Netd, links: &dyn Links) -> Result<(), PluginError> {
     let cid = env.container_id()?;
     let ifname = env.ifname()?;
     let mut failure: Option<PluginError> = None;
+    // Whether to remove the container's interface too: only when netd could not be asked.
+    // When netd answered, anything of this interface's that it marked is its reaper's.
+    let mut container_side = true;
     match netd.release(&conf.network, cid, ifname) {
-        Ok(_) => return Ok(()),
+        Ok(r) if r.released => return Ok(()),
+        // netd held no endpoint. An ADD whose plugin died after making the pair, before netd
+        // took the endpoint, leaves an unmarked pair that nobody else removes. Rare (a DEL
+        // after a failed ADD, or a repeated DEL), so the one lookup below is not on the
+        // common path; a missing link costs the kernel no walk.
+        Ok(_) => container_side = false,
         Err(ClientError::Unreachable { path, source }) => eprintln!(
             "netd-cni: netd is not reachable at {} ({source}); removing links only, netd GC releases {cid}/{ifname}",
             path.display()
@@ -396,22 +437,22 @@ fn del(env: &Env, conf: &NetConf, netd: &dyn Netd, links: &dyn Links) -> Result<
     }
 
     let mut link_errors = Vec::new();
-    if let Some(netns) = env.netns() {
-        if links.is_netns(netns) {
-            if let Err(e) = links.delete_container_iface(netns, ifname) {
-                link_errors.push(format!("{ifname} in {}: {e}", netns.display()));
-            }
-        }
-    }
+    let netns = env.netns().filter(|p| links.is_netns(p));
     let veth = netd_core::model::host_veth_name(cid, ifname);
-    match links.link_exists(&veth) {
-        Ok(false) => {}
-        Ok(true) => {
-            if let Err(e) = links.delete_link(&veth) {
-                link_errors.push(format!("{veth}: {e}"));
-            }
+    match links.delete_host_veth(&veth, Some(&conf.network), netns) {
+        Ok(Removal::Deleted | Removal::Missing) => {}
+        Ok(Removal::Foreign(why)) => {
+            // Its other end may well be this container's interface (a veth marked for
+            // another network): leave that alone too.
+            eprintln!("netd-cni: left host link {veth} alone: {why}");
+            container_side = false;
         }
         Err(e) => link_errors.push(format!("{veth}: {e}")),
+    }
+    if let (true, Some(netns)) = (container_side, netns) {
+        if let Err(e) = links.delete_container_iface(netns, ifname) {
+            link_errors.push(format!("{ifname} in {}: {e}", netns.display()));
+        }
     }
     if let Some(e) = failure {
         return Err(e.with_note(&link_errors.join("; ")));
@@ -596,6 +637,8 @@ mod tests {
         calls: RefCell<Vec<String>>,
         attach_err: Option<ApiError>,
         unreachable: bool,
+        /// netd holds no endpoint: a release answers `released: false`.
+        not_held: bool,
         endpoint: Option<Attachment>,
         released: Vec<netd_core::model::Endpoint>,
         last_attach: RefCell<Option<AttachRequest>>,
@@ -651,7 +694,9 @@ mod tests {
         }
         fn release(&self, n: &str, c: &str, i: &str) -> Result<Released, ClientError> {
             self.log(format!("release {n} {c} {i}"))?;
-            Ok(Released { released: true })
+            Ok(Released {
+                released: !self.not_held,
+            })
         }
         fn gc(&self, req: &GcRequest) -> Result<GcResult, ClientError> {
             self.log(format!("gc {} {}", req.network, req.valid.len()))?;
@@ -677,6 +722,9 @@ mod tests {
     #[derive(Default)]
     struct FakeLinks {
         host: RefCell<BTreeSet<String>>,
+        /// Host links of netd-cni's names that are not netd's (marked for another network,
+        /// or unmarked with the peer elsewhere): `delete_host_veth` leaves them.
+        foreign: RefCell<BTreeSet<String>>,
         container: RefCell<Option<ContainerIface>>,
         fail_at: Option<&'static str>,
         calls: RefCell<Vec<String>>,
@@ -712,7 +760,9 @@ mod tests {
         fn create_veth(&self, host: &str, tmp: &str, _: &Path) -> Result<String, LinkError> {
             self.step("create_veth")?;
             assert_eq!(tmp, temp_peer_name(host));
-            if !self.host.borrow_mut().insert(host.to_string()) {
+            if self.foreign.borrow().contains(host)
+                || !self.host.borrow_mut().insert(host.to_string())
+            {
                 return Err(LinkError::Os {
                     step: "create_veth".into(),
                     err: std::io::Error::from_raw_os_error(libc::EEXIST),
@@ -738,7 +788,25 @@ mod tests {
             Ok(self.host.borrow_mut().remove(name))
         }
         fn link_exists(&self, name: &str) -> Result<bool, LinkError> {
-            Ok(self.host.borrow().contains(name))
+            Ok(self.host.borrow().contains(name) || self.foreign.borrow().contains(name))
+        }
+        fn delete_host_veth(
+            &self,
+            name: &str,
+            _: Option<&str>,
+            _: Option<&Path>,
+        ) -> Result<Removal, LinkError> {
+            self.calls
+                .borrow_mut()
+                .push(format!("delete_host_veth {name}"));
+            if self.foreign.borrow().contains(name) {
+                return Ok(Removal::Foreign("someone else's".into()));
+            }
+            Ok(if self.host.borrow_mut().remove(name) {
+                Removal::Deleted
+            } else {
+                Removal::Missing
+            })
         }
         fn configure_container(
             &self,
@@ -981,16 +1049,79 @@ mod tests {
     }
 
     #[test]
-    fn add_over_a_leftover_veth_gives_the_endpoint_back_and_leaves_the_link() {
-        // netd holds no endpoint (else it refuses the attach), yet the host link exists.
+    fn add_over_a_foreign_link_gives_the_endpoint_back_and_leaves_the_link() {
+        // netd holds no endpoint (else it refuses the attach), yet a host link of the name
+        // exists that is not this container's leftover.
         let links = FakeLinks::default();
-        links.host.borrow_mut().insert(veth());
+        links.foreign.borrow_mut().insert(veth());
         let (out, calls) = go("ADD", NETNS, &conf(json!({})), FakeNetd::default(), &links);
         let e = out.unwrap_err();
         assert_eq!(e.code(), 100);
         assert!(e.to_string().contains("already attached"), "{e}");
         assert_eq!(calls, vec!["attach c1 0", "detach web c1 eth0"]);
+        assert!(links.foreign.borrow().contains(&veth()));
+    }
+
+    /// The pair an earlier ADD made and never marked (its plugin died before netd answered)
+    /// is replaced: before, such an ADD was refused as "already attached" until the
+    /// container's namespace went away.
+    #[test]
+    fn add_over_its_own_unmarked_leftover_replaces_it() {
+        let links = FakeLinks::default();
+        links.host.borrow_mut().insert(veth());
+        let (out, calls) = go("ADD", NETNS, &conf(json!({})), FakeNetd::default(), &links);
+        out.unwrap();
+        assert_eq!(calls, vec!["attach c1 0"]);
+        assert_eq!(
+            links.calls.borrow()[..4],
+            [
+                "create_veth".to_string(),
+                "create_veth".to_string(),
+                format!("delete_host_veth {}", veth()),
+                "create_veth".to_string(),
+            ]
+        );
         assert!(links.host.borrow().contains(&veth()));
+    }
+
+    /// A DEL that netd answers with "no endpoint" removes this container's unmarked pair
+    /// itself (netd's reaper takes marked veths only) and leaves the container side alone;
+    /// a link of the name that is not netd's is left, and so is the container's interface.
+    #[test]
+    fn del_removes_only_what_is_netds() {
+        let not_held = || FakeNetd {
+            not_held: true,
+            ..Default::default()
+        };
+        let links = FakeLinks::default();
+        links.host.borrow_mut().insert(veth());
+        let (out, calls) = go("DEL", NETNS, &conf(json!({})), not_held(), &links);
+        assert_eq!(out.unwrap(), None);
+        assert_eq!(calls, vec!["release web c1 eth0"]);
+        assert!(links.host.borrow().is_empty());
+        assert_eq!(
+            *links.calls.borrow(),
+            vec![format!("delete_host_veth {}", veth())]
+        );
+
+        for netd in [
+            not_held(),
+            FakeNetd {
+                unreachable: true,
+                ..Default::default()
+            },
+        ] {
+            let links = FakeLinks::default();
+            links.foreign.borrow_mut().insert(veth());
+            let (out, _) = go("DEL", NETNS, &conf(json!({})), netd, &links);
+            assert_eq!(out.unwrap(), None);
+            assert!(links.foreign.borrow().contains(&veth()));
+            assert_eq!(
+                *links.calls.borrow(),
+                vec![format!("delete_host_veth {}", veth())],
+                "the container's interface was touched"
+            );
+        }
     }
 
     #[test]
