@@ -251,7 +251,7 @@ fn add(
         PluginError::link(format!("ADD failed at {what}"), e.to_string())
     };
 
-    let host_mac = match early {
+    let mut host_mac = match early {
         Some(Ok(mac)) => mac,
         _ => create_over_leftover(links, &veth, &tmp, netns).map_err(|e| {
             // EEXIST made nothing (the name, or the peer's temporary name inside the
@@ -270,14 +270,26 @@ fn add(
     let bridge_index = links
         .ensure_bridge(&net.bridge, &net.gateway_nets(), net.mtu, &net.name)
         .map_err(|e| fail(step(format!("ensure_bridge {}", net.bridge), e), true))?;
-    links
-        .attach_veth(&veth, bridge_index, net.mtu, !net.icc, &net.name)
-        .map_err(|e| {
-            fail(
-                step(format!("attach_veth {veth} to {}", net.bridge), e),
-                true,
-            )
-        })?;
+    let attach = || links.attach_veth(&veth, bridge_index, net.mtu, !net.icc, &net.name);
+    let attached = match attach() {
+        // The pair made while netd worked is gone: netd's reaper took it for the unmarked
+        // pair of a DEL of this interface that netd answered just before this ADD (see
+        // netd/src/daemon/reaper.rs). netd settles that removal before answering, so a pair
+        // made now stays.
+        Err(e) if made_early && e.errno() == Some(libc::ENODEV) => {
+            host_mac = links
+                .create_veth(&veth, &tmp, netns)
+                .map_err(|e| fail(step(format!("create_veth {veth}"), e), true))?;
+            attach()
+        }
+        r => r,
+    };
+    attached.map_err(|e| {
+        fail(
+            step(format!("attach_veth {veth} to {}", net.bridge), e),
+            true,
+        )
+    })?;
     let container = links
         .configure_container(
             netns,
@@ -412,8 +424,9 @@ fn refuse_taken_ifname(conf: &NetConf, netns: &Path, ifname: &str) -> Result<(),
 /// The plugin removes only a host veth that is netd's for this DEL
 /// ([`Links::delete_host_veth`]): marked for this network, or unmarked with its peer in this
 /// container's namespace, the pair an ADD made while netd worked and never marked because its
-/// plugin died. netd's reaper removes only marked veths: it runs after the answer, when a new
-/// ADD of the same interface may already have made its own unmarked pair.
+/// plugin died. When netd released an endpoint, its reaper removes both kinds (it knows the
+/// endpoint's netns); when it held none, it knows no netns and removes marked veths only, so
+/// the plugin looks for the unmarked pair itself.
 fn del(env: &Env, conf: &NetConf, netd: &dyn Netd, links: &dyn Links) -> Result<(), PluginError> {
     let cid = env.container_id()?;
     let ifname = env.ifname()?;
@@ -726,6 +739,8 @@ mod tests {
         /// or unmarked with the peer elsewhere): `delete_host_veth` leaves them.
         foreign: RefCell<BTreeSet<String>>,
         container: RefCell<Option<ContainerIface>>,
+        /// The host veth is gone when attach_veth first runs (netd's reaper took it).
+        vanish: std::cell::Cell<bool>,
         fail_at: Option<&'static str>,
         calls: RefCell<Vec<String>>,
     }
@@ -779,6 +794,13 @@ mod tests {
             _: &str,
         ) -> Result<(), LinkError> {
             self.step("attach_veth")?;
+            if self.vanish.replace(false) {
+                self.host.borrow_mut().remove(host);
+                return Err(LinkError::Os {
+                    step: "attach_veth".into(),
+                    err: std::io::Error::from_raw_os_error(libc::ENODEV),
+                });
+            }
             assert_eq!((bridge, isolated), (7, false));
             assert!(self.host.borrow().contains(host));
             Ok(())
@@ -1079,6 +1101,28 @@ mod tests {
                 "create_veth".to_string(),
                 format!("delete_host_veth {}", veth()),
                 "create_veth".to_string(),
+            ]
+        );
+        assert!(links.host.borrow().contains(&veth()));
+    }
+
+    /// netd's reaper may take the pair made while netd worked (see the ADD): the plugin makes
+    /// it again, once, and goes on.
+    #[test]
+    fn add_makes_the_pair_again_when_it_vanished_before_the_answer() {
+        let links = FakeLinks::default();
+        links.vanish.set(true);
+        let (out, calls) = go("ADD", NETNS, &conf(json!({})), FakeNetd::default(), &links);
+        out.unwrap();
+        assert_eq!(calls, vec!["attach c1 0"]);
+        assert_eq!(
+            links.calls.borrow()[..5],
+            [
+                "create_veth",
+                "ensure_bridge",
+                "attach_veth",
+                "create_veth",
+                "attach_veth"
             ]
         );
         assert!(links.host.borrow().contains(&veth()));

@@ -877,3 +877,44 @@ fn del_without_netd_removes_only_netds_links() {
     w.cni_del(&attached, "a");
     assert!(!w.host.has_link(&va) && !attached.has_link("eth0"));
 }
+
+/// netd held the endpoint: the plugin died after netd answered the attach, before it marked
+/// the pair. The runtime's DEL releases the endpoint, and netd's reaper removes the unmarked
+/// pair after answering, because its peer is in the endpoint's netns. Control: an unmarked
+/// veth of that name whose peer is elsewhere stays.
+#[test]
+fn del_of_an_endpoint_whose_add_never_finished_removes_its_pair() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network("a", &["--subnet", "10.89.16.0/24"]);
+    // netd holds the endpoint; the pair is as the plugin made it before netd's answer.
+    let held = |c: &Netns, peer_ns: &Netns| {
+        w.cni_add(c, "a");
+        let veth = netd::model::host_veth_name(c.label(), "eth0");
+        w.host.ip(&["link", "del", &veth]);
+        assert!(c.wait_link_gone("eth0", Duration::from_secs(5)));
+        unfinished_add_pair(&w, c, peer_ns)
+    };
+    let c1 = w.container("c1");
+    let v1 = held(&c1, &c1);
+    let c2 = w.container("c2");
+    let elsewhere = w.container("elsewhere");
+    let v2 = held(&c2, &elsewhere);
+
+    w.cni_del(&c1, "a");
+    assert!(
+        c1.wait_link_gone("vtleftover", Duration::from_secs(5)),
+        "the reaper left the unmarked pair of a released endpoint"
+    );
+    assert!(!w.host.has_link(&v1));
+    w.cni_del(&c2, "a");
+    // The reaper works after the answer: give it the time it needs for a removal.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        w.host.has_link(&v2),
+        "the reaper removed a veth whose peer is elsewhere"
+    );
+    assert!(elsewhere.has_link("vtleftover"));
+    let eps = w.netctl_json(&["endpoint", "ls"]);
+    assert_eq!(eps.as_array().map(Vec::len), Some(0), "{eps}");
+}
