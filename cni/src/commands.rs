@@ -587,15 +587,16 @@ fn gc(conf: &NetConf, netd: &dyn Netd, links: &dyn Links) -> Result<(), PluginEr
         valid,
     };
     let released = netd.gc(&req).map_err(|e| PluginError::from_netd("GC", e))?;
-    // The spec: continue past errors and report them together.
+    // The spec: continue past errors and report them together. Only links that are netd's
+    // for the endpoint go, by DEL's rule: a veth of that name may be someone else's.
     let mut errors = Vec::new();
     for ep in &released.released {
-        match links.link_exists(&ep.host_veth) {
-            Ok(false) => {}
-            Ok(true) => {
-                if let Err(e) = links.delete_link(&ep.host_veth) {
-                    errors.push(format!("{}: {e}", ep.host_veth));
-                }
+        let netns = Path::new(&ep.netns);
+        let netns = links.is_netns(netns).then_some(netns);
+        match links.delete_host_veth(&ep.host_veth, Some(&ep.network), netns) {
+            Ok(Removal::Deleted | Removal::Missing) => {}
+            Ok(Removal::Foreign(why)) => {
+                eprintln!("netd-cni: left host link {} alone: {why}", ep.host_veth)
             }
             Err(e) => errors.push(format!("{}: {e}", ep.host_veth)),
         }
@@ -1340,6 +1341,16 @@ mod tests {
         assert_eq!(out.unwrap(), None);
         assert_eq!(calls, vec!["gc web 1"]);
         assert!(!links.host.borrow().contains(&gone.host_veth));
+
+        // A link of the released endpoint's name that is not netd's stays.
+        links.foreign.borrow_mut().insert(gone.host_veth.clone());
+        let netd = FakeNetd {
+            released: vec![gone.clone()],
+            ..Default::default()
+        };
+        let (out, _) = go("GC", "", &input, netd, &links);
+        assert_eq!(out.unwrap(), None);
+        assert!(links.foreign.borrow().contains(&gone.host_veth));
 
         let (out, calls) = go("GC", "", &conf(json!({})), FakeNetd::default(), &links);
         assert_eq!(out.unwrap_err().code(), 7);

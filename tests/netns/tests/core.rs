@@ -878,6 +878,16 @@ fn del_without_netd_removes_only_netds_links() {
     assert!(!w.host.has_link(&va) && !attached.has_link("eth0"));
 }
 
+/// ADDs `c` to `network` and then puts the pair back as the plugin made it before netd's
+/// answer (see [`unfinished_add_pair`]): netd holds the endpoint, the pair is unmarked.
+fn held_with_unfinished_pair(w: &World, network: &str, c: &Netns, peer_ns: &Netns) -> String {
+    w.cni_add(c, network);
+    let veth = netd::model::host_veth_name(c.label(), "eth0");
+    w.host.ip(&["link", "del", &veth]);
+    assert!(c.wait_link_gone("eth0", Duration::from_secs(5)));
+    unfinished_add_pair(w, c, peer_ns)
+}
+
 /// netd held the endpoint: the plugin died after netd answered the attach, before it marked
 /// the pair. The runtime's DEL releases the endpoint, and netd's reaper removes the unmarked
 /// pair after answering, because its peer is in the endpoint's netns. Control: an unmarked
@@ -887,19 +897,11 @@ fn del_of_an_endpoint_whose_add_never_finished_removes_its_pair() {
     let mut w = World::new();
     w.start_netd();
     w.create_network("a", &["--subnet", "10.89.16.0/24"]);
-    // netd holds the endpoint; the pair is as the plugin made it before netd's answer.
-    let held = |c: &Netns, peer_ns: &Netns| {
-        w.cni_add(c, "a");
-        let veth = netd::model::host_veth_name(c.label(), "eth0");
-        w.host.ip(&["link", "del", &veth]);
-        assert!(c.wait_link_gone("eth0", Duration::from_secs(5)));
-        unfinished_add_pair(&w, c, peer_ns)
-    };
     let c1 = w.container("c1");
-    let v1 = held(&c1, &c1);
+    let v1 = held_with_unfinished_pair(&w, "a", &c1, &c1);
     let c2 = w.container("c2");
     let elsewhere = w.container("elsewhere");
-    let v2 = held(&c2, &elsewhere);
+    let v2 = held_with_unfinished_pair(&w, "a", &c2, &elsewhere);
 
     w.cni_del(&c1, "a");
     assert!(
@@ -917,4 +919,40 @@ fn del_of_an_endpoint_whose_add_never_finished_removes_its_pair() {
     assert!(elsewhere.has_link("vtleftover"));
     let eps = w.netctl_json(&["endpoint", "ls"]);
     assert_eq!(eps.as_array().map(Vec::len), Some(0), "{eps}");
+}
+
+/// GC removes the host veths of the endpoints it released by DEL's rule: a veth marked for
+/// the network goes, an unmarked one of a released endpoint's name whose peer is elsewhere
+/// stays (before, GC deleted whatever had the name).
+#[test]
+fn gc_removes_only_netds_veths_of_released_endpoints() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network("a", &["--subnet", "10.89.17.0/24"]);
+    let c1 = w.container("c1");
+    w.cni_add(&c1, "a");
+    let v1 = netd::model::host_veth_name(c1.label(), "eth0");
+    let c2 = w.container("c2");
+    let elsewhere = w.container("elsewhere");
+    let v2 = held_with_unfinished_pair(&w, "a", &c2, &elsewhere);
+
+    // GC exists from CNI 1.1.0 on; nothing is valid, so both endpoints are released.
+    let mut conf = w.cni_conf("a");
+    conf["cniVersion"] = json!("1.1.0");
+    conf["cni.dev/valid-attachments"] = json!([]);
+    let env = w.cni_env("GC", &c1, "eth0");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = w.cni_raw(&env, conf.to_string().as_bytes());
+    assert!(r.success(), "{r}");
+    let eps = w.netctl_json(&["endpoint", "ls"]);
+    assert_eq!(eps.as_array().map(Vec::len), Some(0), "{eps}");
+    assert!(
+        !w.host.has_link(&v1),
+        "GC left the marked veth of a released endpoint"
+    );
+    assert!(
+        w.host.has_link(&v2),
+        "GC removed a veth whose peer is elsewhere"
+    );
+    assert!(elsewhere.has_link("vtleftover"));
 }
