@@ -158,8 +158,10 @@ fn add(
     // rollback could tear the working attachment down. A host link left over without an
     // endpoint shows when creating the pair fails with EEXIST once netd has answered, because
     // netd first finishes removing the veth of a DEL it has just answered (the runtime may ADD
-    // the same interface again at once). Not looked up beforehand: on a host with many
-    // containers every lookup of a veth costs the kernel a walk over all their namespaces.
+    // the same interface again at once); this container's own unfinished pair is replaced
+    // then ([`create_over_leftover`]), anything else refused. Not looked up beforehand: on a
+    // host with many containers every lookup of a veth costs the kernel a walk over all
+    // their namespaces.
     let already = |name: &str| PluginError::Conflict {
         msg: format!(
             "container {cid} interface {ifname} is already attached \
@@ -183,8 +185,9 @@ fn add(
     // The pair is made while netd works on the attach: it is the largest piece of kernel work
     // of an ADD and needs nothing from netd's answer (the name follows from the container and
     // the interface). It stays down, unmarked and outside any bridge until the answer, so
-    // netd's reaper and reconciliation, which delete only marked links, leave it alone. If it
-    // fails here (EEXIST from a veth netd is still removing, say) it is made again below.
+    // netd's reconciliation, which deletes only marked links, leaves it alone (the reaper of
+    // a DEL answered just before may not: see the attach below). If it fails here (EEXIST
+    // from a veth netd is still removing, say) it is made again below.
     let veth = netd_core::model::host_veth_name(cid, ifname);
     let tmp = temp_peer_name(&veth);
     let mut early = None;
