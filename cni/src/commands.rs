@@ -10,7 +10,7 @@ use netd_api::{
 
 use crate::env::{Command, Env};
 use crate::error::PluginError;
-use crate::links::Links;
+use crate::links::{Links, Removal};
 use crate::shaping::{self, AddOutcome};
 use crate::types::{self, CniVersion, NetConf, VersionReply};
 
@@ -158,8 +158,10 @@ fn add(
     // rollback could tear the working attachment down. A host link left over without an
     // endpoint shows when creating the pair fails with EEXIST once netd has answered, because
     // netd first finishes removing the veth of a DEL it has just answered (the runtime may ADD
-    // the same interface again at once). Not looked up beforehand: on a host with many
-    // containers every lookup of a veth costs the kernel a walk over all their namespaces.
+    // the same interface again at once); this container's own unfinished pair is replaced
+    // then ([`create_over_leftover`]), anything else refused. Not looked up beforehand: on a
+    // host with many containers every lookup of a veth costs the kernel a walk over all
+    // their namespaces.
     let already = |name: &str| PluginError::Conflict {
         msg: format!(
             "container {cid} interface {ifname} is already attached \
@@ -183,8 +185,9 @@ fn add(
     // The pair is made while netd works on the attach: it is the largest piece of kernel work
     // of an ADD and needs nothing from netd's answer (the name follows from the container and
     // the interface). It stays down, unmarked and outside any bridge until the answer, so
-    // netd's reaper and reconciliation, which delete only marked links, leave it alone. If it
-    // fails here (EEXIST from a veth netd is still removing, say) it is made again below.
+    // netd's reconciliation, which deletes only marked links, leaves it alone (the reaper of
+    // a DEL answered just before may not: see the attach below). If it fails here (EEXIST
+    // from a veth netd is still removing, say) it is made again below.
     let veth = netd_core::model::host_veth_name(cid, ifname);
     let tmp = temp_peer_name(&veth);
     let mut early = None;
@@ -251,9 +254,9 @@ fn add(
         PluginError::link(format!("ADD failed at {what}"), e.to_string())
     };
 
-    let host_mac = match early {
+    let mut host_mac = match early {
         Some(Ok(mac)) => mac,
-        _ => links.create_veth(&veth, &tmp, netns).map_err(|e| {
+        _ => create_over_leftover(links, &veth, &tmp, netns).map_err(|e| {
             // EEXIST made nothing (the name, or the peer's temporary name inside the
             // container, is taken): whatever has that name is not ours to remove.
             if e.errno() == Some(libc::EEXIST) {
@@ -270,14 +273,26 @@ fn add(
     let bridge_index = links
         .ensure_bridge(&net.bridge, &net.gateway_nets(), net.mtu, &net.name)
         .map_err(|e| fail(step(format!("ensure_bridge {}", net.bridge), e), true))?;
-    links
-        .attach_veth(&veth, bridge_index, net.mtu, !net.icc, &net.name)
-        .map_err(|e| {
-            fail(
-                step(format!("attach_veth {veth} to {}", net.bridge), e),
-                true,
-            )
-        })?;
+    let attach = || links.attach_veth(&veth, bridge_index, net.mtu, !net.icc, &net.name);
+    let attached = match attach() {
+        // The pair made while netd worked is gone: netd's reaper took it for the unmarked
+        // pair of a DEL of this interface that netd answered just before this ADD (see
+        // netd/src/daemon/reaper.rs). netd settles that removal before answering, so a pair
+        // made now stays.
+        Err(e) if made_early && e.errno() == Some(libc::ENODEV) => {
+            host_mac = links
+                .create_veth(&veth, &tmp, netns)
+                .map_err(|e| fail(step(format!("create_veth {veth}"), e), true))?;
+            attach()
+        }
+        r => r,
+    };
+    attached.map_err(|e| {
+        fail(
+            step(format!("attach_veth {veth} to {}", net.bridge), e),
+            true,
+        )
+    })?;
     let container = links
         .configure_container(
             netns,
@@ -312,6 +327,32 @@ fn add(
         conf.dns.as_ref(),
         &out,
     ))
+}
+
+/// Creates the pair after netd's answer. On EEXIST, a host veth of this name that is
+/// unmarked with its peer in this container's namespace is the pair of an earlier ADD of
+/// this interface whose plugin died before marking it (netd holds no endpoint for the
+/// interface, or it would have refused the attach; the runtime runs one command per
+/// container at a time): it is removed and the pair made again. Anything else keeps the
+/// EEXIST. Only on this failure path, so a successful ADD makes no extra request.
+fn create_over_leftover(
+    links: &dyn Links,
+    veth: &str,
+    tmp: &str,
+    netns: &Path,
+) -> Result<String, crate::links::LinkError> {
+    match links.create_veth(veth, tmp, netns) {
+        Err(e) if e.errno() == Some(libc::EEXIST) => {
+            match links.delete_host_veth(veth, None, Some(netns)) {
+                Ok(Removal::Deleted) => {
+                    eprintln!("netd-cni: removed {veth}, left unmarked in this container by an ADD that did not finish");
+                    links.create_veth(veth, tmp, netns)
+                }
+                _ => Err(e),
+            }
+        }
+        r => r,
+    }
 }
 
 /// The fixed addresses and MAC of an ADD: from the `ips`/`mac` capabilities or CNI_ARGS
@@ -377,16 +418,32 @@ fn refuse_taken_ifname(conf: &NetConf, netns: &Path, ifname: &str) -> Result<(),
     Ok(())
 }
 
-/// Best effort and idempotent: whatever is already gone counts as removed. When netd answers,
-/// it removes the veth pair itself after answering (the kernel takes 15–30 ms to unregister a
-/// veth, most of a DEL otherwise). An unreachable netd does not block the container's removal:
-/// the plugin removes the links itself and netd releases the endpoint when it is back.
+/// Best effort and idempotent: whatever is already gone counts as removed. When netd answers
+/// that it released the endpoint, it removes the veth pair itself after answering (the kernel
+/// takes 15–30 ms to unregister a veth, most of a DEL otherwise). An unreachable netd does not
+/// block the container's removal: the plugin removes the links itself and netd releases the
+/// endpoint when it is back.
+///
+/// The plugin removes only a host veth that is netd's for this DEL
+/// ([`Links::delete_host_veth`]): marked for this network, or unmarked with its peer in this
+/// container's namespace, the pair an ADD made while netd worked and never marked because its
+/// plugin died. When netd released an endpoint, its reaper removes both kinds (it knows the
+/// endpoint's netns); when it held none, it knows no netns and removes marked veths only, so
+/// the plugin looks for the unmarked pair itself.
 fn del(env: &Env, conf: &NetConf, netd: &dyn Netd, links: &dyn Links) -> Result<(), PluginError> {
     let cid = env.container_id()?;
     let ifname = env.ifname()?;
     let mut failure: Option<PluginError> = None;
+    // Whether to remove the container's interface too: only when netd could not be asked.
+    // When netd answered, anything of this interface's that it marked is its reaper's.
+    let mut container_side = true;
     match netd.release(&conf.network, cid, ifname) {
-        Ok(_) => return Ok(()),
+        Ok(r) if r.released => return Ok(()),
+        // netd held no endpoint. An ADD whose plugin died after making the pair, before netd
+        // took the endpoint, leaves an unmarked pair that nobody else removes. Rare (a DEL
+        // after a failed ADD, or a repeated DEL), so the one lookup below is not on the
+        // common path; a missing link costs the kernel no walk.
+        Ok(_) => container_side = false,
         Err(ClientError::Unreachable { path, source }) => eprintln!(
             "netd-cni: netd is not reachable at {} ({source}); removing links only, netd GC releases {cid}/{ifname}",
             path.display()
@@ -396,22 +453,22 @@ fn del(env: &Env, conf: &NetConf, netd: &dyn Netd, links: &dyn Links) -> Result<
     }
 
     let mut link_errors = Vec::new();
-    if let Some(netns) = env.netns() {
-        if links.is_netns(netns) {
-            if let Err(e) = links.delete_container_iface(netns, ifname) {
-                link_errors.push(format!("{ifname} in {}: {e}", netns.display()));
-            }
-        }
-    }
+    let netns = env.netns().filter(|p| links.is_netns(p));
     let veth = netd_core::model::host_veth_name(cid, ifname);
-    match links.link_exists(&veth) {
-        Ok(false) => {}
-        Ok(true) => {
-            if let Err(e) = links.delete_link(&veth) {
-                link_errors.push(format!("{veth}: {e}"));
-            }
+    match links.delete_host_veth(&veth, Some(&conf.network), netns) {
+        Ok(Removal::Deleted | Removal::Missing) => {}
+        Ok(Removal::Foreign(why)) => {
+            // Its other end may well be this container's interface (a veth marked for
+            // another network): leave that alone too.
+            eprintln!("netd-cni: left host link {veth} alone: {why}");
+            container_side = false;
         }
         Err(e) => link_errors.push(format!("{veth}: {e}")),
+    }
+    if let (true, Some(netns)) = (container_side, netns) {
+        if let Err(e) = links.delete_container_iface(netns, ifname) {
+            link_errors.push(format!("{ifname} in {}: {e}", netns.display()));
+        }
     }
     if let Some(e) = failure {
         return Err(e.with_note(&link_errors.join("; ")));
@@ -533,15 +590,16 @@ fn gc(conf: &NetConf, netd: &dyn Netd, links: &dyn Links) -> Result<(), PluginEr
         valid,
     };
     let released = netd.gc(&req).map_err(|e| PluginError::from_netd("GC", e))?;
-    // The spec: continue past errors and report them together.
+    // The spec: continue past errors and report them together. Only links that are netd's
+    // for the endpoint go, by DEL's rule: a veth of that name may be someone else's.
     let mut errors = Vec::new();
     for ep in &released.released {
-        match links.link_exists(&ep.host_veth) {
-            Ok(false) => {}
-            Ok(true) => {
-                if let Err(e) = links.delete_link(&ep.host_veth) {
-                    errors.push(format!("{}: {e}", ep.host_veth));
-                }
+        let netns = Path::new(&ep.netns);
+        let netns = links.is_netns(netns).then_some(netns);
+        match links.delete_host_veth(&ep.host_veth, Some(&ep.network), netns) {
+            Ok(Removal::Deleted | Removal::Missing) => {}
+            Ok(Removal::Foreign(why)) => {
+                eprintln!("netd-cni: left host link {} alone: {why}", ep.host_veth)
             }
             Err(e) => errors.push(format!("{}: {e}", ep.host_veth)),
         }
@@ -596,6 +654,8 @@ mod tests {
         calls: RefCell<Vec<String>>,
         attach_err: Option<ApiError>,
         unreachable: bool,
+        /// netd holds no endpoint: a release answers `released: false`.
+        not_held: bool,
         endpoint: Option<Attachment>,
         released: Vec<netd_core::model::Endpoint>,
         last_attach: RefCell<Option<AttachRequest>>,
@@ -651,7 +711,9 @@ mod tests {
         }
         fn release(&self, n: &str, c: &str, i: &str) -> Result<Released, ClientError> {
             self.log(format!("release {n} {c} {i}"))?;
-            Ok(Released { released: true })
+            Ok(Released {
+                released: !self.not_held,
+            })
         }
         fn gc(&self, req: &GcRequest) -> Result<GcResult, ClientError> {
             self.log(format!("gc {} {}", req.network, req.valid.len()))?;
@@ -677,7 +739,12 @@ mod tests {
     #[derive(Default)]
     struct FakeLinks {
         host: RefCell<BTreeSet<String>>,
+        /// Host links of netd-cni's names that are not netd's (marked for another network,
+        /// or unmarked with the peer elsewhere): `delete_host_veth` leaves them.
+        foreign: RefCell<BTreeSet<String>>,
         container: RefCell<Option<ContainerIface>>,
+        /// The host veth is gone when attach_veth first runs (netd's reaper took it).
+        vanish: std::cell::Cell<bool>,
         fail_at: Option<&'static str>,
         calls: RefCell<Vec<String>>,
     }
@@ -712,7 +779,9 @@ mod tests {
         fn create_veth(&self, host: &str, tmp: &str, _: &Path) -> Result<String, LinkError> {
             self.step("create_veth")?;
             assert_eq!(tmp, temp_peer_name(host));
-            if !self.host.borrow_mut().insert(host.to_string()) {
+            if self.foreign.borrow().contains(host)
+                || !self.host.borrow_mut().insert(host.to_string())
+            {
                 return Err(LinkError::Os {
                     step: "create_veth".into(),
                     err: std::io::Error::from_raw_os_error(libc::EEXIST),
@@ -729,6 +798,13 @@ mod tests {
             _: &str,
         ) -> Result<(), LinkError> {
             self.step("attach_veth")?;
+            if self.vanish.replace(false) {
+                self.host.borrow_mut().remove(host);
+                return Err(LinkError::Os {
+                    step: "attach_veth".into(),
+                    err: std::io::Error::from_raw_os_error(libc::ENODEV),
+                });
+            }
             assert_eq!((bridge, isolated), (7, false));
             assert!(self.host.borrow().contains(host));
             Ok(())
@@ -738,7 +814,25 @@ mod tests {
             Ok(self.host.borrow_mut().remove(name))
         }
         fn link_exists(&self, name: &str) -> Result<bool, LinkError> {
-            Ok(self.host.borrow().contains(name))
+            Ok(self.host.borrow().contains(name) || self.foreign.borrow().contains(name))
+        }
+        fn delete_host_veth(
+            &self,
+            name: &str,
+            _: Option<&str>,
+            _: Option<&Path>,
+        ) -> Result<Removal, LinkError> {
+            self.calls
+                .borrow_mut()
+                .push(format!("delete_host_veth {name}"));
+            if self.foreign.borrow().contains(name) {
+                return Ok(Removal::Foreign("someone else's".into()));
+            }
+            Ok(if self.host.borrow_mut().remove(name) {
+                Removal::Deleted
+            } else {
+                Removal::Missing
+            })
         }
         fn configure_container(
             &self,
@@ -981,16 +1075,101 @@ mod tests {
     }
 
     #[test]
-    fn add_over_a_leftover_veth_gives_the_endpoint_back_and_leaves_the_link() {
-        // netd holds no endpoint (else it refuses the attach), yet the host link exists.
+    fn add_over_a_foreign_link_gives_the_endpoint_back_and_leaves_the_link() {
+        // netd holds no endpoint (else it refuses the attach), yet a host link of the name
+        // exists that is not this container's leftover.
         let links = FakeLinks::default();
-        links.host.borrow_mut().insert(veth());
+        links.foreign.borrow_mut().insert(veth());
         let (out, calls) = go("ADD", NETNS, &conf(json!({})), FakeNetd::default(), &links);
         let e = out.unwrap_err();
         assert_eq!(e.code(), 100);
         assert!(e.to_string().contains("already attached"), "{e}");
         assert_eq!(calls, vec!["attach c1 0", "detach web c1 eth0"]);
+        assert!(links.foreign.borrow().contains(&veth()));
+    }
+
+    /// The pair an earlier ADD made and never marked (its plugin died before netd answered)
+    /// is replaced: before, such an ADD was refused as "already attached" until the
+    /// container's namespace went away.
+    #[test]
+    fn add_over_its_own_unmarked_leftover_replaces_it() {
+        let links = FakeLinks::default();
+        links.host.borrow_mut().insert(veth());
+        let (out, calls) = go("ADD", NETNS, &conf(json!({})), FakeNetd::default(), &links);
+        out.unwrap();
+        assert_eq!(calls, vec!["attach c1 0"]);
+        assert_eq!(
+            links.calls.borrow()[..4],
+            [
+                "create_veth".to_string(),
+                "create_veth".to_string(),
+                format!("delete_host_veth {}", veth()),
+                "create_veth".to_string(),
+            ]
+        );
         assert!(links.host.borrow().contains(&veth()));
+    }
+
+    /// netd's reaper may take the pair made while netd worked (see the ADD): the plugin makes
+    /// it again, once, and goes on.
+    #[test]
+    fn add_makes_the_pair_again_when_it_vanished_before_the_answer() {
+        let links = FakeLinks::default();
+        links.vanish.set(true);
+        let (out, calls) = go("ADD", NETNS, &conf(json!({})), FakeNetd::default(), &links);
+        out.unwrap();
+        assert_eq!(calls, vec!["attach c1 0"]);
+        assert_eq!(
+            links.calls.borrow()[..5],
+            [
+                "create_veth",
+                "ensure_bridge",
+                "attach_veth",
+                "create_veth",
+                "attach_veth"
+            ]
+        );
+        assert!(links.host.borrow().contains(&veth()));
+    }
+
+    /// A DEL that netd answers with "no endpoint" removes this container's unmarked pair
+    /// itself (netd's reaper takes marked veths only) and leaves the container side alone;
+    /// a link of the name that is not netd's is left, and so is the container's interface.
+    #[test]
+    fn del_removes_only_what_is_netds() {
+        let not_held = || FakeNetd {
+            not_held: true,
+            ..Default::default()
+        };
+        let links = FakeLinks::default();
+        links.host.borrow_mut().insert(veth());
+        let (out, calls) = go("DEL", NETNS, &conf(json!({})), not_held(), &links);
+        assert_eq!(out.unwrap(), None);
+        assert_eq!(calls, vec!["release web c1 eth0"]);
+        assert!(links.host.borrow().is_empty());
+        assert_eq!(
+            *links.calls.borrow(),
+            vec![format!("delete_host_veth {}", veth())]
+        );
+
+        for netd in [
+            not_held(),
+            FakeNetd {
+                unreachable: true,
+                ..Default::default()
+            },
+        ] {
+            let links = FakeLinks::default();
+            links.foreign.borrow_mut().insert(veth());
+            let (out, _) = go("DEL", NETNS, &conf(json!({})), netd, &links);
+            assert_eq!(out.unwrap(), None);
+            assert!(links.foreign.borrow().contains(&veth()));
+            assert_eq!(
+                *links.calls.borrow(),
+                vec![format!("delete_host_veth {}", veth())],
+                "the container's interface was touched"
+            );
+        }
     }
 
     #[test]
@@ -1165,6 +1344,16 @@ mod tests {
         assert_eq!(out.unwrap(), None);
         assert_eq!(calls, vec!["gc web 1"]);
         assert!(!links.host.borrow().contains(&gone.host_veth));
+
+        // A link of the released endpoint's name that is not netd's stays.
+        links.foreign.borrow_mut().insert(gone.host_veth.clone());
+        let netd = FakeNetd {
+            released: vec![gone.clone()],
+            ..Default::default()
+        };
+        let (out, _) = go("GC", "", &input, netd, &links);
+        assert_eq!(out.unwrap(), None);
+        assert!(links.foreign.borrow().contains(&gone.host_veth));
 
         let (out, calls) = go("GC", "", &conf(json!({})), FakeNetd::default(), &links);
         assert_eq!(out.unwrap_err().code(), 7);

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 
 /// The link layer's own types: the plugin speaks to it directly, no copies across the
 /// boundary.
-pub use netd_link::{ContainerIface, LinkError, Route};
+pub use netd_link::{ContainerIface, LinkError, Removal, Route};
 
 pub trait Links {
     /// Creates the bridge if missing and makes sure it carries `addrs` and netd's mark for
@@ -42,6 +42,16 @@ pub trait Links {
     ) -> Result<(), LinkError>;
     /// False when there was no such link.
     fn delete_link(&self, name: &str) -> Result<bool, LinkError>;
+    /// Deletes host veth `name` only if it is netd's to remove for this container: marked
+    /// as `network`'s, or unmarked with its peer inside `netns` (the pair of an ADD whose
+    /// plugin died before marking it). Anything else is left alone and reported as
+    /// [`Removal::Foreign`]; see `netd_link::HostLinks::delete_host_veth`.
+    fn delete_host_veth(
+        &self,
+        name: &str,
+        network: Option<&str>,
+        netns: Option<&Path>,
+    ) -> Result<Removal, LinkError>;
     fn link_exists(&self, name: &str) -> Result<bool, LinkError>;
     /// Renames `tmp_name` to `ifname` inside `netns`, sets the MAC (if given), addresses,
     /// routes and MTU, brings it up.
@@ -73,7 +83,7 @@ mod system {
     use ipnet::IpNet;
     use netd_link as nl;
 
-    use super::{ContainerIface, LinkError, Links, Route};
+    use super::{ContainerIface, LinkError, Links, Removal, Route};
 
     /// netd_link takes namespace paths as text (netd stores them so); the commands refuse a
     /// non-UTF-8 CNI_NETNS before any link call.
@@ -141,6 +151,16 @@ mod system {
 
         fn link_exists(&self, name: &str) -> Result<bool, LinkError> {
             self.host()?.link_exists(name)
+        }
+
+        fn delete_host_veth(
+            &self,
+            name: &str,
+            network: Option<&str>,
+            netns: Option<&Path>,
+        ) -> Result<Removal, LinkError> {
+            let netns = netns.map(text).transpose()?;
+            self.host()?.delete_host_veth(name, network, netns)
         }
 
         fn configure_container(

@@ -3,7 +3,8 @@
 //!
 //! Layout under the state directory:
 //! `networks/NAME.json`, `endpoints/NETWORK@CONTAINER@IFNAME.json`, `meta.json` (the
-//! snapshot, the format older netd wrote and `netctl plan --state-dir` reads), and `journal`.
+//! snapshot, the format older netd wrote and `netctl plan --state-dir` reads), `journal`,
+//! and `lock` (see [`Store::open`]).
 //! '@' cannot occur in validated names, so file names map back to keys unambiguously.
 //!
 //! A change ([`Store::commit`]) is one record appended to the journal and one fdatasync of
@@ -64,6 +65,14 @@ pub enum StoreError {
     },
     #[error("journal {path} is corrupt: {detail}")]
     Journal { path: PathBuf, detail: String },
+    /// Another process holds the state directory's lock: a second netd on the same
+    /// directory would interleave its journal records with the first one's.
+    #[error(
+        "state directory {} is in use by another netd ({}); stop that one first, or give this one its own --state-dir",
+        dir.display(),
+        holder.map_or_else(|| "its pid is not known yet".to_string(), |pid| format!("pid {pid}"))
+    )]
+    Locked { dir: PathBuf, holder: Option<u32> },
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -178,6 +187,8 @@ struct Read {
 
 pub struct Store {
     dir: PathBuf,
+    /// Holds the directory's `flock` for as long as the store lives (see [`Store::open`]).
+    _lock: File,
     journal_size: u64,
     /// `None` before [`Store::load`], and after a failed append until the next compaction.
     journal: Option<Journal>,
@@ -187,7 +198,12 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed, mode 0700) the state directory.
+    /// Opens (creating if needed, mode 0700) the state directory and takes its lock, so that
+    /// one process at a time writes it: two netds on one directory would interleave their
+    /// journal records and fight over the table. A directory that another process holds is
+    /// refused with [`StoreError::Locked`]. The lock is released when the store is dropped,
+    /// and by the kernel when the process dies, kill -9 included, so a restart after a crash
+    /// never finds a stale lock. Readers ([`Store::read`]) take no lock.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         for sub in ["", "networks", "endpoints"] {
             let p = dir.join(sub);
@@ -197,8 +213,10 @@ impl Store {
                 .create(&p)
                 .map_err(io("creating", &p))?;
         }
+        let lock = lock_dir(dir)?;
         Ok(Store {
             dir: dir.to_path_buf(),
+            _lock: lock,
             journal_size: JOURNAL_SIZE,
             journal: None,
             loaded: false,
@@ -574,6 +592,46 @@ fn create_private(path: &Path) -> Result<File, StoreError> {
         .map_err(io("creating", path))
 }
 
+/// The state directory's lock file; it holds the pid of the netd that has the lock.
+const LOCK_FILE: &str = "lock";
+
+/// Takes an exclusive `flock` on `dir/lock` without waiting. flock rather than a POSIX
+/// record lock: a record lock belongs to the process and is dropped when *any* of its file
+/// descriptors for the file is closed, a flock only when the locked open file itself is.
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(io("opening", &path))?;
+    // SAFETY: plain syscall on an fd that `file` keeps open for the call.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(io("locking", &path)(err));
+        }
+        // Empty while the holder is between taking the lock and writing its pid.
+        let holder = fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        return Err(StoreError::Locked {
+            dir: dir.to_path_buf(),
+            holder,
+        });
+    }
+    // The pid is for the error message of whoever comes second; it needs no fsync (after a
+    // crash the lock is free and the next holder writes its own).
+    file.set_len(0)
+        .and_then(|()| (&file).write_all(format!("{}\n", std::process::id()).as_bytes()))
+        .map_err(io("writing", &path))?;
+    Ok(file)
+}
+
 /// Whether the running kernel is at least `major.minor` (from uname; false if unreadable).
 fn kernel_at_least(major: u32, minor: u32) -> bool {
     let Ok(release) = fs::read_to_string("/proc/sys/kernel/osrelease") else {
@@ -720,6 +778,8 @@ mod tests {
         // A write that crashed before its rename leaves a .tmp file behind.
         fs::write(dir.join("endpoints/blue@c2@eth0.json.tmp"), b"{\"half").unwrap();
         store.put_meta(&meta(42)).unwrap();
+        // Each reopen below is a restart: the process that held the lock is gone.
+        drop(store);
 
         let loaded = Store::open(&dir).unwrap().load().unwrap();
         assert_eq!(loaded.networks, vec![net.clone()]);
@@ -732,8 +792,38 @@ mod tests {
         store.delete_endpoint(&ep.key()).unwrap();
         store.delete_endpoint(&ep.key()).unwrap();
         store.delete_network("blue").unwrap();
+        drop(store);
         let loaded = Store::open(&dir).unwrap().load().unwrap();
         assert!(loaded.networks.is_empty() && loaded.endpoints.is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// One writer per directory: a second open is refused naming the directory and the
+    /// holder's pid, a reader needs no lock, and the lock goes with the store that held it.
+    #[test]
+    fn the_state_directory_has_one_writer_at_a_time() {
+        let dir = tmpdir("lock");
+        let mut store = Store::open(&dir).unwrap();
+        store.load().unwrap();
+        store.put_network(&net("blue")).unwrap();
+        let err = Store::open(&dir).err().expect("a second writer was let in");
+        match &err {
+            StoreError::Locked { dir: d, holder } => {
+                assert_eq!(d, &dir);
+                assert_eq!(*holder, Some(std::process::id()));
+            }
+            other => panic!("wrong error: {other}"),
+        }
+        let text = err.to_string();
+        assert!(
+            text.contains(&dir.display().to_string())
+                && text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
+        assert_eq!(Store::read(&dir).unwrap().networks, vec![net("blue")]);
+        drop(store);
+        let mut again = Store::open(&dir).unwrap();
+        assert_eq!(again.load().unwrap().networks, vec![net("blue")]);
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -778,6 +868,7 @@ mod tests {
 
         // A restart replays them and goes on appending to the (clean) journal: a restart
         // writes no files.
+        drop(store);
         let mut again = Store::open(&dir).unwrap();
         let loaded = again.load().unwrap();
         assert_eq!(loaded.endpoints, vec![ep("blue", "c1", 2)]);
@@ -837,6 +928,7 @@ mod tests {
             // behind the torn one.
             assert!(records(&dir).is_empty(), "{what}");
             store.put_endpoint(&eps[2]).unwrap();
+            drop(store);
             let loaded = Store::open(&dir).unwrap().load().unwrap();
             assert_eq!(
                 loaded.endpoints,

@@ -563,6 +563,98 @@ fn links_are_marked_and_only_marked_links_are_deleted() {
     });
 }
 
+/// `delete_host_veth` removes a veth that is netd's for this container: marked for the
+/// network, or unmarked with its peer in the container's namespace (the pair an ADD makes
+/// before netd answers, left when the plugin died before marking it). Unmarked veths whose
+/// peer is elsewhere (another container, the host itself, a namespace without an id here),
+/// veths marked for another network and links of another kind are left alone.
+#[test]
+fn delete_host_veth_takes_only_the_containers_own_veth() {
+    require_root!();
+    let host = Netns::new();
+    let c1 = Netns::new();
+    let c2 = Netns::new();
+    let lonely = Netns::new();
+    host.ip(&[
+        "link",
+        "add",
+        "vn-hostpeer",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vn-hostpeer-p",
+    ]);
+    host.ip(&["link", "add", "vn-br", "type", "bridge"]);
+    host.host(|h| {
+        // As the plugin makes it while netd works: down, unmarked, peer under its
+        // temporary name in the container.
+        h.create_veth("vn-left", "tmp-left", &c1.path).unwrap();
+        h.create_veth("vn-else", "tmp-else", &c2.path).unwrap();
+        h.create_veth("vn-mark", "tmp-mark", &c2.path).unwrap();
+        h.create_veth("vn-oth", "tmp-oth", &c1.path).unwrap();
+    });
+    host.ip(&["link", "set", "vn-mark", "alias", "netd network t"]);
+    host.ip(&["link", "set", "vn-oth", "alias", "netd network other"]);
+
+    let c1p = c1.path.as_str();
+    host.host(|h| {
+        let foreign = |name: &str, network: Option<&str>, ns: Option<&str>| match h
+            .delete_host_veth(name, network, ns)
+            .unwrap()
+        {
+            link::Removal::Foreign(why) => why,
+            other => panic!("{name} ({network:?}, {ns:?}): {other:?}"),
+        };
+        // Unmarked, peer in another container; in a namespace without an id here; in the
+        // host itself.
+        assert!(foreign("vn-else", Some("t"), Some(c1p)).contains("peer is not in"));
+        assert!(foreign("vn-else", Some("t"), Some(&lonely.path)).contains("peer is not in"));
+        assert!(foreign("vn-hostpeer", Some("t"), Some(c1p)).contains("peer is not in"));
+        // Marked for another network, though its peer is in c1; a bridge.
+        assert!(foreign("vn-oth", Some("t"), Some(c1p)).contains("netd network other"));
+        assert!(foreign("vn-br", Some("t"), Some(c1p)).contains("kind bridge"));
+        // The leftover itself, without its namespace to check against, or with one that
+        // cannot be opened.
+        assert!(foreign("vn-left", Some("t"), None).contains("mark"));
+        assert!(foreign("vn-left", None, Some("/nonexistent/netns")).contains("cannot be checked"));
+        // A marked veth is never taken for its peer alone (the ADD's call passes no network).
+        assert!(foreign("vn-mark", None, Some(&c2.path)).contains("netd network t"));
+        for n in [
+            "vn-else",
+            "vn-hostpeer",
+            "vn-oth",
+            "vn-br",
+            "vn-left",
+            "vn-mark",
+        ] {
+            assert!(h.link_exists(n).unwrap(), "{n} was removed");
+        }
+
+        // Positive controls: the leftover with its container's namespace, and a veth
+        // marked for the network whatever the namespace.
+        assert_eq!(
+            h.delete_host_veth("vn-left", Some("t"), Some(c1p)).unwrap(),
+            link::Removal::Deleted
+        );
+        assert_eq!(
+            h.delete_host_veth("vn-left", Some("t"), Some(c1p)).unwrap(),
+            link::Removal::Missing
+        );
+        assert_eq!(
+            h.delete_host_veth("vn-mark", Some("t"), Some(c1p)).unwrap(),
+            link::Removal::Deleted
+        );
+    });
+    assert!(
+        !c1.ip_status(&["link", "show", "tmp-left"]),
+        "the peer stayed"
+    );
+    assert!(c1.ip_status(&["link", "show", "tmp-oth"]));
+    assert!(c2.ip_status(&["link", "show", "tmp-else"]));
+    assert!(!c2.ip_status(&["link", "show", "tmp-mark"]));
+}
+
 #[test]
 fn host_link_listing_and_deletion() {
     require_root!();

@@ -411,6 +411,82 @@ impl HostLinks {
         })
     }
 
+    /// Deletes the host veth `name` if it is netd's to remove here: marked as `network`'s
+    /// ([`owner_alias`]), or unmarked with its peer inside the namespace at `peer_netns`.
+    /// The second is the pair an ADD creates before netd answers and marks only after
+    /// ([`HostLinks::create_veth`]), left behind when the plugin died in between. Being
+    /// unmarked does not make a link netd's; its other end in the container's own namespace
+    /// does, so a veth of that name whose peer is anywhere else, a link of another kind, or
+    /// one marked for another network is left alone and reported as [`Removal::Foreign`].
+    /// `None` leaves the respective case out.
+    pub fn delete_host_veth(
+        &self,
+        name: &str,
+        network: Option<&str>,
+        peer_netns: Option<&str>,
+    ) -> Result<Removal> {
+        check_ifname("host veth", name)?;
+        let h = &self.handle;
+        self.run(async {
+            let step = || format!("deleting host veth {name}");
+            let Some(link) = nl::get_link(h, name)
+                .await
+                .map_err(|e| LinkError::from_rtnl(step(), e))?
+            else {
+                return Ok(Removal::Missing);
+            };
+            let st = nl::link_state(&link);
+            if st.kind.as_deref() != Some("veth") {
+                return Ok(Removal::Foreign(format!(
+                    "it is a link of kind {}",
+                    st.kind.as_deref().unwrap_or("(none)")
+                )));
+            }
+            match (st.alias.as_deref().filter(|a| !a.is_empty()), network) {
+                (Some(a), Some(n)) if alias_network(a) == Some(n) => {}
+                (Some(a), _) => {
+                    return Ok(Removal::Foreign(format!(
+                        "it is marked {a:?}, not as netd's for {}",
+                        network.map_or("this container".to_string(), |n| format!("network {n}"))
+                    )))
+                }
+                (None, _) => {
+                    let Some(path) = peer_netns else {
+                        return Ok(Removal::Foreign("it does not carry netd's mark".into()));
+                    };
+                    let ns = match NetnsFile::open(path) {
+                        Ok(ns) => ns,
+                        Err(e) => {
+                            return Ok(Removal::Foreign(format!(
+                                "it does not carry netd's mark, and where its peer is cannot be checked: {e}"
+                            )))
+                        }
+                    };
+                    if !nl::peer_in_netns(h, &link, ns.raw_fd())
+                        .await
+                        .map_err(|e| LinkError::from_rtnl(format!("{}: finding its peer", step()), e))?
+                    {
+                        return Ok(Removal::Foreign(format!(
+                            "it does not carry netd's mark and its peer is not in {path}"
+                        )));
+                    }
+                }
+            }
+            // By index: a link that replaced this one under the same name since the lookup
+            // is not the one that was checked.
+            Ok(
+                if nl::delete_index(h, st.index)
+                    .await
+                    .map_err(|e| LinkError::from_rtnl(step(), e))?
+                {
+                    Removal::Deleted
+                } else {
+                    Removal::Missing
+                },
+            )
+        })
+    }
+
     /// Deletes link `name` whatever its kind; false when there is none. Deleting a host veth
     /// deletes its container end too.
     pub fn delete_link(&self, name: &str) -> Result<bool> {

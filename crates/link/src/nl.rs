@@ -2,8 +2,9 @@
 //! callers add the step that names the object.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::RawFd;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
@@ -11,10 +12,13 @@ use netlink_packet_route::address::{
 use netlink_packet_route::link::{
     AfSpecInet, AfSpecUnspec, InfoBridge, InfoData, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
+use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
     RouteVia,
 };
+use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
 use rtnetlink::{Error, Handle, LinkUnspec, RouteMessageBuilder};
 
 use super::{format_mac, LinkState, Route};
@@ -37,6 +41,50 @@ pub(crate) async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkMessag
         Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Whether the peer of the veth `link` (a message answered in `h`'s namespace) lives in the
+/// namespace open as `ns_fd`. The link's IFLA_LINK_NETNSID is the id `h`'s namespace gives the
+/// peer's namespace; RTM_GETNSID says which id it gives `ns_fd`'s. Ids are compared, not
+/// paths: `/run/netns/x` and `/proc/PID/ns/net` can name one namespace. Answering for the
+/// link made the kernel assign the peer's namespace an id if it had none, so a namespace
+/// without an id is not the peer's. No IFLA_LINK_NETNSID: the peer is in `h`'s own namespace.
+pub(crate) async fn peer_in_netns(
+    h: &Handle,
+    link: &LinkMessage,
+    ns_fd: RawFd,
+) -> Result<bool, Error> {
+    let Some(peer) = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkNetNsId(id) => Some(*id),
+        _ => None,
+    }) else {
+        return Ok(false);
+    };
+    Ok(netns_id(h, ns_fd).await? == Some(peer))
+}
+
+/// The id `h`'s namespace gives the namespace open as `fd`; None when it has none.
+async fn netns_id(h: &Handle, fd: RawFd) -> Result<Option<i32>, Error> {
+    let mut msg = NsidMessage::default();
+    let fd = u32::try_from(fd).map_err(|_| Error::InvalidNla(format!("bad fd {fd}")))?;
+    msg.attributes = vec![NsidAttribute::Fd(fd)];
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(msg));
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    let mut answers = h.clone().request(req)?;
+    while let Some(answer) = answers.next().await {
+        match answer.payload {
+            NetlinkPayload::Error(e) if e.code.is_some() => return Err(Error::NetlinkError(e)),
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) => {
+                let id = m.attributes.iter().find_map(|a| match a {
+                    NsidAttribute::Id(id) if *id >= 0 => Some(*id),
+                    _ => None,
+                });
+                return Ok(id);
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
 }
 
 pub(crate) async fn list_links(h: &Handle) -> Result<Vec<LinkMessage>, Error> {

@@ -50,8 +50,9 @@ pub trait HostLinks: Send {
         network: Option<&str>,
     ) -> Result<Removal, KernelError>;
     /// Removes a host link (a DEL's host veth; a missing one is no error) of `network` after
-    /// the current request is answered: see [`super::reaper`].
-    fn remove_link_later(&mut self, name: &str, network: &str);
+    /// the current request is answered: see [`super::reaper`]. `netns`: the released
+    /// endpoint's container netns, whose unmarked pair of this name is removed too.
+    fn remove_link_later(&mut self, name: &str, network: &str, netns: Option<&str>);
     /// Returns once no removal of `name` is pending, so its name can be used again.
     fn settle_link(&mut self, name: &str);
     /// Whether `path` is (still) a network namespace.
@@ -876,12 +877,16 @@ impl Engine {
     /// veth, and with it the container's end, after the answer. Returns whether an endpoint
     /// was released.
     pub fn release(&mut self, key: &EndpointKey) -> Result<bool, EngineError> {
+        // Read before the endpoint goes: a pair the plugin made for this endpoint but never
+        // marked (it died after netd answered the attach) is unmarked, with its peer there.
+        let netns = self.endpoints.get(key).map(|ep| ep.netns.clone());
         let released = self.detach(key)?;
         // The veth's name does not say its network; the mark does, so a DEL for another
         // network of the same container interface cannot take this one's veth.
         self.kernel.remove_link_later(
             &model::host_veth_name(&key.container_id, &key.ifname),
             &key.network,
+            netns.as_deref(),
         );
         Ok(released)
     }
@@ -1082,7 +1087,7 @@ mod tests {
         fn links(&mut self) -> Result<Vec<HostLink>, KernelError> {
             Ok(self.0.lock().unwrap().links.clone())
         }
-        fn remove_link_later(&mut self, name: &str, _network: &str) {
+        fn remove_link_later(&mut self, name: &str, _network: &str, _netns: Option<&str>) {
             self.0.lock().unwrap().links.retain(|l| l.name != name);
         }
         fn settle_link(&mut self, _name: &str) {}

@@ -105,8 +105,8 @@ impl HostLinks for HostKernel {
             .map_err(|e| KernelError(e.to_string()))
     }
 
-    fn remove_link_later(&mut self, name: &str, network: &str) {
-        self.reaper.schedule(name, network);
+    fn remove_link_later(&mut self, name: &str, network: &str, netns: Option<&str>) {
+        self.reaper.schedule(name, network, netns);
     }
 
     fn settle_link(&mut self, name: &str) {

@@ -2,7 +2,9 @@
 //! unregister both ends (an RCU grace period: 15–30 ms here, most of a DEL otherwise), and
 //! nothing the runtime does next depends on it: the endpoint is already released, and an ADD
 //! that reuses the name first settles the pending removal ([`Reaper::settle`]). A removal lost
-//! to a crash is found by the start-up reconciliation, which removes veths no endpoint claims.
+//! to a crash is found by the start-up reconciliation, which removes marked veths no endpoint
+//! claims (an unmarked pair lost that way goes with its container's netns, or an ADD of the
+//! same interface replaces it).
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{channel, Sender};
@@ -18,9 +20,19 @@ enum Removal {
     Running,
 }
 
+/// A queued or running removal.
+struct Job {
+    state: Removal,
+    /// The network whose mark the link must carry.
+    network: String,
+    /// The released endpoint's container netns: an unmarked veth whose peer is there is that
+    /// endpoint's pair too (see [`Reaper::run`]). None when the DEL released no endpoint.
+    netns: Option<String>,
+}
+
 pub struct Reaper {
-    /// By link name: the removal's state and the network whose mark the link must carry.
-    pending: Mutex<BTreeMap<String, (Removal, String)>>,
+    /// By link name.
+    pending: Mutex<BTreeMap<String, Job>>,
     done: Condvar,
     links: HostLinks,
     queue: Mutex<Sender<String>>,
@@ -55,13 +67,21 @@ impl Reaper {
         Ok(reaper)
     }
 
-    /// Queues the removal of host link `name`, a veth marked as `network`'s.
-    pub fn schedule(&self, name: &str, network: &str) {
+    /// Queues the removal of host link `name`, a veth marked as `network`'s, or unmarked with
+    /// its peer in `netns`.
+    pub fn schedule(&self, name: &str, network: &str, netns: Option<&str>) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         if pending.contains_key(name) {
             return;
         }
-        pending.insert(name.to_string(), (Removal::Queued, network.to_string()));
+        pending.insert(
+            name.to_string(),
+            Job {
+                state: Removal::Queued,
+                network: network.to_string(),
+                netns: netns.map(str::to_string),
+            },
+        );
         drop(pending);
         let sent = self
             .queue
@@ -79,7 +99,7 @@ impl Reaper {
     pub fn settle(&self, name: &str) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            match pending.get(name).map(|(state, _)| *state) {
+            match pending.get(name).map(|job| job.state) {
                 None => return,
                 Some(Removal::Queued) => {
                     drop(pending);
@@ -97,26 +117,35 @@ impl Reaper {
     }
 
     fn run(&self, name: &str) {
-        let network = {
+        let (network, netns) = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             match pending.get_mut(name) {
-                Some((state @ Removal::Queued, network)) => {
-                    *state = Removal::Running;
-                    network.clone()
+                Some(job) if job.state == Removal::Queued => {
+                    job.state = Removal::Running;
+                    (job.network.clone(), job.netns.clone())
                 }
                 // Settled or being removed by someone else already.
                 _ => return,
             }
         };
-        // Only a veth carrying the mark of the DEL's network: the plugin creates the pair of
-        // an ADD before netd answers (and marks it after), so a fresh, unmarked veth under a
-        // name whose removal is still queued belongs to that ADD, not to the DEL that queued
-        // the removal; and one marked for another network belongs to that network.
-        match self.links.delete_owned(name, "veth", Some(&network)) {
+        // A veth carrying the mark of the DEL's network (one marked for another network
+        // belongs to that network), or an unmarked one whose peer is in the released
+        // endpoint's netns: the pair the plugin of that endpoint's ADD made while netd
+        // worked and would have marked after the answer, had it not died in between.
+        // That second case can also be a new ADD's pair: the plugin makes it before netd
+        // answers, so an ADD of the same interface right after this DEL may make it before
+        // this runs, and if the DEL found no pair at all, this removes the new one. The
+        // ADD settles this removal before netd answers it, so the plugin finds its pair
+        // gone at once after the answer and makes it again (cni/src/commands.rs); the
+        // pair it makes then is never removed by this DEL.
+        match self
+            .links
+            .delete_host_veth(name, Some(&network), netns.as_deref())
+        {
             Ok(Outcome::Deleted) => debug!(link = %name, "host veth removed after DEL"),
             Ok(Outcome::Missing) => debug!(link = %name, "host veth already gone after DEL"),
             Ok(Outcome::Foreign(why)) => {
-                debug!(link = %name, why = %why, "left a link alone after DEL: not a marked veth")
+                debug!(link = %name, why = %why, "left a link alone after DEL: not netd's")
             }
             Err(e) => warn!(link = %name, error = %e, "could not remove host veth after DEL"),
         }

@@ -764,3 +764,195 @@ fn a_del_for_another_network_leaves_the_attached_veth() {
     );
     assert_eq!(veth(&w), 1);
 }
+
+/// Makes the veth pair an ADD makes while netd works on the attach (host end named from the
+/// container ID and `eth0`, down, unmarked, in no bridge; the peer under a temporary name in
+/// `peer_ns`), as a plugin killed before netd's answer leaves it. Returns the host end's name.
+fn unfinished_add_pair(w: &World, c: &Netns, peer_ns: &Netns) -> String {
+    let veth = netd::model::host_veth_name(c.label(), "eth0");
+    w.host.ip(&[
+        "link",
+        "add",
+        &veth,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vtleftover",
+        "netns",
+        peer_ns.name(),
+    ]);
+    veth
+}
+
+/// A plugin killed between making the veth pair and marking it leaves an unmarked pair that
+/// netd's reaper does not take (it takes marked veths only). The runtime's DEL removes it,
+/// and an ADD of the same interface replaces it, where before it was refused as "already
+/// attached" until the container's namespace went away. Controls: an unmarked veth of
+/// netd-cni's name for another container whose peer is elsewhere is nobody's leftover here:
+/// that container's DEL leaves it, and its ADD is refused without touching it.
+#[test]
+fn an_unfinished_adds_veth_pair_is_removed_by_del_and_replaced_by_add() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network("a", &["--subnet", "10.89.13.0/24"]);
+
+    let c1 = w.container("c1");
+    let v1 = unfinished_add_pair(&w, &c1, &c1);
+    w.cni_del(&c1, "a");
+    assert!(!w.host.has_link(&v1), "DEL left the unmarked pair {v1}");
+    assert!(!c1.has_link("vtleftover"));
+
+    let c2 = w.container("c2");
+    let elsewhere = w.container("elsewhere");
+    let v2 = unfinished_add_pair(&w, &c2, &elsewhere);
+    w.cni_del(&c2, "a");
+    assert!(
+        w.host.has_link(&v2),
+        "c2's DEL removed a veth whose peer is elsewhere"
+    );
+    assert!(elsewhere.has_link("vtleftover"));
+    let r = w.cni("ADD", &c2, "eth0", "a", None);
+    assert_eq!(r.error_code(), Some(100), "{r}");
+    assert!(
+        r.stderr.contains("already attached") || r.stdout.contains("already attached"),
+        "{r}"
+    );
+    assert!(w.host.has_link(&v2) && elsewhere.has_link("vtleftover"));
+    assert!(!c2.has_link("eth0"));
+
+    let peer = w.container("peer");
+    let rp = w.cni_add(&peer, "a");
+    let srv = TcpServer::start(&peer);
+    let c3 = w.container("c3");
+    let v3 = unfinished_add_pair(&w, &c3, &c3);
+    let r = w.cni_add(&c3, "a");
+    assert!(!c3.has_link("vtleftover"), "the old peer is still there");
+    assert_eq!(assert_tcp_ok(&c3, srv.addr(rp.ip())).ip(), r.ip());
+    let link = w.host.ip_json(&["link", "show", "dev", &v3]);
+    assert_eq!(link[0]["ifalias"], "netd network a", "{link}");
+    w.cni_del(&c3, "a");
+    assert!(c3.wait_link_gone("eth0", Duration::from_secs(5)));
+}
+
+/// With netd down, DEL removes the links itself, but only those that are netd's for it: the
+/// host veth marked for the DEL's network, or the unmarked pair of an unfinished ADD whose
+/// peer is in the DEL's container. A veth marked for another network (with the container
+/// interface at its other end) and an unmarked veth of netd-cni's name whose peer is
+/// elsewhere are left alone; before, DEL deleted the veth of its name, whoever's it was.
+#[test]
+fn del_without_netd_removes_only_netds_links() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network("a", &["--subnet", "10.89.14.0/24"]);
+    w.create_network("b", &["--subnet", "10.89.15.0/24"]);
+    let attached = w.container("attached");
+    w.cni_add(&attached, "a");
+    let va = netd::model::host_veth_name(attached.label(), "eth0");
+    let left = w.container("left");
+    let vl = unfinished_add_pair(&w, &left, &left);
+    let other = w.container("other");
+    let elsewhere = w.container("elsewhere");
+    let vo = unfinished_add_pair(&w, &other, &elsewhere);
+    w.kill_netd();
+
+    // A DEL for network b of the interface attached to a (a runtime cleaning up after a
+    // refused ADD to b).
+    w.cni_del(&attached, "b");
+    assert!(w.host.has_link(&va), "a DEL for b removed a's veth");
+    assert!(
+        attached.has_link("eth0"),
+        "a DEL for b removed the container's interface"
+    );
+    w.cni_del(&other, "a");
+    assert!(
+        w.host.has_link(&vo),
+        "DEL removed a veth whose peer is elsewhere"
+    );
+    assert!(elsewhere.has_link("vtleftover"));
+
+    // Positive controls: the unfinished ADD's pair, and a's own DEL.
+    w.cni_del(&left, "a");
+    assert!(!w.host.has_link(&vl) && !left.has_link("vtleftover"));
+    w.cni_del(&attached, "a");
+    assert!(!w.host.has_link(&va) && !attached.has_link("eth0"));
+}
+
+/// ADDs `c` to `network` and then puts the pair back as the plugin made it before netd's
+/// answer (see [`unfinished_add_pair`]): netd holds the endpoint, the pair is unmarked.
+fn held_with_unfinished_pair(w: &World, network: &str, c: &Netns, peer_ns: &Netns) -> String {
+    w.cni_add(c, network);
+    let veth = netd::model::host_veth_name(c.label(), "eth0");
+    w.host.ip(&["link", "del", &veth]);
+    assert!(c.wait_link_gone("eth0", Duration::from_secs(5)));
+    unfinished_add_pair(w, c, peer_ns)
+}
+
+/// netd held the endpoint: the plugin died after netd answered the attach, before it marked
+/// the pair. The runtime's DEL releases the endpoint, and netd's reaper removes the unmarked
+/// pair after answering, because its peer is in the endpoint's netns. Control: an unmarked
+/// veth of that name whose peer is elsewhere stays.
+#[test]
+fn del_of_an_endpoint_whose_add_never_finished_removes_its_pair() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network("a", &["--subnet", "10.89.16.0/24"]);
+    let c1 = w.container("c1");
+    let v1 = held_with_unfinished_pair(&w, "a", &c1, &c1);
+    let c2 = w.container("c2");
+    let elsewhere = w.container("elsewhere");
+    let v2 = held_with_unfinished_pair(&w, "a", &c2, &elsewhere);
+
+    w.cni_del(&c1, "a");
+    assert!(
+        c1.wait_link_gone("vtleftover", Duration::from_secs(5)),
+        "the reaper left the unmarked pair of a released endpoint"
+    );
+    assert!(!w.host.has_link(&v1));
+    w.cni_del(&c2, "a");
+    // The reaper works after the answer: give it the time it needs for a removal.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        w.host.has_link(&v2),
+        "the reaper removed a veth whose peer is elsewhere"
+    );
+    assert!(elsewhere.has_link("vtleftover"));
+    let eps = w.netctl_json(&["endpoint", "ls"]);
+    assert_eq!(eps.as_array().map(Vec::len), Some(0), "{eps}");
+}
+
+/// GC removes the host veths of the endpoints it released by DEL's rule: a veth marked for
+/// the network goes, an unmarked one of a released endpoint's name whose peer is elsewhere
+/// stays (before, GC deleted whatever had the name).
+#[test]
+fn gc_removes_only_netds_veths_of_released_endpoints() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network("a", &["--subnet", "10.89.17.0/24"]);
+    let c1 = w.container("c1");
+    w.cni_add(&c1, "a");
+    let v1 = netd::model::host_veth_name(c1.label(), "eth0");
+    let c2 = w.container("c2");
+    let elsewhere = w.container("elsewhere");
+    let v2 = held_with_unfinished_pair(&w, "a", &c2, &elsewhere);
+
+    // GC exists from CNI 1.1.0 on; nothing is valid, so both endpoints are released.
+    let mut conf = w.cni_conf("a");
+    conf["cniVersion"] = json!("1.1.0");
+    conf["cni.dev/valid-attachments"] = json!([]);
+    let env = w.cni_env("GC", &c1, "eth0");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = w.cni_raw(&env, conf.to_string().as_bytes());
+    assert!(r.success(), "{r}");
+    let eps = w.netctl_json(&["endpoint", "ls"]);
+    assert_eq!(eps.as_array().map(Vec::len), Some(0), "{eps}");
+    assert!(
+        !w.host.has_link(&v1),
+        "GC left the marked veth of a released endpoint"
+    );
+    assert!(
+        w.host.has_link(&v2),
+        "GC removed a veth whose peer is elsewhere"
+    );
+    assert!(elsewhere.has_link("vtleftover"));
+}

@@ -1659,3 +1659,49 @@ fn a_clean_stop_folds_the_journal_into_the_state_files() {
         "{eps}"
     );
 }
+
+/// One netd per state directory: a second one started on the directory a running netd holds
+/// exits at once, naming the directory and the running one's pid, having changed nothing
+/// (journal, table, socket); the first keeps serving, and a reader (`netctl plan
+/// --state-dir`) needs no lock. kill -9 frees the lock with the process, so a restart after a
+/// crash takes it at once.
+#[test]
+fn a_second_netd_on_the_same_state_directory_is_refused() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network("one", &["--subnet", "10.89.12.0/24"]);
+    let c1 = w.container("c1");
+    w.cni_add(&c1, "one");
+    let state = w.state_dir();
+    let journal = std::fs::read(state.join("journal")).unwrap();
+    let table = w.host.nft_table("inet", "netd");
+
+    let other = w.dir().join("other.sock");
+    let err = match spawn_netd_at(&w, &other, &[]) {
+        Ok(_) => panic!("a second netd started on the state directory netd holds"),
+        Err(e) => e,
+    };
+    let pid = w.netd_pid().expect("netd runs");
+    assert!(
+        err.contains(&format!(
+            "state directory {} is in use by another netd (pid {pid})",
+            state.display()
+        )),
+        "{err}"
+    );
+    assert!(!other.exists(), "the second netd made a socket");
+    assert_eq!(std::fs::read(state.join("journal")).unwrap(), journal);
+    assert_eq!(w.host.nft_table("inet", "netd"), table);
+
+    // The first one still serves; a reader of the directory needs no lock.
+    let c2 = w.container("c2");
+    w.cni_add(&c2, "one");
+    let plan = w.netctl(&["plan", "--state-dir", state.to_str().unwrap()]);
+    assert!(plan.success(), "{plan:?}");
+
+    // kill -9 mid-life: the kernel drops the lock with the process.
+    w.kill_netd();
+    w.start_netd();
+    let eps = w.netctl_json(&["endpoint", "ls"]);
+    assert_eq!(eps.as_array().map(Vec::len), Some(2), "{eps}");
+}
