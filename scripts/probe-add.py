@@ -68,6 +68,9 @@ try:
         i = nfill + j; mk(i)
         w, c = call("ADD", i, 30000 + j); res["ADD"].append(w); res["ADDcpu"].append(c)
         w, c = call("DEL", i, 30000 + j); res["DEL"].append(w); res["DELcpu"].append(c)
+        # PROBE_GAP_MS: a pause after each DEL, so that netd's reaper has removed the veth
+        # pair before the next ADD starts (to tell its kernel work apart from the ADD's).
+        time.sleep(float(os.environ.get("PROBE_GAP_MS", "0")) / 1e3)
     c1 = netd_cpu()
     if perf:
         perf.send_signal(2); perf.wait()

@@ -8,15 +8,25 @@
 //! Their sum at N is a floor under netd's ADD at N that no change to netd can go below.
 
 use std::net::{IpAddr, Ipv4Addr};
+
 use std::time::Instant;
+
+use ipnet::IpNet;
 
 use netd_link::{HostLinks, Route};
 use netd_netns_tests::Netns;
 
 /// `samples` timed link attaches in `host` on `bridge`, each into a fresh namespace (made
-/// and removed outside the timing, as a runtime does), addresses from 10.90.15.0/24 (the top
-/// of the bench network's /20, which the fill never reaches) with `gateway`. Milliseconds.
-pub fn link_floor(host: &Netns, bridge: &str, gateway: Ipv4Addr, samples: usize) -> Vec<f64> {
+/// and removed outside the timing, as a runtime does), with the address `addr(i)` and a
+/// default route through `gateway`. No packet is sent, so an address in use by an endpoint
+/// would do no harm; the callers pick free ones anyway. Milliseconds.
+pub fn link_floor(
+    host: &Netns,
+    bridge: &str,
+    gateway: Ipv4Addr,
+    addr: impl Fn(usize) -> IpNet + Sync,
+    samples: usize,
+) -> Vec<f64> {
     let containers: Vec<Netns> = (0..samples)
         .map(|i| Netns::new(&format!("benchkf{i:03}"), "c"))
         .collect();
@@ -38,7 +48,7 @@ pub fn link_floor(host: &Netns, bridge: &str, gateway: Ipv4Addr, samples: usize)
                 let veth = format!("vnbkf{i:03}");
                 let tmp = format!("tmpbkf{i:03}");
                 let ns = c.path().display().to_string();
-                let addr = format!("10.90.15.{}/20", 10 + i % 240).parse().unwrap();
+                let addr = addr(i);
                 let t0 = Instant::now();
                 links
                     .create_veth(&veth, &tmp, &ns)

@@ -203,6 +203,8 @@ pub struct ScaleResult {
     pub add: BTreeMap<usize, Vec<f64>>,
     pub del: BTreeMap<usize, Vec<f64>>,
     pub rss_kib: BTreeMap<usize, u64>,
+    /// Checkpoint N → the kernel's share of one attach on the first network's bridge.
+    pub link_floor: BTreeMap<usize, Vec<f64>>,
     pub fill: Vec<f64>,
     pub restart: Option<RestartResult>,
     pub errors: Vec<String>,
@@ -483,12 +485,10 @@ fn endpoint_phase(o: &Opts, systems: &mut [System], res: &mut [SysResult]) {
         for (j, s) in systems.iter().enumerate() {
             if s.kind == Kind::Netd && !broken[j] {
                 log(format!("endpoints: kernel link floor at N = {n}"));
-                let f = floor::link_floor(
-                    &s.world.host,
-                    "nd-bench",
-                    Ipv4Addr::new(10, 90, 0, 1),
-                    o.sample,
-                );
+                // The top of the network's /20, which the fill never reaches.
+                let addr = |i: usize| format!("10.90.15.{}/20", 10 + i % 240).parse().unwrap();
+                let gw = Ipv4Addr::new(10, 90, 0, 1);
+                let f = floor::link_floor(&s.world.host, "nd-bench", gw, addr, o.sample);
                 res[j].link_floor.insert(n, f);
             }
         }
@@ -669,6 +669,14 @@ fn scale_phase(o: &Opts) -> ScaleResult {
             }
             r.del.entry(n).or_default().push(ms(t.elapsed));
         }
+        // The floor on the first network's bridge (N / networks ports, N containers on
+        // the host); addresses from the top of its /22.
+        let addr = |i: usize| format!("10.100.3.{}/22", 240 + i % 14).parse().unwrap();
+        let gw = Ipv4Addr::new(10, 100, 0, 1);
+        r.link_floor.insert(
+            n,
+            floor::link_floor(&s.world.host, "nd-bench0", gw, addr, o.sample),
+        );
         let a = Summary::of(r.add.get(&n).map(Vec::as_slice).unwrap_or(&[]));
         let d = Summary::of(r.del.get(&n).map(Vec::as_slice).unwrap_or(&[]));
         log(format!(
