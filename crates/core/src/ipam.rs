@@ -1,7 +1,8 @@
 //! Address management: choosing subnets for new networks and addresses for endpoints.
 //! Pure: callers pass in everything that is taken (other networks, host routes, endpoints).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -201,13 +202,31 @@ pub struct Cursor {
     pub last6: Option<Ipv6Addr>,
 }
 
+/// The addresses already in use, as [`allocate4`] and [`allocate6`] ask about them: a sorted
+/// set where one exists, a hash set where one is built for the call.
+pub trait Used<A> {
+    fn holds(&self, addr: &A) -> bool;
+}
+
+impl<A: Ord> Used<A> for BTreeSet<A> {
+    fn holds(&self, addr: &A) -> bool {
+        self.contains(addr)
+    }
+}
+
+impl<A: Eq + Hash> Used<A> for HashSet<A> {
+    fn holds(&self, addr: &A) -> bool {
+        self.contains(addr)
+    }
+}
+
 /// Picks a free host address in `subnet`, starting after `after` (the last one handed out) so
 /// that a released address is not reused at once: its stale conntrack entries and ARP caches
 /// then have time to expire.
 pub fn allocate4(
     subnet: Ipv4Net,
     gateway: Ipv4Addr,
-    used: &BTreeSet<Ipv4Addr>,
+    used: &impl Used<Ipv4Addr>,
     after: Option<Ipv4Addr>,
 ) -> Result<Ipv4Addr, IpamError> {
     let first = u32::from(subnet.network()) + 1;
@@ -225,7 +244,7 @@ pub fn allocate4(
     for i in 0..span {
         let candidate = first + (start - first + i) % span;
         let addr = Ipv4Addr::from(candidate);
-        if addr != gateway && !used.contains(&addr) {
+        if addr != gateway && !used.holds(&addr) {
             return Ok(addr);
         }
     }
@@ -239,7 +258,7 @@ pub fn allocate4(
 pub fn allocate6(
     subnet: Ipv6Net,
     gateway: Ipv6Addr,
-    used: &BTreeSet<Ipv6Addr>,
+    used: &impl Used<Ipv6Addr>,
     after: Option<Ipv6Addr>,
 ) -> Result<Ipv6Addr, IpamError> {
     let base = u128::from(subnet.network());
@@ -264,7 +283,7 @@ pub fn allocate6(
             offset = 1;
         }
         let addr = Ipv6Addr::from(base + offset);
-        if addr != gateway && !used.contains(&addr) {
+        if addr != gateway && !used.holds(&addr) {
             return Ok(addr);
         }
         offset += 1;

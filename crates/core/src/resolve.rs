@@ -5,7 +5,7 @@
 //! addresses and address allocation all happen here, without I/O: the daemon's engine gathers
 //! the facts from the kernel and its state, calls these functions, and applies the result.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -523,7 +523,9 @@ pub fn endpoint(
         net.subnet4.zip(net.gateway4),
         &mut cursor.last4,
         |(subnet, gateway), after| {
-            let used: BTreeSet<Ipv4Addr> = same_net.iter().filter_map(|e| e.addr4).collect();
+            // A hash set: built in one pass, where a sorted set would sort the whole
+            // network's addresses on every attach.
+            let used: HashSet<Ipv4Addr> = same_net.iter().filter_map(|e| e.addr4).collect();
             ipam::allocate4(subnet, gateway, &used, after)
         },
     )?;
@@ -532,7 +534,7 @@ pub fn endpoint(
         net.subnet6.zip(net.gateway6),
         &mut cursor.last6,
         |(subnet, gateway), after| {
-            let used: BTreeSet<Ipv6Addr> = same_net.iter().filter_map(|e| e.addr6).collect();
+            let used: HashSet<Ipv6Addr> = same_net.iter().filter_map(|e| e.addr6).collect();
             ipam::allocate6(subnet, gateway, &used, after)
         },
     )?;
@@ -636,13 +638,20 @@ fn fixed_addrs(
             });
         }
     }
+    if v4.is_none() && v6.is_none() {
+        return Ok((None, None));
+    }
+    // Only the holders of the requested addresses: naming every endpoint of the network
+    // would cost a string per endpoint on every attach.
+    let wanted = [v4.map(IpAddr::V4), v6.map(IpAddr::V6)];
     let holders: BTreeMap<IpAddr, String> = same_net
         .iter()
         .flat_map(|e| {
-            let who = format!("container {} {}", e.container_id, e.ifname);
-            let a4 = e.addr4.map(|a| (IpAddr::V4(a), who.clone()));
-            let a6 = e.addr6.map(|a| (IpAddr::V6(a), who));
-            a4.into_iter().chain(a6)
+            [e.addr4.map(IpAddr::V4), e.addr6.map(IpAddr::V6)]
+                .into_iter()
+                .flatten()
+                .filter(|a| wanted.contains(&Some(*a)))
+                .map(|a| (a, format!("container {} {}", e.container_id, e.ifname)))
         })
         .collect();
     let family4 = (
