@@ -519,9 +519,9 @@ fn nftables_listened_to(pid: i32) -> bool {
     })
 }
 
-/// The largest `events=N` of the healer's "own batch committed" lines: how many notifications
-/// it received for one of netd's own batches.
-fn most_own_events(log: &str) -> Option<usize> {
+/// The `events=N` of the healer's "own batch committed" lines: how many notifications it
+/// received for each of netd's own batches.
+fn own_events(log: &str) -> Vec<usize> {
     log.lines()
         .filter(|l| l.contains("own batch committed"))
         .filter_map(|l| {
@@ -532,7 +532,7 @@ fn most_own_events(log: &str) -> Option<usize> {
                 .parse()
                 .ok()
         })
-        .max()
+        .collect()
 }
 
 /// What the unheard commit relies on, against the real kernel: the ruleset generation moves
@@ -606,21 +606,20 @@ fn a_change_during_an_unheard_large_batch_is_healed() {
     let published: SocketAddr = format!("{HOST_EXT_V4}:8080").parse().unwrap();
     assert_tcp_ok(&w.external, published);
 
-    // Control: a batch below the threshold (200 ports) is heard, element by element.
+    // Control: a batch below the threshold (20 ports) is heard, element by element.
     let c2 = w.container("c2");
-    let small: Vec<(u16, u16)> = (0..200).map(|i| (30000 + i, 80)).collect();
+    let small: Vec<(u16, u16)> = (0..20).map(|i| (30000 + i, 80)).collect();
     let r2 = w.cni("ADD", &c2, "eth0", "a", Some(ports(&small)));
     assert!(r2.success(), "{r2}");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while most_own_events(&d.log()).unwrap_or(0) < 200 {
+    while !own_events(&d.log()).contains(&20) {
         assert!(
             Instant::now() < deadline,
-            "200 ports went unheard\n{}",
+            "20 ports went unheard\n{}",
             d.log()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let heard = most_own_events(&d.log()).unwrap();
 
     // Someone deletes c1's DNAT element while netd commits c3's 2,000 ports unheard: a
     // thread waits until nobody in the namespace listens, then changes the table, and
@@ -688,8 +687,12 @@ fn a_change_during_an_unheard_large_batch_is_healed() {
     let log = d.log();
     // c3's ports are all there, and the healer heard none of them (nor the restore's).
     let table = w.host.nft_table("inet", "netd").unwrap();
-    assert_eq!(table.matches("tcp . ").count(), 2201, "{table}");
-    assert_eq!(most_own_events(&log), Some(heard), "{log}");
+    assert_eq!(table.matches("tcp . ").count(), 2021, "{table}");
+    let most = own_events(&log).into_iter().max().unwrap_or(0);
+    assert!(
+        most < 2000,
+        "the healer heard {most} notifications for one batch\n{log}"
+    );
     let _ = srv.port();
 }
 
