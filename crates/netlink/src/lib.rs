@@ -9,7 +9,7 @@
 //! unsafe code and the netlink constants exist once.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use netlink_sys::Socket;
@@ -31,6 +31,9 @@ const NLMSGERR_ATTR_MSG: u16 = 1;
 const NLMSGERR_ATTR_OFFS: u16 = 2;
 const NETLINK_NETFILTER: isize = 12;
 const NETLINK_ROUTE: isize = 0;
+/// `<linux/netlink.h>` socket options at `SOL_NETLINK`.
+const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
+const NETLINK_DROP_MEMBERSHIP: libc::c_int = 2;
 
 /// A netlink socket bound in the network namespace of the thread that opened it.
 pub struct NlSocket {
@@ -74,6 +77,16 @@ impl NlSocket {
 
     pub fn join_group(&self, group: u32) -> io::Result<()> {
         self.sock.add_membership(group)
+    }
+
+    /// A handle on this socket's membership of multicast `group`, usable from another
+    /// thread: it holds a duplicate of the socket's descriptor, so it changes this very
+    /// socket's subscription (see [`Membership`]).
+    pub fn membership(&self, group: u32) -> io::Result<Membership> {
+        Ok(Membership {
+            fd: self.sock.as_fd().try_clone_to_owned()?,
+            group,
+        })
     }
 
     /// Blocks `recv` for at most `t` (at least 1 ms: a zero timeout means forever).
@@ -131,7 +144,45 @@ impl NlSocket {
     }
 }
 
-fn setsockopt<T>(sock: &Socket, level: libc::c_int, opt: libc::c_int, v: &T) -> io::Result<()> {
+/// One socket's membership of one multicast group, as a handle another thread can hold.
+///
+/// The kernel builds some notifications only while anyone is subscribed (nf_tables checks
+/// `nfnetlink_has_listeners` before building one per set element), so leaving the group
+/// for a moment saves the sender that work; whoever leaves must account for what the
+/// socket did not hear meanwhile. Both calls are idempotent.
+pub struct Membership {
+    fd: OwnedFd,
+    group: u32,
+}
+
+impl Membership {
+    /// `NETLINK_DROP_MEMBERSHIP`: from now on the socket receives nothing of the group.
+    pub fn leave(&self) -> io::Result<()> {
+        setsockopt(
+            &self.fd,
+            libc::SOL_NETLINK,
+            NETLINK_DROP_MEMBERSHIP,
+            &self.group,
+        )
+    }
+
+    /// `NETLINK_ADD_MEMBERSHIP`: the socket receives the group's messages again.
+    pub fn join(&self) -> io::Result<()> {
+        setsockopt(
+            &self.fd,
+            libc::SOL_NETLINK,
+            NETLINK_ADD_MEMBERSHIP,
+            &self.group,
+        )
+    }
+}
+
+fn setsockopt<T>(
+    sock: &impl AsRawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    v: &T,
+) -> io::Result<()> {
     // SAFETY: v points at a live value of the size passed; the fd stays open for the call.
     let rc = unsafe {
         libc::setsockopt(

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::time::Duration;
 
+pub use netd_netlink::Membership;
 use netd_netlink::{NlSocket, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST};
 
 use super::batch::{ElemData, SetElem, SET_ELEM_F_INTERVAL_END};
@@ -249,6 +250,28 @@ impl Monitor {
             sock,
             buf: Vec::with_capacity(256 * 1024),
         })
+    }
+
+    /// A handle on this socket's subscription, for a thread that commits a large batch to
+    /// take it out of the group meanwhile (see [`crate::ruleset::Applier::commit_unheard`]).
+    pub fn membership(&self) -> Result<Membership, NftError> {
+        self.sock
+            .membership(NFNLGRP_NFTABLES)
+            .map_err(|source| NftError::Io {
+                op: "dup(monitor socket)",
+                source,
+            })
+    }
+
+    /// Subscribes again (a no-op when subscribed): after someone's [`Membership::leave`]
+    /// whose matching join may have failed.
+    pub fn rejoin(&self) -> Result<(), NftError> {
+        self.sock
+            .join_group(NFNLGRP_NFTABLES)
+            .map_err(|source| NftError::Io {
+                op: "joining NFNLGRP_NFTABLES",
+                source,
+            })
     }
 
     /// Waits up to `timeout` for notifications; an empty list means none arrived in time.

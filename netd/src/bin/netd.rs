@@ -142,6 +142,7 @@ fn run(args: Settings) -> anyhow::Result<()> {
     }
     let store = Store::open(&args.state_dir).context("opening the state directory")?;
     let kernel = HostKernel::new(&args.table).context("opening nf_tables")?;
+    let hearing = kernel.hearing_slot();
     let cfg = EngineConfig {
         table: args.table.clone(),
         socket: args.socket.clone(),
@@ -168,10 +169,12 @@ fn run(args: Settings) -> anyhow::Result<()> {
         "links reconciled with state"
     );
     let engine = Arc::new(Mutex::new(engine));
-    netd::daemon::heal::Healer::new(engine.clone(), args.check_interval)
-        .context("watching nf_tables")?
-        .spawn()
-        .context("starting the healer thread")?;
+    let mut healer = netd::daemon::heal::Healer::new(engine.clone(), args.check_interval)
+        .context("watching nf_tables")?;
+    healer
+        .lend_hearing(&hearing)
+        .context("sharing the healer's nf_tables subscription")?;
+    healer.spawn().context("starting the healer thread")?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -7,6 +7,10 @@
 //! ([`Engine::resync`]) and log what it saw and did. netd's own batches are recognised and
 //! ignored, so there is no loop, and nothing outside netd's table is ever looked at twice.
 //!
+//! A large batch of netd's own is committed while this socket is out of the group, so that
+//! the kernel builds no notification per element ([`Hearing`]); when the ruleset generation
+//! shows that someone else committed meanwhile, the committing thread asks for a check.
+//!
 //! Notifications can be lost (receive buffer overrun, a daemon started mid-change). A check
 //! covers that: at start, after an overrun and every `check_interval`, the table is dumped
 //! (chains with their policies and rules, sets with their elements) and compared with what
@@ -15,13 +19,16 @@
 //! netd wrote them. The check costs one dump of netd's own table.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
 use super::engine::Engine;
-use crate::nft::monitor::{ElemPrint, Event, Inspector, Monitor, ObjectKind, RecvError, TableView};
+use crate::nft::monitor::{
+    ElemPrint, Event, Inspector, Membership, Monitor, ObjectKind, RecvError, TableView,
+};
 use crate::nft::{NftError, Policy};
 use crate::plan::{Desired, SetId};
 use crate::ruleset::{self, USER_CHAIN};
@@ -228,6 +235,40 @@ pub fn summarize(events: &[Event]) -> String {
     s
 }
 
+/// What a thread committing a large batch needs of the healer: its subscription to
+/// nf_tables notifications, to take it out of the group for the commit (the kernel then
+/// builds no notification per element: [`crate::ruleset::Applier::commit_unheard`]), and a
+/// way to have the table checked when someone else may have committed meanwhile.
+pub struct Hearing {
+    membership: Membership,
+    check_due: AtomicBool,
+}
+
+impl Hearing {
+    /// Stops the healer hearing notifications (until [`Hearing::resume`]).
+    pub fn pause(&self) -> std::io::Result<()> {
+        self.membership.leave()
+    }
+
+    /// Lets the healer hear notifications again. Should that fail, the healer subscribes
+    /// again itself before its check.
+    pub fn resume(&self) {
+        if let Err(e) = self.membership.join() {
+            error!(error = %e, "could not subscribe the healer to nf_tables notifications again; it will retry");
+            self.request_check();
+        }
+    }
+
+    /// Has the healer dump and compare the table at its next turn (within 250 ms).
+    pub fn request_check(&self) {
+        self.check_due.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Where the healer puts its [`Hearing`] for the table writer once both exist (the writer
+/// is made first, then the engine, then the healer).
+pub type HearingSlot = Arc<OnceLock<Hearing>>;
+
 /// The healer's sockets and schedule.
 pub struct Healer {
     engine: Arc<Mutex<Engine>>,
@@ -243,6 +284,8 @@ pub struct Healer {
     /// netd's rules never change while it runs (only elements do), and the kernel dumps the
     /// same rules the same way each time, so one capture serves for the life of the process.
     rules: Option<BTreeMap<String, Vec<Vec<u8>>>>,
+    /// Shared with the table writer once [`Healer::lend_hearing`] was called.
+    hearing: Option<HearingSlot>,
 }
 
 /// At most this many restores within [`HEAL_WINDOW`]; beyond, only the periodic check acts.
@@ -266,6 +309,7 @@ impl Healer {
             own_portids: own_netfilter_portids(),
             heals: Vec::new(),
             rules: None,
+            hearing: None,
         };
         let engine = healer.engine.clone();
         let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
@@ -302,6 +346,36 @@ impl Healer {
         self.rules = Some(rules);
     }
 
+    /// Lets the table writer behind `slot` commit large batches unheard (see [`Hearing`]).
+    /// Call before [`Healer::spawn`].
+    pub fn lend_hearing(&mut self, slot: &HearingSlot) -> Result<(), NftError> {
+        let hearing = Hearing {
+            membership: self.monitor.membership()?,
+            check_due: AtomicBool::new(false),
+        };
+        // A slot that is already filled keeps its (equivalent) handle.
+        let _ = slot.set(hearing);
+        self.hearing = Some(slot.clone());
+        Ok(())
+    }
+
+    /// Whether a large batch was committed while someone else may have committed unheard
+    /// (or the healer could not subscribe again): then the healer subscribes again and
+    /// checks the table.
+    fn take_check_request(&self) -> bool {
+        let Some(h) = self.hearing.as_ref().and_then(|s| s.get()) else {
+            return false;
+        };
+        if !h.check_due.swap(false, Ordering::SeqCst) {
+            return false;
+        }
+        if let Err(e) = self.monitor.rejoin() {
+            error!(error = %e, "subscribing to nf_tables notifications failed");
+            h.request_check();
+        }
+        true
+    }
+
     /// Runs the healer on its own thread for the life of the process.
     pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<()>> {
         std::thread::Builder::new()
@@ -324,6 +398,12 @@ impl Healer {
         loop {
             let now = Instant::now();
             let mut check = now >= next_check;
+            if self.take_check_request() {
+                info!(
+                    "nf_tables changed while a large batch was applied unheard; checking the table"
+                );
+                check = true;
+            }
             if !check {
                 let wait = next_check
                     .saturating_duration_since(now)

@@ -506,6 +506,196 @@ fn a_refused_element_change_heals_in_the_same_call() {
     assert!(!d.log().contains("the table differed"), "{}", d.log());
 }
 
+/// Whether any NETLINK_NETFILTER socket in the network namespace of process `pid` listens
+/// to nf_tables notifications (group NFNLGRP_NFTABLES = 7, bit 6 of the "Groups" column).
+fn nftables_listened_to(pid: i32) -> bool {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/net/netlink")).expect("netlink");
+    text.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(1) == Some(&"12")
+            && f.get(3)
+                .and_then(|g| u32::from_str_radix(g, 16).ok())
+                .is_some_and(|g| g & 0x40 != 0)
+    })
+}
+
+/// The `events=N` of the healer's "own batch committed" lines: how many notifications it
+/// received for each of netd's own batches.
+fn own_events(log: &str) -> Vec<usize> {
+    log.lines()
+        .filter(|l| l.contains("own batch committed"))
+        .filter_map(|l| {
+            l.split("events=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// What the unheard commit relies on, against the real kernel: the ruleset generation moves
+/// by one per committed transaction and not for an empty batch (the barrier), a batch at a
+/// stale generation is refused as a whole with ERESTART, and one at the current generation
+/// is applied.
+#[test]
+fn the_ruleset_generation_counts_commits_and_guards_a_batch() {
+    use netd::nft::{Batch, Family, NftError, Socket};
+    let ns = Netns::new("gen", "h");
+    let (g0, g1, g2, g3, stale) = ns.run_in(|| {
+        let mut sock = Socket::open().expect("socket");
+        let table = |name: &str| {
+            let mut b = Batch::new(Family::Inet);
+            b.add_table(name);
+            b
+        };
+        let g0 = sock.generation().expect("generation");
+        sock.barrier().expect("empty batch");
+        let g1 = sock.generation().unwrap();
+        sock.commit_at(&table("gen_a"), Some(g1))
+            .expect("batch at the current generation");
+        let g2 = sock.generation().unwrap();
+        // At the generation before that commit: refused, nothing applied.
+        let stale = sock.commit_at(&table("gen_b"), Some(g1));
+        let g3 = sock.generation().unwrap();
+        (g0, g1, g2, g3, stale)
+    });
+    assert_eq!(g1, g0, "an empty batch moved the generation");
+    assert_eq!(
+        g2,
+        netd::ruleset::next_generation(g1),
+        "one commit, one generation"
+    );
+    match stale {
+        Err(NftError::Batch { errno, .. }) => assert_eq!(errno, libc::ERESTART),
+        other => panic!("a batch at a stale generation was not refused: {other:?}"),
+    }
+    assert_eq!(g3, g2, "the refused batch moved the generation");
+    assert!(ns.nft_table("inet", "gen_a").is_some());
+    assert!(
+        ns.nft_table("inet", "gen_b").is_none(),
+        "the refused batch was applied"
+    );
+}
+
+/// A large batch (an ADD with 2,000 published ports) is committed while the healer does not
+/// listen, so the kernel builds no notification per element; and a change someone else
+/// makes inside that window is still healed (the healer checks the table because the
+/// ruleset's generation moved by more than netd's own commit).
+#[test]
+fn a_change_during_an_unheard_large_batch_is_healed() {
+    let w = World::new();
+    // Test knob: the unheard commit waits 700 ms after the healer stopped listening and
+    // 700 ms before it listens again; no periodic check within the test.
+    let d = spawn_netd_env(
+        &w,
+        &w.socket(),
+        &["--check-interval", "3600"],
+        &[("NETD_TEST_UNHEARD_PAUSE_MS", "700"), ("NETD_LOG", "debug")],
+    )
+    .unwrap();
+    // The checks at start and after the restart grace (11 s) must not be what heals below.
+    wait_log(&d, "table matches the state", 2, Duration::from_secs(30));
+    assert!(nftables_listened_to(d.pid()), "the healer does not listen");
+    w.create_network("a", &["--subnet", "10.89.5.0/24"]);
+    let c1 = w.container("c1");
+    let r = w.cni("ADD", &c1, "eth0", "a", Some(ports(&[(8080, 80)])));
+    assert!(r.success(), "{r}");
+    let srv = TcpServer::start_on_port(&c1, 80);
+    let published: SocketAddr = format!("{HOST_EXT_V4}:8080").parse().unwrap();
+    assert_tcp_ok(&w.external, published);
+
+    // Control: a batch below the threshold (20 ports) is heard, element by element.
+    let c2 = w.container("c2");
+    let small: Vec<(u16, u16)> = (0..20).map(|i| (30000 + i, 80)).collect();
+    let r2 = w.cni("ADD", &c2, "eth0", "a", Some(ports(&small)));
+    assert!(r2.success(), "{r2}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !own_events(&d.log()).contains(&20) {
+        assert!(
+            Instant::now() < deadline,
+            "20 ports went unheard\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Someone deletes c1's DNAT element while netd commits c3's 2,000 ports unheard: a
+    // thread waits until nobody in the namespace listens, then changes the table, and
+    // notes whether the window was still open when the change was made.
+    let pid = d.pid();
+    let host = w.host.name().to_string();
+    let tamper = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while nftables_listened_to(pid) {
+            if Instant::now() > deadline {
+                return Err("the healer never stopped listening".to_string());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &host, "nft", "delete", "element", "inet", "netd",
+            ])
+            .args(["dnat4_any", "{", "tcp", ".", "8080", "}"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(!nftables_listened_to(pid))
+    });
+    let c3 = w.container("c3");
+    let big: Vec<(u16, u16)> = (0..2000).map(|i| (20000 + i, 80)).collect();
+    let r3 = w.cni("ADD", &c3, "eth0", "a", Some(ports(&big)));
+    assert!(r3.success(), "{r3}\n{}", d.log());
+    let inside = tamper
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    assert!(
+        inside,
+        "the change was made after the healer listened again"
+    );
+    assert!(
+        nftables_listened_to(pid),
+        "the healer does not listen again"
+    );
+
+    // The healer checks the table and restores c1's element: packets reach c1 again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !w
+        .host
+        .nft_table("inet", "netd")
+        .unwrap()
+        .contains("tcp . 8080 :")
+    {
+        assert!(Instant::now() < deadline, "not restored\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_tcp_ok(&w.external, published);
+    // The restore is a large batch too, so the knob delays its return (and its log line).
+    let limit = Duration::from_secs(10);
+    wait_log(
+        &d,
+        "changed while a large batch was applied unheard",
+        1,
+        limit,
+    );
+    wait_log(&d, "the table differed from the state", 1, limit);
+    let log = d.log();
+    // c3's ports are all there, and the healer heard none of them (nor the restore's).
+    let table = w.host.nft_table("inet", "netd").unwrap();
+    assert_eq!(table.matches("tcp . ").count(), 2021, "{table}");
+    let most = own_events(&log).into_iter().max().unwrap_or(0);
+    assert!(
+        most < 2000,
+        "the healer heard {most} notifications for one batch\n{log}"
+    );
+    let _ = srv.port();
+}
+
 /// netd removes only links it made (marked "netd network NAME", of the expected kind): a
 /// foreign bridge `nd-foreign` and a foreign veth `vnfoo` survive a restart, the periodic
 /// check and `network rm` of a network whose bridge would be named `nd-foreign`, while netd's

@@ -57,7 +57,78 @@ impl Applier {
 
     /// Sends any batch on this Applier's socket.
     pub fn commit(&mut self, batch: &Batch, groups: &Groups) -> Result<(), ApplyError> {
-        match self.sock.commit(batch) {
+        self.commit_at(batch, groups, None)
+    }
+
+    /// Commits `batch` while nobody listens to the ruleset's notifications, so that the
+    /// kernel builds none: nf_tables builds one notification per set element, but only when
+    /// a socket is subscribed to `NFNLGRP_NFTABLES` (or the batch asks for an echo), and for
+    /// thousands of elements that is a third of the commit. `deafen` takes the listener (the
+    /// healer's socket) out of the group and `hear` puts it back.
+    ///
+    /// What the listener would have heard from others meanwhile is accounted for with the
+    /// ruleset's generation, which every transaction raises by one:
+    /// 1. read the generation `g` while the listener still hears everything;
+    /// 2. an empty batch waits for any transaction in flight (the kernel counts one in `g`
+    ///    before it sends its notifications, which could otherwise go out after step 3);
+    /// 3. deafen, and commit the batch *at generation `g`*: the kernel refuses it
+    ///    (`ERESTART`) if anyone committed since step 1, so a success means nobody did;
+    /// 4. hear again, and read the generation: anything but `g + 1` means someone committed
+    ///    after us and before the listener was back.
+    ///
+    /// Whenever the listener may have missed a transaction, [`Unheard::others_committed`]
+    /// says so and the caller must have the table dumped and compared once the listener is
+    /// back (that dump sees whatever was missed, and the listener hears what follows). A
+    /// batch refused at step 3 is therefore committed again at once, without a generation.
+    /// A failure to read the generation or to deafen falls back to a plain commit.
+    pub fn commit_unheard(
+        &mut self,
+        batch: &Batch,
+        groups: &Groups,
+        deafen: &mut dyn FnMut() -> std::io::Result<()>,
+        hear: &mut dyn FnMut(),
+    ) -> Unheard {
+        let before = match self.sock.generation().and_then(|g| {
+            self.sock.barrier()?;
+            Ok(g)
+        }) {
+            Ok(g) => g,
+            Err(_) => return Unheard::heard(self.commit(batch, groups)),
+        };
+        if deafen().is_err() {
+            hear();
+            return Unheard::heard(self.commit(batch, groups));
+        }
+        let mut others_committed = false;
+        let mut result = self.commit_at(batch, groups, Some(before));
+        if matches!(&result, Err(ApplyError::Nft(NftError::Batch { errno, .. })) if *errno == libc::ERESTART)
+        {
+            // Someone committed since step 1, perhaps unheard; ours was not applied.
+            others_committed = true;
+            result = self.commit(batch, groups);
+        }
+        hear();
+        let after = self.sock.generation().ok();
+        others_committed |= match result {
+            // Ours is the one transaction expected since step 1.
+            Ok(()) if !others_committed => after != Some(next_generation(before)),
+            // Ours was not applied: any transaction since step 1 is someone else's.
+            Err(_) if !others_committed => after != Some(before),
+            _ => true,
+        };
+        Unheard {
+            result,
+            others_committed,
+        }
+    }
+
+    fn commit_at(
+        &mut self,
+        batch: &Batch,
+        groups: &Groups,
+        genid: Option<u32>,
+    ) -> Result<(), ApplyError> {
+        match self.sock.commit_at(batch, genid) {
             Ok(()) => Ok(()),
             Err(NftError::Rejected {
                 first,
@@ -77,6 +148,32 @@ impl Applier {
             }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// How [`Applier::commit_unheard`] went.
+#[derive(Debug)]
+pub struct Unheard {
+    /// The commit's own outcome, as [`Applier::commit`] reports it.
+    pub result: Result<(), ApplyError>,
+    /// Someone else may have committed while the listener was away: check the table.
+    pub others_committed: bool,
+}
+
+impl Unheard {
+    fn heard(result: Result<(), ApplyError>) -> Unheard {
+        Unheard {
+            result,
+            others_committed: false,
+        }
+    }
+}
+
+/// The generation after `g`: the kernel skips 0 when the counter wraps.
+pub fn next_generation(g: u32) -> u32 {
+    match g.wrapping_add(1) {
+        0 => 1,
+        n => n,
     }
 }
 
@@ -155,4 +252,15 @@ pub(super) fn push_elems(
     };
     groups.insert(g, (set, owner));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_generation;
+
+    #[test]
+    fn the_generation_after_the_last_skips_zero() {
+        assert_eq!(next_generation(41), 42);
+        assert_eq!(next_generation(u32::MAX), 1);
+    }
 }

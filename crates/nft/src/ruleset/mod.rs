@@ -50,7 +50,7 @@ mod text;
 
 use sets::*;
 
-pub use applier::{diff_batch, full_batch, Applier, Groups};
+pub use applier::{diff_batch, full_batch, next_generation, Applier, Groups, Unheard};
 pub use elements::encode_elem;
 pub use rules::{chains, rules, RuleDef};
 pub use sets::set_spec;
