@@ -4,7 +4,9 @@ use std::future::Future;
 use std::sync::Mutex;
 
 use ipnet::IpNet;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
+use netlink_packet_route::link::{
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute,
+};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use super::netns::NetnsFile;
@@ -274,19 +276,29 @@ impl HostLinks {
                 )
             })?;
             // A bridge port forwards IPv6 frames without any IPv6 of its own. With it, each
-            // veth would add a multicast route (and, unless told otherwise, a link-local
-            // address and its routes) to the host's IPv6 table, and every state change of a
-            // link that is not up yet (this one's own attach among them) walks that whole
-            // table: 11% of the plugin's CPU at 1,000 containers on one bridge. Before the
-            // link is up, so none of it is ever made.
-            if let Err(e) = super::sysctl::disable_ipv6(host_name) {
-                if let Err(del) = self.delete_by_name(host_name).await {
-                    tracing::warn!(veth = host_name, error = %del, "could not delete the veth made for a failed ADD");
+            // veth adds a multicast route (and, unless told otherwise, a link-local address
+            // and its routes) to the host's IPv6 table, and every state change of a link that
+            // is not up yet (this one's own attach among them) walks that whole table: 11% of
+            // the plugin's CPU at 1,000 containers on one bridge. The id this namespace just
+            // gave the container's says about how many containers there are (ids are handed
+            // out lowest-free). On a crowded host the veth gets `disable_ipv6` now, before it
+            // is up, so none of that is made; otherwise `attach_veth` asks for no address
+            // through netlink, because the sysctl write contends for the kernel's rtnl lock
+            // (it retries the system call until it gets it), which in a burst of concurrent
+            // ADDs cost more than a walk over fewer than a hundred routes.
+            if let Ok(Some(id)) = nl::netns_id(h, ns.raw_fd()).await {
+                super::sysctl::note_namespace_count(id);
+            }
+            if super::sysctl::crowded() {
+                if let Err(e) = super::sysctl::disable_ipv6(host_name) {
+                    if let Err(del) = self.delete_by_name(host_name).await {
+                        tracing::warn!(veth = host_name, error = %del, "could not delete the veth made for a failed ADD");
+                    }
+                    return Err(LinkError::os(
+                        format!("turning IPv6 off on veth {host_name}"),
+                        e,
+                    ));
                 }
-                return Err(LinkError::os(
-                    format!("turning IPv6 off on veth {host_name}"),
-                    e,
-                ));
             }
             Ok(mac)
         })
@@ -328,16 +340,28 @@ impl HostLinks {
             // the kernel ignores IFLA_IFALIAS there (only a change sets it). Up comes last, in
             // the same request, after the flags.
             let alias = owner_alias(network);
-            let port = LinkBridgePort::new(0)
-                .name(name)
-                .alias(alias.clone())
-                .isolated(isolated)
-                .hairpin(true);
-            h.link()
-                .set_port(port.up().build())
-                .execute()
-                .await
-                .map_err(|e| {
+            // On a host that is not crowded, IPv6 is kept off the port here (see
+            // `create_veth`): address generation mode "none", in the same request.
+            let no_ipv6 = !super::sysctl::crowded();
+            let finish = |ipv6_attr: bool| {
+                let mut m = LinkBridgePort::new(0)
+                    .name(name)
+                    .alias(alias.clone())
+                    .isolated(isolated)
+                    .hairpin(true);
+                if ipv6_attr {
+                    m = m.append_extra_attribute(no_ipv6_addresses());
+                }
+                h.link().set_port(m.up().build()).execute()
+            };
+            let res = match finish(no_ipv6).await {
+                // The kernel refuses the whole request when the link has no IPv6 state (IPv6
+                // disabled on the host, or an MTU below IPv6's 1280): then there is no IPv6
+                // address to avoid either.
+                Err(e) if no_ipv6 && nl::is_errno(&e, libc::EAFNOSUPPORT) => finish(false).await,
+                r => r,
+            };
+            res.map_err(|e| {
                     LinkError::from_rtnl(
                         format!(
                             "setting alias {alias:?}, bridge port flags (isolated {}, hairpin on) and up on veth {name}",
@@ -544,6 +568,15 @@ impl Drop for HostLinks {
     }
 }
 
+/// IFLA_AF_SPEC asking the kernel to give a host veth no IPv6 address of its own (address
+/// generation mode "none"): no link-local address or routes; the kernel's multicast route
+/// (`ff00::/8`) remains.
+fn no_ipv6_addresses() -> LinkAttribute {
+    LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
+        In6AddrGenMode::None,
+    )])])
+}
+
 /// A random unicast, locally administered MAC, as the kernel would pick for a veth.
 fn random_mac() -> Result<[u8; 6]> {
     let mut mac = [0u8; 6];
@@ -573,4 +606,91 @@ pub fn enable_route_localnet(bridge: &str) -> Result<()> {
     }
     super::write_sysctl(&key, "1")
         .map_err(|e| LinkError::os(format!("setting {} to 1", key.replace('/', ".")), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thread parked in a network namespace of its own; the namespace lives while it does.
+    struct Parked {
+        path: String,
+        stop: std::sync::mpsc::Sender<()>,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    fn parked_netns() -> Parked {
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: unshare on this thread only; the namespace goes with the thread.
+            let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(
+                r,
+                0,
+                "unshare(CLONE_NEWNET) needs root: {}",
+                std::io::Error::last_os_error()
+            );
+            // SAFETY: gettid cannot fail.
+            let tid = unsafe { libc::gettid() };
+            tx.send(format!("/proc/{}/task/{tid}/ns/net", std::process::id()))
+                .unwrap();
+            let _ = stopped.recv();
+        });
+        Parked {
+            path: rx.recv().unwrap(),
+            stop,
+            thread,
+        }
+    }
+
+    /// On a host with many containers, a new host veth gets no IPv6 at all: `disable_ipv6`
+    /// before it is up, so not even the multicast route is made (crates/link/src/sysctl.rs
+    /// says why this depends on the count). Needs root, as the plugin.
+    #[test]
+    fn a_crowded_hosts_veths_get_no_ipv6_at_all() {
+        let host = parked_netns();
+        let containers: Vec<Parked> = (0..super::super::sysctl::CROWDED + 2)
+            .map(|_| parked_netns())
+            .collect();
+        let host_path = host.path.clone();
+        let paths: Vec<String> = containers.iter().map(|c| c.path.clone()).collect();
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&host_path).unwrap();
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on this thread only, with an open namespace file.
+            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            let links = HostLinks::new().unwrap();
+            let mut last = String::new();
+            for (i, p) in paths.iter().enumerate() {
+                last = format!("vncrowd{i}");
+                links
+                    .create_veth(&last, &format!("tmpcrowd{i}"), p)
+                    .unwrap();
+            }
+            assert!(
+                super::super::sysctl::crowded(),
+                "{} namespaces with ids",
+                paths.len()
+            );
+            let off =
+                std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{last}/disable_ipv6"));
+            assert_eq!(off.unwrap(), "1\n");
+            // Up, as an attach leaves it: still nothing of it in the IPv6 table.
+            links
+                .run(nl::set_up(
+                    &links.handle,
+                    links.link_state(&last).unwrap().unwrap().index,
+                ))
+                .unwrap();
+            let routes = std::fs::read_to_string("/proc/thread-self/net/ipv6_route").unwrap();
+            assert!(!routes.contains(&last), "{routes}");
+        })
+        .join()
+        .unwrap();
+        for p in containers.into_iter().chain([host]) {
+            let _ = p.stop.send(());
+            p.thread.join().unwrap();
+        }
+    }
 }

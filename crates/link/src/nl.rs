@@ -64,7 +64,7 @@ pub(crate) async fn peer_in_netns(
 }
 
 /// The id `h`'s namespace gives the namespace open as `fd`; None when it has none.
-async fn netns_id(h: &Handle, fd: RawFd) -> Result<Option<i32>, Error> {
+pub(crate) async fn netns_id(h: &Handle, fd: RawFd) -> Result<Option<i32>, Error> {
     let mut msg = NsidMessage::default();
     let fd = u32::try_from(fd).map_err(|_| Error::InvalidNla(format!("bad fd {fd}")))?;
     msg.attributes = vec![NsidAttribute::Fd(fd)];

@@ -12,7 +12,16 @@
 //! this process looked up: 100–126 µs to make and use once, whatever the count, and the
 //! instance is made once per process. It is a detached mount, never attached anywhere, and
 //! `sys/net` in it shows the network namespace of the thread that opens a path, exactly as
-//! `/proc/sys/net` does. Where the kernel or a sandbox refuses it (before Linux 5.2, a seccomp
+//! `/proc/sys/net` does. It is not free either: making one costs about 20 µs, and closing it
+//! about 75 µs more (the kernel unmounts it and waits for an expedited RCU grace period),
+//! which in a burst of concurrent ADDs showed as 20–30% more time until all were attached.
+//! So a process uses it only once told the host is crowded ([`note_namespace_count`]; the
+//! plugin learns that from the id its namespace gives the container's, which is about the
+//! number of containers); until then, and in netd, sysctls go through `/proc`. With the costs
+//! above (the host-side lookup assumed to grow as the container-side one was measured to),
+//! `/proc` costs about 71 + 0.7·N µs for the plugin's two writes against about 131 µs for a
+//! private instance, so they cross near N = 90; [`CROWDED`] leaves room for the burst
+//! penalty. Where the kernel or a sandbox refuses it (before Linux 5.2, a seccomp
 //! filter, no CAP_SYS_ADMIN), the host's `/proc` serves, and so it does where `/proc/sys` is
 //! mounted read-only (systemd's `ProtectKernelTunables=`): a fresh instance would not carry
 //! that restriction, and a sandbox's intent is not ours to get around.
@@ -20,7 +29,27 @@
 use std::ffi::CString;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+
+/// From this many network namespaces on the host, a private instance is cheaper than `/proc`.
+pub(crate) const CROWDED: i32 = 128;
+
+static CROWDED_HOST: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process was told the host is crowded ([`note_namespace_count`]).
+pub(crate) fn crowded() -> bool {
+    CROWDED_HOST.load(Ordering::Relaxed)
+}
+
+/// Tells this process about how many network namespaces the host has (`n`, e.g. the id the
+/// calling namespace gave a new container's); from [`CROWDED`] on, sysctls go through a
+/// private procfs instance.
+pub(crate) fn note_namespace_count(n: i32) {
+    if n >= CROWDED {
+        CROWDED_HOST.store(true, Ordering::Relaxed);
+    }
+}
 
 /// Sets `disable_ipv6` on the interface `ifname` of the calling thread's namespace, before it
 /// goes up, so it never gets an IPv6 address, route or multicast membership. An interface
@@ -55,7 +84,8 @@ fn exists(rel: &str) -> bool {
 }
 
 fn open(rel: &str, flags: libc::c_int) -> io::Result<std::fs::File> {
-    match private_proc() {
+    let private = crowded().then(private_proc).flatten();
+    match private {
         Some(root) => open_at(root, &format!("sys/{rel}"), flags),
         None => open_at_cwd(&format!("/proc/sys/{rel}"), flags),
     }
@@ -186,6 +216,11 @@ mod tests {
             assert_eq!(ours, ["all", "default", "lo"]);
             let procs = listed(open_at_cwd("/proc/sys/net/ipv4/conf", libc::O_RDONLY).unwrap());
             assert_eq!(ours, procs);
+            // Through /proc first (no hint yet), then through the private instance.
+            write("net/ipv6/conf/lo/disable_ipv6", b"0").unwrap();
+            assert_eq!(read("net/ipv6/conf/lo/disable_ipv6").unwrap(), "0\n");
+            note_namespace_count(CROWDED);
+            assert!(CROWDED_HOST.load(Ordering::Relaxed));
             disable_ipv6("lo").unwrap();
             assert_eq!(
                 std::fs::read_to_string("/proc/sys/net/ipv6/conf/lo/disable_ipv6").unwrap(),
