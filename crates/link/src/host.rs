@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use ipnet::IpNet;
 use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute,
+    LinkMessage,
 };
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
@@ -394,19 +395,10 @@ impl HostLinks {
         let h = &self.handle;
         self.run(async {
             let step = || format!("deleting {kind} {name}");
-            let Some(link) = nl::get_link(h, name)
-                .await
-                .map_err(|e| LinkError::from_rtnl(step(), e))?
-            else {
-                return Ok(Removal::Missing);
+            let (_, st) = match find_of_kind(h, name, kind, &step).await? {
+                Ok(found) => found,
+                Err(removal) => return Ok(removal),
             };
-            let st = nl::link_state(&link);
-            if st.kind.as_deref() != Some(kind) {
-                return Ok(Removal::Foreign(format!(
-                    "it is a link of kind {}",
-                    st.kind.as_deref().unwrap_or("(none)")
-                )));
-            }
             let owner = st.alias.as_deref().and_then(alias_network);
             match (owner, network) {
                 (None, _) => {
@@ -422,16 +414,7 @@ impl HostLinks {
                 }
                 _ => {}
             }
-            Ok(
-                if nl::delete_index(h, st.index)
-                    .await
-                    .map_err(|e| LinkError::from_rtnl(step(), e))?
-                {
-                    Removal::Deleted
-                } else {
-                    Removal::Missing
-                },
-            )
+            delete_found(h, st.index, &step).await
         })
     }
 
@@ -453,19 +436,10 @@ impl HostLinks {
         let h = &self.handle;
         self.run(async {
             let step = || format!("deleting host veth {name}");
-            let Some(link) = nl::get_link(h, name)
-                .await
-                .map_err(|e| LinkError::from_rtnl(step(), e))?
-            else {
-                return Ok(Removal::Missing);
+            let (link, st) = match find_of_kind(h, name, "veth", &step).await? {
+                Ok(found) => found,
+                Err(removal) => return Ok(removal),
             };
-            let st = nl::link_state(&link);
-            if st.kind.as_deref() != Some("veth") {
-                return Ok(Removal::Foreign(format!(
-                    "it is a link of kind {}",
-                    st.kind.as_deref().unwrap_or("(none)")
-                )));
-            }
             match (st.alias.as_deref().filter(|a| !a.is_empty()), network) {
                 (Some(a), Some(n)) if alias_network(a) == Some(n) => {}
                 (Some(a), _) => {
@@ -496,18 +470,7 @@ impl HostLinks {
                     }
                 }
             }
-            // By index: a link that replaced this one under the same name since the lookup
-            // is not the one that was checked.
-            Ok(
-                if nl::delete_index(h, st.index)
-                    .await
-                    .map_err(|e| LinkError::from_rtnl(step(), e))?
-                {
-                    Removal::Deleted
-                } else {
-                    Removal::Missing
-                },
-            )
+            delete_found(h, st.index, &step).await
         })
     }
 
@@ -566,6 +529,43 @@ impl Drop for HostLinks {
             rt.shutdown_background();
         }
     }
+}
+
+/// Link `name` with its state if it is of `kind`; otherwise what [`HostLinks::delete_owned`]
+/// and [`HostLinks::delete_host_veth`] report for it (missing, or someone else's).
+async fn find_of_kind(
+    h: &Handle,
+    name: &str,
+    kind: &str,
+    step: &impl Fn() -> String,
+) -> Result<std::result::Result<(LinkMessage, LinkState), Removal>> {
+    let Some(link) = nl::get_link(h, name)
+        .await
+        .map_err(|e| LinkError::from_rtnl(step(), e))?
+    else {
+        return Ok(Err(Removal::Missing));
+    };
+    let st = nl::link_state(&link);
+    if st.kind.as_deref() != Some(kind) {
+        return Ok(Err(Removal::Foreign(format!(
+            "it is a link of kind {}",
+            st.kind.as_deref().unwrap_or("(none)")
+        ))));
+    }
+    Ok(Ok((link, st)))
+}
+
+/// Deletes the link found and checked as `index`. By index: a link that replaced it under the
+/// same name since the lookup is not the one that was checked.
+async fn delete_found(h: &Handle, index: u32, step: &impl Fn() -> String) -> Result<Removal> {
+    let deleted = nl::delete_index(h, index)
+        .await
+        .map_err(|e| LinkError::from_rtnl(step(), e))?;
+    Ok(if deleted {
+        Removal::Deleted
+    } else {
+        Removal::Missing
+    })
 }
 
 /// IFLA_AF_SPEC asking the kernel to give a host veth no IPv6 address of its own (address
