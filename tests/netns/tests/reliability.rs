@@ -423,42 +423,13 @@ fn wait_log(d: &Daemon, what: &str, n: usize, limit: Duration) {
 #[test]
 fn a_refused_element_change_heals_in_the_same_call() {
     let w = World::new();
-    // Test knob: the healer ignores notifications; with an hour between checks, only the
-    // engine itself can put the table right during this test.
-    let d = spawn_netd_env(
-        &w,
-        &w.socket(),
-        &["--check-interval", "3600"],
-        &[("NETD_HEAL_IGNORE_EVENTS", "1"), ("NETD_LOG", "debug")],
-    )
-    .unwrap();
-    // The healer checks at start and once more after the restart grace (11 s); wait for
-    // both, so no check runs between the tampering below and the requests that must heal.
-    wait_log(&d, "table matches the state", 2, Duration::from_secs(30));
-    w.create_network("a", &["--subnet", "10.89.3.0/24"]);
-    let c1 = w.container("c1");
-    let r = w.cni("ADD", &c1, "eth0", "a", Some(ports(&[(8080, 80)])));
-    assert!(r.success(), "{r}");
-    let published: SocketAddr = format!("{HOST_EXT_V4}:8080").parse().unwrap();
-    let srv1 = TcpServer::start_on_port(&c1, 80);
-    assert_tcp_ok(&w.external, published);
+    // Test knob: the healer ignores notifications; with no periodic check, only the engine
+    // itself can put the table right during this test.
+    let d = netd_without_periodic_check(&w, &[("NETD_HEAL_IGNORE_EVENTS", "1")]);
+    let (c1, srv1, published) = c1_published_on_a(&w, "10.89.3.0/24");
 
     // 1. Someone deletes c1's DNAT element; the healer does not hear of it.
-    nft(
-        &w.host,
-        &[
-            "delete",
-            "element",
-            "inet",
-            "netd",
-            "dnat4_any",
-            "{",
-            "tcp",
-            ".",
-            "8080",
-            "}",
-        ],
-    );
+    nft(&w.host, &DELETE_C1_DNAT);
     std::thread::sleep(Duration::from_millis(500));
     let t = w.host.nft_table("inet", "netd").unwrap();
     assert!(!t.contains("tcp . 8080"), "the healer restored it: {t}");
@@ -505,6 +476,44 @@ fn a_refused_element_change_heals_in_the_same_call() {
     // The periodic check never ran meanwhile: the engine did the healing.
     assert!(!d.log().contains("the table differed"), "{}", d.log());
 }
+
+/// A netd with its debug log and no periodic check of its table (an hour apart), returned
+/// once the checks it makes at start and after the restart grace (11 s) have run, so that
+/// none runs during the test: what repairs the table then is what the test is about.
+fn netd_without_periodic_check(w: &World, env: &[(&str, &str)]) -> Daemon {
+    let mut env = env.to_vec();
+    env.push(("NETD_LOG", "debug"));
+    let d = spawn_netd_env(w, &w.socket(), &["--check-interval", "3600"], &env).unwrap();
+    wait_log(&d, "table matches the state", 2, Duration::from_secs(30));
+    d
+}
+
+/// Network `a` on `subnet` with container `c1` publishing host port 8080 to its port 80,
+/// answering from the external netns; returns c1, its server and the published address.
+fn c1_published_on_a(w: &World, subnet: &str) -> (Netns, TcpServer, SocketAddr) {
+    w.create_network("a", &["--subnet", subnet]);
+    let c1 = w.container("c1");
+    let r = w.cni("ADD", &c1, "eth0", "a", Some(ports(&[(8080, 80)])));
+    assert!(r.success(), "{r}");
+    let srv = TcpServer::start_on_port(&c1, 80);
+    let published: SocketAddr = format!("{HOST_EXT_V4}:8080").parse().unwrap();
+    assert_tcp_ok(&w.external, published);
+    (c1, srv, published)
+}
+
+/// The `nft` arguments that delete c1's DNAT element (host port 8080), as someone else would.
+const DELETE_C1_DNAT: [&str; 10] = [
+    "delete",
+    "element",
+    "inet",
+    "netd",
+    "dnat4_any",
+    "{",
+    "tcp",
+    ".",
+    "8080",
+    "}",
+];
 
 /// Whether any NETLINK_NETFILTER socket in the network namespace of process `pid` listens
 /// to nf_tables notifications (group NFNLGRP_NFTABLES = 7, bit 6 of the "Groups" column).
@@ -587,24 +596,10 @@ fn the_ruleset_generation_counts_commits_and_guards_a_batch() {
 fn a_change_during_an_unheard_large_batch_is_healed() {
     let w = World::new();
     // Test knob: the unheard commit waits 700 ms after the healer stopped listening and
-    // 700 ms before it listens again; no periodic check within the test.
-    let d = spawn_netd_env(
-        &w,
-        &w.socket(),
-        &["--check-interval", "3600"],
-        &[("NETD_TEST_UNHEARD_PAUSE_MS", "700"), ("NETD_LOG", "debug")],
-    )
-    .unwrap();
-    // The checks at start and after the restart grace (11 s) must not be what heals below.
-    wait_log(&d, "table matches the state", 2, Duration::from_secs(30));
+    // 700 ms before it listens again.
+    let d = netd_without_periodic_check(&w, &[("NETD_TEST_UNHEARD_PAUSE_MS", "700")]);
     assert!(nftables_listened_to(d.pid()), "the healer does not listen");
-    w.create_network("a", &["--subnet", "10.89.5.0/24"]);
-    let c1 = w.container("c1");
-    let r = w.cni("ADD", &c1, "eth0", "a", Some(ports(&[(8080, 80)])));
-    assert!(r.success(), "{r}");
-    let srv = TcpServer::start_on_port(&c1, 80);
-    let published: SocketAddr = format!("{HOST_EXT_V4}:8080").parse().unwrap();
-    assert_tcp_ok(&w.external, published);
+    let (_c1, srv, published) = c1_published_on_a(&w, "10.89.5.0/24");
 
     // Control: a batch below the threshold (20 ports) is heard, element by element.
     let c2 = w.container("c2");
@@ -635,10 +630,8 @@ fn a_change_during_an_unheard_large_batch_is_healed() {
             std::thread::sleep(Duration::from_millis(2));
         }
         let out = Command::new("ip")
-            .args([
-                "netns", "exec", &host, "nft", "delete", "element", "inet", "netd",
-            ])
-            .args(["dnat4_any", "{", "tcp", ".", "8080", "}"])
+            .args(["netns", "exec", &host, "nft"])
+            .args(DELETE_C1_DNAT)
             .output()
             .map_err(|e| e.to_string())?;
         if !out.status.success() {
