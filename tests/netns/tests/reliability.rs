@@ -173,14 +173,7 @@ fn wait_for_table(w: &World, want: &str, limit: Duration) -> Option<Duration> {
 fn table_is_restored_within_a_second_and_foreign_tables_are_left_alone() {
     let w = World::new();
     let d = spawn_netd(&w, &["--check-interval", "1"]).unwrap();
-    w.create_network("a", &["--subnet", "10.89.1.0/24"]);
-    let c1 = w.container("c1");
-    let r = w.cni("ADD", &c1, "eth0", "a", Some(ports(&[(8080, 80)])));
-    assert!(r.success(), "{r}");
-    let srv = TcpServer::start_on_port(&c1, 80);
-    let published: SocketAddr = format!("{HOST_EXT_V4}:8080").parse().unwrap();
-    assert_tcp_ok(&w.external, published);
-    let _ = srv.port();
+    let (c1, _srv, published) = c1_published_on_a(&w, "10.89.1.0/24");
 
     // Every change is logged with the peer's credentials (SO_PEERCRED).
     let log = d.log();
@@ -200,18 +193,7 @@ fn table_is_restored_within_a_second_and_foreign_tables_are_left_alone() {
         ),
         (
             "nft delete element inet netd dnat4_any { tcp . 8080 }",
-            &[
-                "delete",
-                "element",
-                "inet",
-                "netd",
-                "dnat4_any",
-                "{",
-                "tcp",
-                ".",
-                "8080",
-                "}",
-            ],
+            &DELETE_C1_DNAT,
             true,
         ),
         (
@@ -501,7 +483,8 @@ fn c1_published_on_a(w: &World, subnet: &str) -> (Netns, TcpServer, SocketAddr) 
     (c1, srv, published)
 }
 
-/// The `nft` arguments that delete c1's DNAT element (host port 8080), as someone else would.
+/// The `nft` arguments that delete the DNAT element of host port 8080 (c1's in these tests),
+/// as someone else would.
 const DELETE_C1_DNAT: [&str; 10] = [
     "delete",
     "element",
