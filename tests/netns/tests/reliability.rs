@@ -291,21 +291,7 @@ fn changes_missed_by_the_monitor_are_caught_by_the_periodic_check() {
     assert!(r.success(), "{r}");
     let want = w.host.nft_table("inet", "netd").unwrap();
     for (name, args) in [
-        (
-            "delete element",
-            &[
-                "delete",
-                "element",
-                "inet",
-                "netd",
-                "dnat4_any",
-                "{",
-                "tcp",
-                ".",
-                "8080",
-                "}",
-            ][..],
-        ),
+        ("delete element", &DELETE_C1_DNAT[..]),
         ("delete table", &["delete", "table", "inet", "netd"][..]),
         (
             "foreign element",
