@@ -45,6 +45,29 @@ fn spawn_netd_env(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Result<Daemon, String> {
+    spawn_netd_full(w, socket, extra, env, None)
+}
+
+/// Like `spawn_netd_at`, with `group_file` in place of the machine's `/etc/group` for netd
+/// alone: netd runs in a mount namespace of its own where that file is bind-mounted over
+/// `/etc/group`, so the socket tests can give netd the groups they need without adding any to
+/// the machine.
+fn spawn_netd_with_groups(
+    w: &World,
+    socket: &Path,
+    extra: &[&str],
+    group_file: &Path,
+) -> Result<Daemon, String> {
+    spawn_netd_full(w, socket, extra, &[], Some(group_file))
+}
+
+fn spawn_netd_full(
+    w: &World,
+    socket: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    group_file: Option<&Path>,
+) -> Result<Daemon, String> {
     let log = w.dir().join("netd-own.log");
     let f = File::options()
         .create(true)
@@ -71,10 +94,46 @@ fn spawn_netd_env(
         .stdin(Stdio::null())
         .stdout(f)
         .stderr(f2);
-    // SAFETY: prctl only, in the child before exec.
+    // Made before the fork: the child may not allocate.
+    let group_file = group_file.map(|p| {
+        use std::os::unix::ffi::OsStrExt;
+        std::ffi::CString::new(p.as_os_str().as_bytes()).expect("group file path")
+    });
+    // SAFETY: prctl, unshare and mount only, in the child before exec, on strings made before
+    // the fork.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if let Some(src) = &group_file {
+                // A mount namespace of the child's own, private from the machine's, so the
+                // bind mount below is seen by netd (and `ip netns exec`, which inherits it)
+                // and by nothing else.
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let root = c"/";
+                if libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let target = c"/etc/group";
+                if libc::mount(
+                    src.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
@@ -1587,30 +1646,45 @@ fn slow_and_stuck_clients_do_not_block_others() {
 // 5. Socket access
 // ---------------------------------------------------------------------------
 
-struct Group(String);
-impl Drop for Group {
-    fn drop(&mut self) {
-        let _ = run(&["groupdel", &self.0]);
+/// A copy of the machine's `/etc/group` in the test's directory, without any group named
+/// `name`, plus `name` with a gid that no group in the machine's file has. For
+/// `spawn_netd_with_groups`; clients are then given the gid by number (`setpriv`), which needs
+/// no name lookup. Returns the file and the gid.
+fn group_file_with(w: &World, name: &str) -> (PathBuf, u32) {
+    let system = std::fs::read_to_string("/etc/group").expect("reading /etc/group");
+    let mut used = BTreeSet::new();
+    let mut out = String::new();
+    for line in system.lines() {
+        let mut fields = line.split(':');
+        let group = fields.next().unwrap_or_default();
+        if let Some(gid) = fields.nth(1).and_then(|g| g.parse::<u32>().ok()) {
+            used.insert(gid);
+        }
+        if group != name {
+            out.push_str(line);
+            out.push('\n');
+        }
     }
-}
-
-fn gid_of(name: &str) -> String {
-    let line = run_ok(&["getent", "group", name]);
-    line.split(':').nth(2).unwrap().to_string()
+    let gid = (60_000..65_000)
+        .find(|g| !used.contains(g))
+        .expect("a free gid");
+    out.push_str(&format!("{name}:x:{gid}:\n"));
+    let path = w.dir().join("group");
+    std::fs::write(&path, out).expect("writing the test's group file");
+    (path, gid)
 }
 
 #[test]
 fn socket_serves_root_and_group_members_only() {
     let w = World::new();
     let name = format!("ndt{}", std::process::id());
-    run_ok(&["groupadd", &name]);
-    let _g = Group(name.clone());
-    let gid = gid_of(&name);
+    let (groups, gid) = group_file_with(&w, &name);
+    let gid = gid.to_string();
     // The socket directory must be reachable for the unprivileged clients.
     let dir = w.dir().join("run");
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("netd.sock");
-    let _d = spawn_netd_at(&w, &sock, &["--socket-group", &name]).unwrap();
+    let _d = spawn_netd_with_groups(&w, &sock, &["--socket-group", &name], &groups).unwrap();
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(&sock).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o660);
@@ -1661,31 +1735,17 @@ fn socket_serves_root_and_group_members_only() {
     assert!(netctl(&[]).success());
 }
 
-/// Removes group `netd` on drop if this test created it.
-struct NetdGroup(bool);
-impl Drop for NetdGroup {
-    fn drop(&mut self) {
-        if self.0 {
-            let _ = run(&["groupdel", "netd"]);
-        }
-    }
-}
-
 #[test]
 fn socket_without_group_is_root_only_even_when_a_netd_group_exists() {
     let w = World::new();
     // The bug this guards against: with socket_group unset, the socket went to a group named
-    // netd whenever one existed. Make sure one exists.
-    let created = !run(&["getent", "group", "netd"]).success();
-    if created {
-        run_ok(&["groupadd", "netd"]);
-    }
-    let _g = NetdGroup(created);
-    let gid = gid_of("netd");
+    // netd whenever one existed. Make sure one exists where netd looks.
+    let (groups, gid) = group_file_with(&w, "netd");
+    let gid = gid.to_string();
     let dir = w.dir().join("run");
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("netd.sock");
-    let d = spawn_netd_at(&w, &sock, &[]).unwrap();
+    let d = spawn_netd_with_groups(&w, &sock, &[], &groups).unwrap();
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(&sock).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o600);
