@@ -55,6 +55,9 @@ pub trait HostLinks: Send {
     fn remove_link_later(&mut self, name: &str, network: &str, netns: Option<&str>);
     /// Returns once no removal of `name` is pending, so its name can be used again.
     fn settle_link(&mut self, name: &str);
+    /// Returns once at most `keep` removals of `network`'s links are pending (doing queued
+    /// ones at once), so that its bridge has room for the ports it must take.
+    fn settle_links_of(&mut self, network: &str, keep: usize);
     /// Whether `path` is (still) a network namespace.
     fn is_netns(&mut self, path: &str) -> bool;
 }
@@ -825,6 +828,20 @@ impl Engine {
         // A DEL of the same container interface may still be removing its veth, and the
         // flows of a released container that had these addresses may still be being cleared.
         self.kernel.settle_link(&ep.host_veth);
+        // The network's bridge holds a port for each of its endpoints and for each DEL's
+        // veth the reaper has not removed yet, and the kernel refuses a port past its limit
+        // (EXFULL) even when the endpoints alone leave room, which churn faster than the
+        // kernel unregisters veths brings about. So make room first: this attach's port
+        // must fit beside the endpoints and the removals still pending.
+        let attached = self
+            .endpoints
+            .values()
+            .filter(|e| e.network == net.name)
+            .count();
+        self.kernel.settle_links_of(
+            &net.name,
+            resolve::MAX_BRIDGE_PORTS.saturating_sub(attached + 1),
+        );
         self.kernel.settle_conntrack(&endpoint_addrs(&ep));
         let diff = self.apply_endpoint(&net, &ep, true)?;
         if let Err(e) = self.store.put_endpoint(&ep) {
@@ -1091,6 +1108,7 @@ mod tests {
             self.0.lock().unwrap().links.retain(|l| l.name != name);
         }
         fn settle_link(&mut self, _name: &str) {}
+        fn settle_links_of(&mut self, _network: &str, _keep: usize) {}
         fn delete_owned_link(
             &mut self,
             name: &str,
