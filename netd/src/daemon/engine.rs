@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 use super::sysctl::ForwardingError;
 use crate::api::{AttachRequest, Attachment, CreateNetwork, GcRequest, Status};
 use crate::conflist;
+use crate::endpoints::Endpoints;
 use crate::ipam::{self, Cursor};
 use crate::link::Removal;
 use crate::model::{self, Endpoint, EndpointKey, Network};
@@ -206,7 +207,8 @@ pub struct Engine {
     kernel: Box<dyn Kernel>,
     meta: Meta,
     networks: BTreeMap<String, Network>,
-    endpoints: BTreeMap<EndpointKey, Endpoint>,
+    /// With the index an attach looks things up in ([`crate::endpoints`]).
+    endpoints: Endpoints,
     /// What netd's table holds now.
     applied: Desired,
     /// Per network, the addresses handed out last, so released ones are not reused at once
@@ -302,11 +304,11 @@ impl Engine {
             .into_iter()
             .map(|n| (n.name.clone(), n))
             .collect();
-        let mut endpoints = BTreeMap::new();
+        let mut endpoints = Endpoints::default();
         let mut orphans = Vec::new();
         for ep in loaded.endpoints {
             if networks.contains_key(&ep.network) {
-                endpoints.insert(ep.key(), ep);
+                endpoints.insert(ep);
             } else {
                 warn!(endpoint = %ep.key(), "dropping endpoint of a network that no longer exists");
                 orphans.push(ep.key());
@@ -833,11 +835,7 @@ impl Engine {
         // (EXFULL) even when the endpoints alone leave room, which churn faster than the
         // kernel unregisters veths brings about. So make room first: this attach's port
         // must fit beside the endpoints and the removals still pending.
-        let attached = self
-            .endpoints
-            .values()
-            .filter(|e| e.network == net.name)
-            .count();
+        let attached = self.endpoints.count_in(&net.name);
         self.kernel.settle_links_of(
             &net.name,
             resolve::MAX_BRIDGE_PORTS.saturating_sub(attached + 1),
@@ -849,7 +847,7 @@ impl Engine {
             return Err(store_err("saving the endpoint")(e));
         }
         self.commit_diff(&diff);
-        self.endpoints.insert(ep.key(), ep.clone());
+        self.endpoints.insert(ep.clone());
         self.clear_stale_udp_flows(&net, &ep);
         if resolved.cursor != cursor {
             self.cursors.insert(net.name.clone(), resolved.cursor);
