@@ -1033,6 +1033,8 @@ mod tests {
         settled: Vec<IpAddr>,
         /// The host does not forward IPv6.
         no_ipv6_forwarding: bool,
+        /// Each settle_links_of: the network and how many pending removals may remain.
+        room: Vec<(String, usize)>,
     }
 
     struct FakeKernel(Arc<Mutex<FakeTable>>);
@@ -1106,7 +1108,13 @@ mod tests {
             self.0.lock().unwrap().links.retain(|l| l.name != name);
         }
         fn settle_link(&mut self, _name: &str) {}
-        fn settle_links_of(&mut self, _network: &str, _keep: usize) {}
+        fn settle_links_of(&mut self, network: &str, keep: usize) {
+            self.0
+                .lock()
+                .unwrap()
+                .room
+                .push((network.to_string(), keep));
+        }
         fn delete_owned_link(
             &mut self,
             name: &str,
@@ -1305,6 +1313,39 @@ mod tests {
         assert_eq!(e.network("new").unwrap().cni_version, "1.1.0");
         assert_eq!(conflist("new")["cniVersion"], "1.1.0");
         assert_eq!(conflist("old")["cniVersion"], "1.0.0");
+    }
+
+    /// Each attach leaves its own port free on the network's bridge: the network's pending
+    /// veth removals may number at most what its endpoints leave of the 1,023 ports, minus one
+    /// (counted per network, after a restart too).
+    #[test]
+    fn an_attach_makes_room_on_its_bridge_beside_the_networks_endpoints() {
+        let fx = Fixture::new("room");
+        let mut e = fx.engine();
+        e.create_network(create("a")).unwrap();
+        e.create_network(create("b")).unwrap();
+        e.attach(attach("a", "c1", vec![])).unwrap();
+        e.attach(attach("b", "c2", vec![])).unwrap();
+        e.attach(attach("a", "c3", vec![])).unwrap();
+        e.release(&EndpointKey {
+            network: "a".into(),
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+        })
+        .unwrap();
+        drop(e);
+        let mut e = fx.engine();
+        e.attach(attach("a", "c4", vec![])).unwrap();
+        let max = resolve::MAX_BRIDGE_PORTS;
+        assert_eq!(
+            fx.table.lock().unwrap().room,
+            vec![
+                ("a".to_string(), max - 1),
+                ("b".to_string(), max - 1),
+                ("a".to_string(), max - 2),
+                ("a".to_string(), max - 2),
+            ]
+        );
     }
 
     #[test]
