@@ -39,8 +39,8 @@ impl Holders {
     }
 
     fn add(&mut self, key: &Arc<EndpointKey>) {
-        let mut all = self.as_slice().to_vec();
-        if let Err(at) = all.binary_search(key) {
+        if let Err(at) = self.as_slice().binary_search(key) {
+            let mut all = self.as_slice().to_vec();
             all.insert(at, key.clone());
             *self = Holders::Many(all);
         }
@@ -83,7 +83,7 @@ struct Index {
 type PortKey = u32;
 
 /// The hash of a [`PortKey`]: one multiplication (Fibonacci hashing), which spreads the
-/// 17-bit keys over the high bits the table probes with. std's SipHash costs several times
+/// 24-bit keys over the high bits the table probes with. std's SipHash costs several times
 /// that per key, paid 10,000 times by a container that publishes 10,000 ports; it resists
 /// keys chosen to collide, which host ports, bounded to 3 × 65,535 values and published by
 /// the runtime, do not need.
