@@ -12,7 +12,7 @@
 //!   [`conntrack`] (ctnetlink)
 
 pub use netd_api as api;
-pub use netd_core::{conflist, ipam, model, plan, ports, resolve};
+pub use netd_core::{conflist, endpoints, ipam, model, plan, ports, resolve};
 pub use netd_link as link;
 pub use netd_nft as nft;
 pub use netd_nft::ruleset;

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod conflist;
+pub mod endpoints;
 pub mod ipam;
 pub mod model;
 pub mod plan;

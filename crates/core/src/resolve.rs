@@ -5,12 +5,13 @@
 //! addresses and address allocation all happen here, without I/O: the daemon's engine gathers
 //! the facts from the kernel and its state, calls these functions, and applies the result.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::conflist;
+use crate::endpoints::Endpoints;
 use crate::ipam::{self, Cursor, IpamError};
 use crate::model::{
     self, Endpoint, EndpointKey, GatewayMode, MacAddr, NameError, Network, PortMapping,
@@ -472,11 +473,12 @@ pub fn check_endpoint_request(req: &EndpointRequest) -> Result<(), ResolveError>
     Ok(())
 }
 
-/// The networks and endpoints that exist, by key.
+/// The networks and endpoints that exist, by key (the endpoints with their index, so an
+/// attach looks up what it needs instead of walking them all).
 #[derive(Debug, Clone, Copy)]
 pub struct State<'a> {
     pub networks: &'a BTreeMap<String, Network>,
-    pub endpoints: &'a BTreeMap<EndpointKey, Endpoint>,
+    pub endpoints: &'a Endpoints,
 }
 
 /// A resolved attach: the endpoint to store, and the network's allocation cursor after it
@@ -503,40 +505,29 @@ pub fn endpoint(
     if state.endpoints.contains_key(&key) {
         return Err(ResolveError::EndpointExists(key));
     }
-    let same_net: Vec<&Endpoint> = state
-        .endpoints
-        .values()
-        .filter(|e| e.network == net.name)
-        .collect();
-    if same_net.len() >= MAX_BRIDGE_PORTS {
+    let attached = state.endpoints.count_in(&net.name);
+    if attached >= MAX_BRIDGE_PORTS {
         return Err(ResolveError::BridgeFull {
             network: net.name.clone(),
-            attached: same_net.len(),
+            attached,
         });
     }
     check_ports(net, &req.port_mappings, state)?;
 
-    let (fixed4, fixed6) = fixed_addrs(net, &req.ips, &same_net)?;
+    let (fixed4, fixed6) = fixed_addrs(net, &req.ips, state.endpoints)?;
+    let used = state.endpoints.addrs_in(&net.name);
     let mut cursor = cursor;
     let addr4 = address(
         fixed4,
         net.subnet4.zip(net.gateway4),
         &mut cursor.last4,
-        |(subnet, gateway), after| {
-            // A hash set: built in one pass, where a sorted set would sort the whole
-            // network's addresses on every attach.
-            let used: HashSet<Ipv4Addr> = same_net.iter().filter_map(|e| e.addr4).collect();
-            ipam::allocate4(subnet, gateway, &used, after)
-        },
+        |(subnet, gateway), after| ipam::allocate4(subnet, gateway, &used, after),
     )?;
     let addr6 = address(
         fixed6,
         net.subnet6.zip(net.gateway6),
         &mut cursor.last6,
-        |(subnet, gateway), after| {
-            let used: HashSet<Ipv6Addr> = same_net.iter().filter_map(|e| e.addr6).collect();
-            ipam::allocate6(subnet, gateway, &used, after)
-        },
+        |(subnet, gateway), after| ipam::allocate6(subnet, gateway, &used, after),
     )?;
     let mut ports = req.port_mappings;
     ports.sort();
@@ -577,7 +568,8 @@ fn address<A: Copy, P>(
 }
 
 /// Port mappings: first what the gateway modes make of them (a property of the request),
-/// then clashes with each other and with every existing endpoint's, then ::1.
+/// then clashes with each other and with every existing endpoint's (looked for only among
+/// the endpoints that map one of the same host ports, which the index finds), then ::1.
 fn check_ports(
     net: &Network,
     mappings: &[PortMapping],
@@ -586,7 +578,8 @@ fn check_ports(
     ports::validate(net, mappings).map_err(ResolveError::Port)?;
     let existing = state
         .endpoints
-        .values()
+        .port_neighbours(mappings)
+        .into_iter()
         .filter_map(|e| state.networks.get(&e.network).map(|n| (e, n)));
     ports::check(net, mappings, existing).map_err(ResolveError::Port)?;
     // ::1 cannot be DNATed to a container (IPv6 has no route_localnet: the answer, de-NATed
@@ -603,11 +596,11 @@ fn check_ports(
 
 /// The fixed addresses an attach asks for, checked against the network: one per family, in
 /// its subnet with its prefix, a host address, not the gateway, and held by no other
-/// endpoint of the network (`same_net`).
+/// endpoint of the network.
 fn fixed_addrs(
     net: &Network,
     ips: &[RequestedAddr],
-    same_net: &[&Endpoint],
+    endpoints: &Endpoints,
 ) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), ResolveError> {
     let (mut v4, mut v6) = (None, None);
     for r in ips {
@@ -643,15 +636,12 @@ fn fixed_addrs(
     }
     // Only the holders of the requested addresses: naming every endpoint of the network
     // would cost a string per endpoint on every attach.
-    let wanted = [v4.map(IpAddr::V4), v6.map(IpAddr::V6)];
-    let holders: BTreeMap<IpAddr, String> = same_net
-        .iter()
-        .flat_map(|e| {
-            [e.addr4.map(IpAddr::V4), e.addr6.map(IpAddr::V6)]
-                .into_iter()
-                .flatten()
-                .filter(|a| wanted.contains(&Some(*a)))
-                .map(|a| (a, format!("container {} {}", e.container_id, e.ifname)))
+    let holders: BTreeMap<IpAddr, String> = [v4.map(IpAddr::V4), v6.map(IpAddr::V6)]
+        .into_iter()
+        .flatten()
+        .filter_map(|a| {
+            let e = endpoints.holder_of(&net.name, a)?;
+            Some((a, format!("container {} {}", e.container_id, e.ifname)))
         })
         .collect();
     let family4 = (
@@ -1074,7 +1064,7 @@ mod tests {
     /// after the other as the engine would.
     struct World {
         networks: BTreeMap<String, Network>,
-        endpoints: BTreeMap<EndpointKey, Endpoint>,
+        endpoints: Endpoints,
         cursor: Cursor,
     }
 
@@ -1092,7 +1082,7 @@ mod tests {
             .unwrap();
             World {
                 networks: with(&[a]),
-                endpoints: BTreeMap::new(),
+                endpoints: Endpoints::default(),
                 cursor: Cursor::default(),
             }
         }
@@ -1107,8 +1097,7 @@ mod tests {
         fn add(&mut self, r: EndpointRequest) -> Endpoint {
             let done = self.resolve(r).unwrap();
             self.cursor = done.cursor;
-            self.endpoints
-                .insert(done.endpoint.key(), done.endpoint.clone());
+            self.endpoints.insert(done.endpoint.clone());
             done.endpoint
         }
     }

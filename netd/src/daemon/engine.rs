@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 use super::sysctl::ForwardingError;
 use crate::api::{AttachRequest, Attachment, CreateNetwork, GcRequest, Status};
 use crate::conflist;
+use crate::endpoints::Endpoints;
 use crate::ipam::{self, Cursor};
 use crate::link::Removal;
 use crate::model::{self, Endpoint, EndpointKey, Network};
@@ -55,6 +56,9 @@ pub trait HostLinks: Send {
     fn remove_link_later(&mut self, name: &str, network: &str, netns: Option<&str>);
     /// Returns once no removal of `name` is pending, so its name can be used again.
     fn settle_link(&mut self, name: &str);
+    /// Returns once at most `keep` removals of `network`'s links are pending (doing queued
+    /// ones at once), so that its bridge has room for the ports it must take.
+    fn settle_links_of(&mut self, network: &str, keep: usize);
     /// Whether `path` is (still) a network namespace.
     fn is_netns(&mut self, path: &str) -> bool;
 }
@@ -203,7 +207,8 @@ pub struct Engine {
     kernel: Box<dyn Kernel>,
     meta: Meta,
     networks: BTreeMap<String, Network>,
-    endpoints: BTreeMap<EndpointKey, Endpoint>,
+    /// With the index an attach looks things up in ([`crate::endpoints`]).
+    endpoints: Endpoints,
     /// What netd's table holds now.
     applied: Desired,
     /// Per network, the addresses handed out last, so released ones are not reused at once
@@ -299,11 +304,11 @@ impl Engine {
             .into_iter()
             .map(|n| (n.name.clone(), n))
             .collect();
-        let mut endpoints = BTreeMap::new();
+        let mut endpoints = Endpoints::default();
         let mut orphans = Vec::new();
         for ep in loaded.endpoints {
             if networks.contains_key(&ep.network) {
-                endpoints.insert(ep.key(), ep);
+                endpoints.insert(ep);
             } else {
                 warn!(endpoint = %ep.key(), "dropping endpoint of a network that no longer exists");
                 orphans.push(ep.key());
@@ -825,6 +830,16 @@ impl Engine {
         // A DEL of the same container interface may still be removing its veth, and the
         // flows of a released container that had these addresses may still be being cleared.
         self.kernel.settle_link(&ep.host_veth);
+        // The network's bridge holds a port for each of its endpoints and for each DEL's
+        // veth the reaper has not removed yet, and the kernel refuses a port past its limit
+        // (EXFULL) even when the endpoints alone leave room, which churn faster than the
+        // kernel unregisters veths brings about. So make room first: this attach's port
+        // must fit beside the endpoints and the removals still pending.
+        let attached = self.endpoints.count_in(&net.name);
+        self.kernel.settle_links_of(
+            &net.name,
+            resolve::MAX_BRIDGE_PORTS.saturating_sub(attached + 1),
+        );
         self.kernel.settle_conntrack(&endpoint_addrs(&ep));
         let diff = self.apply_endpoint(&net, &ep, true)?;
         if let Err(e) = self.store.put_endpoint(&ep) {
@@ -832,7 +847,7 @@ impl Engine {
             return Err(store_err("saving the endpoint")(e));
         }
         self.commit_diff(&diff);
-        self.endpoints.insert(ep.key(), ep.clone());
+        self.endpoints.insert(ep.clone());
         self.clear_stale_udp_flows(&net, &ep);
         if resolved.cursor != cursor {
             self.cursors.insert(net.name.clone(), resolved.cursor);
@@ -1018,6 +1033,8 @@ mod tests {
         settled: Vec<IpAddr>,
         /// The host does not forward IPv6.
         no_ipv6_forwarding: bool,
+        /// Each settle_links_of: the network and how many pending removals may remain.
+        room: Vec<(String, usize)>,
     }
 
     struct FakeKernel(Arc<Mutex<FakeTable>>);
@@ -1091,6 +1108,13 @@ mod tests {
             self.0.lock().unwrap().links.retain(|l| l.name != name);
         }
         fn settle_link(&mut self, _name: &str) {}
+        fn settle_links_of(&mut self, network: &str, keep: usize) {
+            self.0
+                .lock()
+                .unwrap()
+                .room
+                .push((network.to_string(), keep));
+        }
         fn delete_owned_link(
             &mut self,
             name: &str,
@@ -1289,6 +1313,39 @@ mod tests {
         assert_eq!(e.network("new").unwrap().cni_version, "1.1.0");
         assert_eq!(conflist("new")["cniVersion"], "1.1.0");
         assert_eq!(conflist("old")["cniVersion"], "1.0.0");
+    }
+
+    /// Each attach leaves its own port free on the network's bridge: the network's pending
+    /// veth removals may number at most what its endpoints leave of the 1,023 ports, minus one
+    /// (counted per network, after a restart too).
+    #[test]
+    fn an_attach_makes_room_on_its_bridge_beside_the_networks_endpoints() {
+        let fx = Fixture::new("room");
+        let mut e = fx.engine();
+        e.create_network(create("a")).unwrap();
+        e.create_network(create("b")).unwrap();
+        e.attach(attach("a", "c1", vec![])).unwrap();
+        e.attach(attach("b", "c2", vec![])).unwrap();
+        e.attach(attach("a", "c3", vec![])).unwrap();
+        e.release(&EndpointKey {
+            network: "a".into(),
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+        })
+        .unwrap();
+        drop(e);
+        let mut e = fx.engine();
+        e.attach(attach("a", "c4", vec![])).unwrap();
+        let max = resolve::MAX_BRIDGE_PORTS;
+        assert_eq!(
+            fx.table.lock().unwrap().room,
+            vec![
+                ("a".to_string(), max - 1),
+                ("b".to_string(), max - 1),
+                ("a".to_string(), max - 2),
+                ("a".to_string(), max - 2),
+            ]
+        );
     }
 
     #[test]

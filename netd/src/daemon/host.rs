@@ -196,6 +196,10 @@ impl HostLinks for HostKernel {
         self.reaper.settle(name);
     }
 
+    fn settle_links_of(&mut self, network: &str, keep: usize) {
+        self.reaper.settle_network(network, keep);
+    }
+
     fn is_netns(&mut self, path: &str) -> bool {
         crate::link::is_netns(path)
     }

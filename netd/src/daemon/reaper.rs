@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use tracing::{debug, warn};
 
@@ -40,8 +41,14 @@ pub struct Reaper {
 
 impl Reaper {
     /// Opens its netlink socket in the calling thread's netns (the daemon's) and starts the
-    /// worker thread.
+    /// worker thread. Test knob `NETD_TEST_REAPER_DELAY_MS`: the worker waits that long
+    /// before each removal it takes from the queue, so that a test can pile up pending
+    /// removals as churn faster than the kernel's unregistering would.
     pub fn start() -> Result<Arc<Reaper>, crate::link::LinkError> {
+        let delay = std::env::var("NETD_TEST_REAPER_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis);
         let (tx, rx) = channel::<String>();
         let reaper = Arc::new(Reaper {
             pending: Mutex::new(BTreeMap::new()),
@@ -54,6 +61,9 @@ impl Reaper {
             .name("netd-reaper".into())
             .spawn(move || {
                 while let Ok(name) = rx.recv() {
+                    if let Some(d) = delay {
+                        std::thread::sleep(d);
+                    }
                     let Some(reaper) = worker.upgrade() else {
                         break;
                     };
@@ -112,6 +122,35 @@ impl Reaper {
                 Some(Removal::Running) => {
                     pending = self.done.wait(pending).unwrap_or_else(|p| p.into_inner());
                 }
+            }
+        }
+    }
+
+    /// Returns once at most `keep` removals of `network`'s links are pending: queued ones
+    /// are done here and now (any of them: each frees one port of the network's bridge), a
+    /// running one is waited for. An attach calls it when the network's endpoints and its
+    /// pending removals would otherwise fill the bridge: the veths still being removed are
+    /// still its ports, and the kernel refuses a port past the limit (EXFULL) however few
+    /// endpoints netd holds.
+    pub fn settle_network(&self, network: &str, keep: usize) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let mut of_network = pending.iter().filter(|(_, job)| job.network == network);
+            let queued = of_network
+                .clone()
+                .find(|(_, job)| job.state == Removal::Queued)
+                .map(|(name, _)| name.clone());
+            if of_network.nth(keep).is_none() {
+                return;
+            }
+            match queued {
+                Some(name) => {
+                    drop(pending);
+                    debug!(link = %name, network, "removing a DEL's veth before an attach: the bridge is near its port limit");
+                    self.run(&name);
+                    pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                }
+                None => pending = self.done.wait(pending).unwrap_or_else(|p| p.into_inner()),
             }
         }
     }

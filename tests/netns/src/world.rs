@@ -118,6 +118,8 @@ pub struct World {
     bin_dir: PathBuf,
     /// Replaces `ip netns exec HOST` in front of netd (see [`World::set_netd_launcher`]).
     netd_launcher: Option<Vec<std::ffi::OsString>>,
+    /// Extra environment for netd (test knobs, see [`World::set_netd_env`]).
+    netd_env: Vec<(String, String)>,
 }
 
 impl World {
@@ -192,6 +194,7 @@ impl World {
             log_path,
             bin_dir: opts.bin_dir.unwrap_or_else(crate::util::bin_dir),
             netd_launcher: None,
+            netd_env: Vec::new(),
         }
     }
 
@@ -244,6 +247,12 @@ impl World {
         self.netd_launcher = Some(argv);
     }
 
+    /// Sets `key=value` in the environment of every netd started from now on (netd's
+    /// `NETD_TEST_*` knobs).
+    pub fn set_netd_env(&mut self, key: &str, value: &str) {
+        self.netd_env.push((key.to_string(), value.to_string()));
+    }
+
     fn netd_command(&self) -> Command {
         let mut cmd = match &self.netd_launcher {
             Some(argv) => {
@@ -264,7 +273,8 @@ impl World {
             .arg(self.state_dir())
             .arg("--cni-conf-dir")
             .arg(self.cni_conf_dir())
-            .args(["--table", "netd"]);
+            .args(["--table", "netd"])
+            .envs(self.netd_env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 
