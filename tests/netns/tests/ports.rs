@@ -360,6 +360,22 @@ fn a_run_of_same_numbered_ports_is_one_element_and_answers_throughout() {
         refused(&w.external, sa(HOST_EXT_V4, s.port()));
     }
 
+    // A crash loses nothing: the run comes back from the journal (one entry with a count)
+    // and the table netd restores at start is the one it had.
+    let journal = std::fs::read(w.state_dir().join("journal")).expect("read the journal");
+    let run =
+        format!(r#"{{"host_port":{first},"container_port":{first},"protocol":"tcp","count":100}}"#);
+    assert!(
+        journal.windows(run.len()).any(|b| b == run.as_bytes()),
+        "the journal does not hold the run as one entry"
+    );
+    let before_crash = netd::ruleset::sort_elements(&t);
+    w.restart_netd(libc::SIGKILL);
+    assert_eq!(netd::ruleset::sort_elements(&table(&w)), before_crash);
+    for p in [first, last] {
+        assert_tcp_ok(&w.external, sa(HOST_EXT_V4, p));
+    }
+
     // One port in the middle of c1's run is c1's: refused with the usual error, naming it.
     let c2 = w.container("c2");
     let s2 = TcpServer::start_on_port(&c2, last + 1);
