@@ -376,6 +376,27 @@ fn a_run_of_same_numbered_ports_is_one_element_and_answers_throughout() {
         assert_tcp_ok(&w.external, sa(HOST_EXT_V4, p));
     }
 
+    // Someone else deletes the run's element: netd's healer puts it back.
+    w.host.exec_ok(&[
+        "nft",
+        "delete",
+        "element",
+        "inet",
+        "netd",
+        "dnat4_any_ranges",
+        &format!("{{ tcp . {first}-{last} }}"),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while netd::ruleset::sort_elements(&table(&w)) != before_crash && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        netd::ruleset::sort_elements(&table(&w)),
+        before_crash,
+        "the deleted run was not restored"
+    );
+    assert_tcp_ok(&w.external, sa(HOST_EXT_V4, mid));
+
     // One port in the middle of c1's run is c1's: refused with the usual error, naming it.
     let c2 = w.container("c2");
     let s2 = TcpServer::start_on_port(&c2, last + 1);
