@@ -125,7 +125,6 @@ pub(super) fn dnat_range_elem(
     )])
 }
 
-/// The kernel element(s) of one plan element: one, or two for an interval.
 /// A DNAT map element, or None when the element's binding does not match the map (a bound
 /// binding belongs in the `_bound` map, an any-address one in the `_any` map).
 pub(super) fn dnat_elem(
@@ -145,6 +144,8 @@ pub(super) fn dnat_elem(
     )])
 }
 
+/// The kernel element(s) of one plan element: one, or two for a prefix (start, and end
+/// flagged as such); a port range is one element with an end key.
 pub fn encode_elem(set: SetId, e: &Elem) -> Result<Vec<SetElem>, ApplyError> {
     let wrong = || invalid(set, format!("element {e:?} does not belong in this set"));
     Ok(match (set, e) {
