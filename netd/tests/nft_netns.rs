@@ -13,7 +13,9 @@ use std::time::Instant;
 
 use netd::model::Proto;
 use netd::nft::{Batch, ElemData, Family, SetElem, Socket, Verdict as NftVerdict};
-use netd::plan::shape::{BoundDnat, Dnat, Iface, IfaceVerdict, Open, SameIface};
+use netd::plan::shape::{
+    BoundDnat, BoundDnatRange, Dnat, DnatRange, Iface, IfaceVerdict, Open, OpenRange, SameIface,
+};
 use netd::plan::{sets, ChainId, Desired, Elem, SetId, Verdict};
 use netd::ruleset::{self, render_template, Applier, TEMPLATE};
 
@@ -227,6 +229,71 @@ fn rich() -> Desired {
             port: 80,
         },
     );
+    // Port ranges, two of them adjacent (different containers), one a single port wide.
+    for (proto, first, last, a) in [
+        (Proto::Tcp, 20000, 20099, [10, 88, 0, 2]),
+        (Proto::Tcp, 20100, 20199, [10, 88, 0, 3]),
+        (Proto::Udp, 20000, 20000, [10, 88, 0, 2]),
+    ] {
+        d.insert(
+            sets::DNAT4_ANY_RANGES,
+            DnatRange {
+                proto,
+                first,
+                last,
+                addr: Ipv4Addr::from(a),
+            },
+        );
+    }
+    d.insert(
+        sets::DNAT4_BOUND_RANGES,
+        BoundDnatRange {
+            proto: Proto::Tcp,
+            host_addr: Ipv4Addr::new(192, 0, 2, 1),
+            first: 30000,
+            last: 30009,
+            addr: Ipv4Addr::new(10, 88, 0, 2),
+        },
+    );
+    d.insert(
+        sets::DNAT6_ANY_RANGES,
+        DnatRange {
+            proto: Proto::Tcp,
+            first: 20000,
+            last: 20099,
+            addr: v6("fd00:88::2"),
+        },
+    );
+    d.insert(
+        sets::DNAT6_BOUND_RANGES,
+        BoundDnatRange {
+            proto: Proto::Sctp,
+            host_addr: v6("2001:db8::1"),
+            first: 1000,
+            last: 1001,
+            addr: v6("fd00:88::3"),
+        },
+    );
+    for (addr, first, last) in [([10, 89, 1, 2], 8000, 8099), ([10, 89, 1, 3], 1, 65535)] {
+        d.insert(
+            sets::OPEN4_RANGES,
+            OpenRange {
+                addr: Ipv4Addr::from(addr),
+                proto: Proto::Tcp,
+                first,
+                last,
+            },
+        );
+    }
+    d.insert(
+        sets::OPEN6_RANGES,
+        OpenRange {
+            addr: v6("fd00:89::2"),
+            proto: Proto::Udp,
+            first: 5000,
+            last: 5001,
+        },
+    );
     d
 }
 
@@ -247,6 +314,27 @@ fn sync_full_matches_rendered_template_and_recovers() {
     assert_eq!(want, render_template(TEMPLATE, &rich()));
     ns.sync(&d).unwrap();
     assert_eq!(ns.list(), want);
+    // The healer's view of the kernel's elements (range elements with their end keys
+    // included) is the one it expects for this state.
+    let expected = netd::daemon::heal::expected_view(&d);
+    let have = ns.run(|| {
+        netd::nft::monitor::Inspector::open()
+            .unwrap()
+            .table("netd")
+            .unwrap()
+    });
+    assert!(
+        have.sets["dnat4_any_ranges"]
+            .iter()
+            .all(|e| e.key_end.is_some()),
+        "{:?}",
+        have.sets["dnat4_any_ranges"]
+    );
+    assert_eq!(have.sets["dnat4_any_ranges"].len(), 3);
+    assert_eq!(
+        netd::daemon::heal::differences(&expected, &have),
+        Vec::<String>::new()
+    );
 
     // Restart: the table exists with every element.
     ns.sync(&d).unwrap();
@@ -321,6 +409,26 @@ fn apply_diff_matches_rendered_template() {
         sets::IN6,
         IfaceVerdict("br-b".into(), Verdict::Goto(ChainId::ToRouted)),
     );
+    // A range added next to existing ones, another removed. (nft prints the range sets in
+    // the order their elements were added; these sort last in netd's order too.)
+    new.insert(
+        sets::DNAT4_ANY_RANGES,
+        DnatRange {
+            proto: Proto::Sctp,
+            first: 20000,
+            last: 20099,
+            addr: Ipv4Addr::new(10, 88, 0, 4),
+        },
+    );
+    new.sets
+        .get_mut(&SetId::Open4Ranges)
+        .unwrap()
+        .remove(&Elem::Open4Range {
+            addr: Ipv4Addr::new(10, 89, 1, 3),
+            proto: Proto::Tcp,
+            first: 1,
+            last: 65535,
+        });
 
     ns.sync(&old).unwrap();
     let d = old.diff(&new);

@@ -53,6 +53,7 @@ fn every_scenario_renders_its_golden_table() {
         "isolated",
         "two-networks",
         "ipv6-only",
+        "port-ranges",
     ] {
         assert!(
             names.iter().any(|n| n == must),

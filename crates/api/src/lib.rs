@@ -81,7 +81,9 @@ pub struct AttachRequest {
     pub ifname: String,
     /// The container's network namespace path (CNI_NETNS).
     pub netns: String,
-    #[serde(default)]
+    /// Written in runs (`netd_core::model::port_runs`): 10,000 same-numbered ports are one
+    /// entry on the wire.
+    #[serde(default, with = "netd_core::model::port_runs")]
     pub port_mappings: Vec<PortMapping>,
     /// Fixed addresses (at most one per family, inside the network's subnets); a family
     /// without one gets an allocated address.

@@ -120,6 +120,92 @@ pub struct PortMapping {
     pub host_ip: Option<IpAddr>,
 }
 
+/// How a list of [`PortMapping`]s is written (state files, journal records, API requests and
+/// answers): a run of consecutive mappings that step host and container port together (same
+/// protocol and host address) is one entry with a `count`, the way runtimes describe
+/// `-p 20000-29999:20000-29999`. In memory the list stays one mapping per port, in the
+/// order given; only the text is shorter. At 10,000 ports the per-port text was 600 kB that
+/// the plugin encoded, netd decoded and the journal wrote and flushed on every ADD.
+///
+/// A lone mapping is written without `count`, as before, so lists without runs read and
+/// write exactly as they always did, and files written before runs existed load unchanged.
+/// `PortMapping` denies unknown fields, so a netd that predates `count` refuses such a
+/// request or state file instead of publishing only a run's first port.
+pub mod port_runs {
+    use super::*;
+    use serde::de::Error as _;
+    use serde::{Deserializer, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Run {
+        host_port: u16,
+        container_port: u16,
+        protocol: Proto,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host_ip: Option<IpAddr>,
+        /// Mappings in the run: host_port + i → container_port + i for i in 0..count.
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        count: u16,
+    }
+
+    fn one() -> u16 {
+        1
+    }
+
+    fn is_one(n: &u16) -> bool {
+        *n == 1
+    }
+
+    fn extends(run: &Run, pm: &PortMapping) -> bool {
+        run.protocol == pm.protocol
+            && run.host_ip == pm.host_ip
+            && u32::from(run.host_port) + u32::from(run.count) == u32::from(pm.host_port)
+            && u32::from(run.container_port) + u32::from(run.count) == u32::from(pm.container_port)
+            && run.count < u16::MAX
+    }
+
+    pub fn serialize<S: Serializer>(ports: &[PortMapping], s: S) -> Result<S::Ok, S::Error> {
+        let mut runs: Vec<Run> = Vec::new();
+        for pm in ports {
+            match runs.last_mut() {
+                Some(run) if extends(run, pm) => run.count += 1,
+                _ => runs.push(Run {
+                    host_port: pm.host_port,
+                    container_port: pm.container_port,
+                    protocol: pm.protocol,
+                    host_ip: pm.host_ip,
+                    count: 1,
+                }),
+            }
+        }
+        runs.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PortMapping>, D::Error> {
+        let runs = Vec::<Run>::deserialize(d)?;
+        let total: usize = runs.iter().map(|r| usize::from(r.count)).sum();
+        let mut out = Vec::with_capacity(total);
+        for r in runs {
+            let last = |first: u16| u32::from(first) + u32::from(r.count) - 1;
+            if r.count == 0 || last(r.host_port) > 65535 || last(r.container_port) > 65535 {
+                return Err(D::Error::custom(format!(
+                    "port run {}->{}/{} count {}: the count must be at least 1 and the run \
+                     must end at port 65535 or below",
+                    r.host_port, r.container_port, r.protocol, r.count
+                )));
+            }
+            out.extend((0..r.count).map(|i| PortMapping {
+                host_port: r.host_port + i,
+                container_port: r.container_port + i,
+                protocol: r.protocol,
+                host_ip: r.host_ip,
+            }));
+        }
+        Ok(out)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
@@ -288,7 +374,8 @@ pub struct Endpoint {
     pub addr4: Option<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addr6: Option<Ipv6Addr>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Written in runs ([`port_runs`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "port_runs")]
     pub ports: Vec<PortMapping>,
     /// The MAC the runtime asked for; None: the kernel's random one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -511,5 +598,74 @@ mod tests {
             GatewayMode::Routed
         );
         assert!("bogus".parse::<GatewayMode>().is_err());
+    }
+
+    #[test]
+    fn port_runs_round_trip_and_old_lists_still_load() {
+        let tcp = |h: u16, c: u16| PortMapping {
+            host_port: h,
+            container_port: c,
+            protocol: Proto::Tcp,
+            host_ip: None,
+        };
+        let mut ep = Endpoint {
+            network: "a".into(),
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            netns: "/run/netns/x".into(),
+            host_veth: host_veth_name("c1", "eth0"),
+            addr4: None,
+            addr6: None,
+            ports: (20000..30000).map(|p| tcp(p, p)).collect(),
+            mac: None,
+            created: 0,
+        };
+        // A translated run, a lone mapping, a run ending at 65535, and UDP next to TCP.
+        ep.ports.extend((8080..8083).map(|p| tcp(p, p - 8000)));
+        ep.ports.push(tcp(9000, 9000));
+        ep.ports.extend((65534..=65535).map(|p| tcp(p, p)));
+        ep.ports.push(PortMapping {
+            protocol: Proto::Udp,
+            ..tcp(65535, 65535)
+        });
+        let text = serde_json::to_string(&ep).unwrap();
+        assert!(text.len() < 600, "{} bytes: {text}", text.len());
+        assert!(
+            text.contains(
+                r#"{"host_port":20000,"container_port":20000,"protocol":"tcp","count":10000}"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"{"host_port":8080,"container_port":80,"protocol":"tcp","count":3}"#),
+            "{text}"
+        );
+        // A lone mapping is written as it always was.
+        assert!(
+            text.contains(r#"{"host_port":9000,"container_port":9000,"protocol":"tcp"},"#),
+            "{text}"
+        );
+        let back: Endpoint = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, ep);
+
+        // The one-entry-per-port form (every file and request before runs) loads as it did.
+        let old = r#"{"network":"a","container_id":"c1","ifname":"eth0","netns":"/run/netns/x",
+            "host_veth":"vx","ports":[{"host_port":8080,"container_port":80,"protocol":"tcp"},
+            {"host_port":8081,"container_port":81,"protocol":"tcp"}],"created":0}"#;
+        let old: Endpoint = serde_json::from_str(old).unwrap();
+        assert_eq!(old.ports, vec![tcp(8080, 80), tcp(8081, 81)]);
+
+        // Runs past the last port, and empty runs, are refused rather than cut short.
+        for bad in [
+            r#"{"host_port":65535,"container_port":1,"protocol":"tcp","count":2}"#,
+            r#"{"host_port":1,"container_port":65535,"protocol":"tcp","count":2}"#,
+            r#"{"host_port":1,"container_port":1,"protocol":"tcp","count":0}"#,
+        ] {
+            let text = format!(
+                r#"{{"network":"a","container_id":"c1","ifname":"eth0","netns":"n","host_veth":"v","ports":[{bad}],"created":0}}"#
+            );
+            let err = serde_json::from_str::<Endpoint>(&text).unwrap_err();
+            assert!(err.to_string().contains("port run"), "{err}");
+        }
     }
 }

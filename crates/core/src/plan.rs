@@ -53,10 +53,26 @@ pub enum SetId {
     /// answer at the container's own address (routed gateway mode).
     Open4,
     Open6,
+    /// `map dnat4_any_ranges { type inet_proto . inet_service : ipv4_addr; flags interval }`:
+    /// runs of two or more consecutive host ports published on every host address, each to
+    /// the same port of one container (`-p 20000-29999:20000-29999`). DNAT to an address
+    /// alone keeps the destination port, so a run needs one element, where the port maps
+    /// need one per port.
+    Dnat4AnyRanges,
+    /// `map dnat4_bound_ranges { type inet_proto . ipv4_addr . inet_service : ipv4_addr;
+    /// flags interval }`: the same, on one host address.
+    Dnat4BoundRanges,
+    Dnat6AnyRanges,
+    Dnat6BoundRanges,
+    /// `set open4_ranges / open6_ranges { type ipv4_addr . inet_proto . inet_service; flags
+    /// interval }`: runs of two or more consecutive container ports open at the container's
+    /// own address (routed gateway mode).
+    Open4Ranges,
+    Open6Ranges,
 }
 
 impl SetId {
-    pub const ALL: [SetId; 17] = [
+    pub const ALL: [SetId; 23] = [
         SetId::Bridges,
         SetId::SameNet,
         SetId::In4,
@@ -74,9 +90,17 @@ impl SetId {
         SetId::Dnat6Bound,
         SetId::Open4,
         SetId::Open6,
+        SetId::Dnat4AnyRanges,
+        SetId::Dnat4BoundRanges,
+        SetId::Dnat6AnyRanges,
+        SetId::Dnat6BoundRanges,
+        SetId::Open4Ranges,
+        SetId::Open6Ranges,
     ];
 
-    /// Interval sets hold prefixes (subnets) rather than single keys.
+    /// Prefix sets hold subnets (intervals of addresses), which [`Desired::normalized`]
+    /// brings into canonical form. The port-range sets are interval sets too, but their
+    /// elements never overlap (each port is one endpoint's), so they need no normalizing.
     pub fn is_interval(self) -> bool {
         matches!(
             self,
@@ -104,6 +128,12 @@ impl SetId {
             SetId::Dnat6Bound => "dnat6_bound",
             SetId::Open4 => "open4",
             SetId::Open6 => "open6",
+            SetId::Dnat4AnyRanges => "dnat4_any_ranges",
+            SetId::Dnat4BoundRanges => "dnat4_bound_ranges",
+            SetId::Dnat6AnyRanges => "dnat6_any_ranges",
+            SetId::Dnat6BoundRanges => "dnat6_bound_ranges",
+            SetId::Open4Ranges => "open4_ranges",
+            SetId::Open6Ranges => "open6_ranges",
         }
     }
 }
@@ -177,6 +207,37 @@ pub enum Elem {
         addr: Ipv6Addr,
         proto: Proto,
         port: u16,
+    },
+    /// `dnat4_any_ranges` (host_addr None) and `dnat4_bound_ranges` (host_addr Some): host
+    /// ports `first..=last` to the same ports of `addr`.
+    Dnat4Range {
+        proto: Proto,
+        host_addr: Option<Ipv4Addr>,
+        first: u16,
+        last: u16,
+        addr: Ipv4Addr,
+    },
+    /// `dnat6_any_ranges` and `dnat6_bound_ranges`
+    Dnat6Range {
+        proto: Proto,
+        host_addr: Option<Ipv6Addr>,
+        first: u16,
+        last: u16,
+        addr: Ipv6Addr,
+    },
+    /// `open4_ranges`: container ports `first..=last`.
+    Open4Range {
+        addr: Ipv4Addr,
+        proto: Proto,
+        first: u16,
+        last: u16,
+    },
+    /// `open6_ranges`
+    Open6Range {
+        addr: Ipv6Addr,
+        proto: Proto,
+        first: u16,
+        last: u16,
     },
 }
 
@@ -284,6 +345,95 @@ pub mod shape {
         pub addr: A,
         pub proto: Proto,
         pub port: u16,
+    }
+
+    /// Host ports `first..=last` on every host address to the same ports of `addr`:
+    /// `dnat4_any_ranges`, `dnat6_any_ranges`.
+    pub struct DnatRange<A> {
+        pub proto: Proto,
+        pub first: u16,
+        pub last: u16,
+        pub addr: A,
+    }
+    /// The same on one host address: `dnat4_bound_ranges`, `dnat6_bound_ranges`.
+    pub struct BoundDnatRange<A> {
+        pub proto: Proto,
+        pub host_addr: A,
+        pub first: u16,
+        pub last: u16,
+        pub addr: A,
+    }
+    /// Container ports `first..=last` open at its own address: `open4_ranges`, `open6_ranges`.
+    pub struct OpenRange<A> {
+        pub addr: A,
+        pub proto: Proto,
+        pub first: u16,
+        pub last: u16,
+    }
+
+    impl From<DnatRange<Ipv4Addr>> for Elem {
+        fn from(d: DnatRange<Ipv4Addr>) -> Elem {
+            Elem::Dnat4Range {
+                proto: d.proto,
+                host_addr: None,
+                first: d.first,
+                last: d.last,
+                addr: d.addr,
+            }
+        }
+    }
+    impl From<DnatRange<Ipv6Addr>> for Elem {
+        fn from(d: DnatRange<Ipv6Addr>) -> Elem {
+            Elem::Dnat6Range {
+                proto: d.proto,
+                host_addr: None,
+                first: d.first,
+                last: d.last,
+                addr: d.addr,
+            }
+        }
+    }
+    impl From<BoundDnatRange<Ipv4Addr>> for Elem {
+        fn from(d: BoundDnatRange<Ipv4Addr>) -> Elem {
+            Elem::Dnat4Range {
+                proto: d.proto,
+                host_addr: Some(d.host_addr),
+                first: d.first,
+                last: d.last,
+                addr: d.addr,
+            }
+        }
+    }
+    impl From<BoundDnatRange<Ipv6Addr>> for Elem {
+        fn from(d: BoundDnatRange<Ipv6Addr>) -> Elem {
+            Elem::Dnat6Range {
+                proto: d.proto,
+                host_addr: Some(d.host_addr),
+                first: d.first,
+                last: d.last,
+                addr: d.addr,
+            }
+        }
+    }
+    impl From<OpenRange<Ipv4Addr>> for Elem {
+        fn from(o: OpenRange<Ipv4Addr>) -> Elem {
+            Elem::Open4Range {
+                addr: o.addr,
+                proto: o.proto,
+                first: o.first,
+                last: o.last,
+            }
+        }
+    }
+    impl From<OpenRange<Ipv6Addr>> for Elem {
+        fn from(o: OpenRange<Ipv6Addr>) -> Elem {
+            Elem::Open6Range {
+                addr: o.addr,
+                proto: o.proto,
+                first: o.first,
+                last: o.last,
+            }
+        }
     }
 
     impl From<Iface> for Elem {
@@ -397,6 +547,12 @@ pub mod sets {
     pub const DNAT6_BOUND: Set<BoundDnat<Ipv6Addr>> = Set::new(SetId::Dnat6Bound);
     pub const OPEN4: Set<Open<Ipv4Addr>> = Set::new(SetId::Open4);
     pub const OPEN6: Set<Open<Ipv6Addr>> = Set::new(SetId::Open6);
+    pub const DNAT4_ANY_RANGES: Set<DnatRange<Ipv4Addr>> = Set::new(SetId::Dnat4AnyRanges);
+    pub const DNAT4_BOUND_RANGES: Set<BoundDnatRange<Ipv4Addr>> = Set::new(SetId::Dnat4BoundRanges);
+    pub const DNAT6_ANY_RANGES: Set<DnatRange<Ipv6Addr>> = Set::new(SetId::Dnat6AnyRanges);
+    pub const DNAT6_BOUND_RANGES: Set<BoundDnatRange<Ipv6Addr>> = Set::new(SetId::Dnat6BoundRanges);
+    pub const OPEN4_RANGES: Set<OpenRange<Ipv4Addr>> = Set::new(SetId::Open4Ranges);
+    pub const OPEN6_RANGES: Set<OpenRange<Ipv6Addr>> = Set::new(SetId::Open6Ranges);
 }
 
 /// Element changes that turn one [`Desired`] into another.
@@ -553,6 +709,12 @@ pub fn desired<'a>(
 /// keys start with the container's own address. So an endpoint's elements can be added and
 /// removed on their own, without recomputing the table.
 ///
+/// A run of two or more consecutive ports that keep their number (host port = container
+/// port, same protocol, host address and container) becomes one element of a `_ranges` set
+/// ([`fold_ranges`]); a lone port, and every port that is translated, stays an element of
+/// its port map. The rule depends only on the endpoint's own mappings, so ADD and DEL
+/// compute the same elements.
+///
 /// Sorted and without repeats (what a set would give), built as a vector: sorting 10,000
 /// elements once is cheaper than 10,000 tree insertions.
 pub fn endpoint_elems(net: &Network, ep: &Endpoint) -> Vec<(SetId, Elem)> {
@@ -572,6 +734,153 @@ pub fn endpoint_elems(net: &Network, ep: &Endpoint) -> Vec<(SetId, Elem)> {
     }
     out.sort_unstable();
     out.dedup();
+    let mut out = fold_ranges(out);
+    out.sort_unstable();
+    out
+}
+
+/// Where a port element may join a run: the `_ranges` set, the run's identity (protocol,
+/// host address, container address) and the port that must follow the run's last one.
+/// Translated DNAT ports (host port ≠ container port) join none: an interval maps to an
+/// address only, and the kernel keeps the destination port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RunKey {
+    set: SetId,
+    proto: Proto,
+    host: Option<IpAddr>,
+    addr: IpAddr,
+}
+
+fn run_of(set: SetId, e: &Elem) -> Option<(RunKey, u16)> {
+    let key = |set, proto, host, addr| RunKey {
+        set,
+        proto,
+        host,
+        addr,
+    };
+    match (set, e) {
+        (
+            SetId::Dnat4Any | SetId::Dnat4Bound,
+            Elem::Dnat4 {
+                proto,
+                host_addr,
+                host_port,
+                addr,
+                port,
+            },
+        ) if host_port == port => {
+            let ranges = match host_addr {
+                Some(_) => SetId::Dnat4BoundRanges,
+                None => SetId::Dnat4AnyRanges,
+            };
+            let host = host_addr.map(IpAddr::V4);
+            Some((key(ranges, *proto, host, IpAddr::V4(*addr)), *port))
+        }
+        (
+            SetId::Dnat6Any | SetId::Dnat6Bound,
+            Elem::Dnat6 {
+                proto,
+                host_addr,
+                host_port,
+                addr,
+                port,
+            },
+        ) if host_port == port => {
+            let ranges = match host_addr {
+                Some(_) => SetId::Dnat6BoundRanges,
+                None => SetId::Dnat6AnyRanges,
+            };
+            let host = host_addr.map(IpAddr::V6);
+            Some((key(ranges, *proto, host, IpAddr::V6(*addr)), *port))
+        }
+        (SetId::Open4, Elem::Open4 { addr, proto, port }) => Some((
+            key(SetId::Open4Ranges, *proto, None, IpAddr::V4(*addr)),
+            *port,
+        )),
+        (SetId::Open6, Elem::Open6 { addr, proto, port }) => Some((
+            key(SetId::Open6Ranges, *proto, None, IpAddr::V6(*addr)),
+            *port,
+        )),
+        _ => None,
+    }
+}
+
+/// The range element of a run `first..=last` (`first < last`).
+fn range_elem(k: RunKey, first: u16, last: u16) -> (SetId, Elem) {
+    let v4 = |a: Option<IpAddr>| match a {
+        Some(IpAddr::V4(a)) => Some(a),
+        _ => None,
+    };
+    let v6 = |a: Option<IpAddr>| match a {
+        Some(IpAddr::V6(a)) => Some(a),
+        _ => None,
+    };
+    let elem = match (k.set, k.addr) {
+        (SetId::Open4Ranges, IpAddr::V4(addr)) => Elem::Open4Range {
+            addr,
+            proto: k.proto,
+            first,
+            last,
+        },
+        (SetId::Open6Ranges, IpAddr::V6(addr)) => Elem::Open6Range {
+            addr,
+            proto: k.proto,
+            first,
+            last,
+        },
+        (_, IpAddr::V4(addr)) => Elem::Dnat4Range {
+            proto: k.proto,
+            host_addr: v4(k.host),
+            first,
+            last,
+            addr,
+        },
+        (_, IpAddr::V6(addr)) => Elem::Dnat6Range {
+            proto: k.proto,
+            host_addr: v6(k.host),
+            first,
+            last,
+            addr,
+        },
+    };
+    (k.set, elem)
+}
+
+/// Folds runs of two or more consecutive same-numbered ports of sorted, deduplicated port
+/// elements into range elements (see [`endpoint_elems`]). In that order the ports of one
+/// run are adjacent: elements sort by set, protocol, host address (or container address
+/// for `open`) and then port, and no two elements of an endpoint share a host binding.
+fn fold_ranges(sorted: Vec<(SetId, Elem)>) -> Vec<(SetId, Elem)> {
+    let mut out = Vec::with_capacity(sorted.len());
+    // The run being built: its key, first and last port, and its first element (emitted
+    // as it is when the run stays a lone port).
+    let mut run: Option<(RunKey, u16, u16, (SetId, Elem))> = None;
+    let flush = |run: Option<(RunKey, u16, u16, (SetId, Elem))>, out: &mut Vec<_>| {
+        if let Some((k, first, last, single)) = run {
+            if first == last {
+                out.push(single);
+            } else {
+                out.push(range_elem(k, first, last));
+            }
+        }
+    };
+    for (set, e) in sorted {
+        let Some((k, port)) = run_of(set, &e) else {
+            flush(run.take(), &mut out);
+            out.push((set, e));
+            continue;
+        };
+        match &mut run {
+            Some((rk, _, last, _)) if *rk == k && last.checked_add(1) == Some(port) => {
+                *last = port;
+            }
+            _ => {
+                flush(run.take(), &mut out);
+                run = Some((k, port, port, (set, e)));
+            }
+        }
+    }
+    flush(run, &mut out);
     out
 }
 
@@ -659,6 +968,12 @@ mod tests {
             DNAT6_BOUND.id(),
             OPEN4.id(),
             OPEN6.id(),
+            DNAT4_ANY_RANGES.id(),
+            DNAT4_BOUND_RANGES.id(),
+            DNAT6_ANY_RANGES.id(),
+            DNAT6_BOUND_RANGES.id(),
+            OPEN4_RANGES.id(),
+            OPEN6_RANGES.id(),
         ];
         assert_eq!(ids, SetId::ALL);
     }
@@ -825,5 +1140,155 @@ mod tests {
             none.diff(&before).add.values().map(Vec::len).sum::<usize>(),
             before.len()
         );
+    }
+
+    fn bound_tcp(host_ip: &str, host: u16, ctr: u16) -> PortMapping {
+        PortMapping {
+            host_ip: Some(host_ip.parse().unwrap()),
+            ..tcp(host, ctr)
+        }
+    }
+
+    #[test]
+    fn consecutive_same_numbered_ports_fold_into_one_range() {
+        let n = net("a");
+        let mut ports: Vec<PortMapping> = (20000..20100).map(|p| tcp(p, p)).collect();
+        ports.push(tcp(8080, 80)); // translated: stays a port-map element
+        ports.push(tcp(9000, 9000)); // a lone same-numbered port: stays one too
+        ports.push(bound_tcp("192.0.2.1", 30000, 30000));
+        ports.push(bound_tcp("192.0.2.1", 30001, 30001));
+        // The same numbers over UDP are a run of their own.
+        ports.extend((20000..20003).map(|p| PortMapping {
+            protocol: Proto::Udp,
+            ..tcp(p, p)
+        }));
+        // Given in any order.
+        ports.reverse();
+        let e = ep("a", "c1", "10.1.0.2", ports);
+        let elems = endpoint_elems(&n, &e);
+        let addr: Ipv4Addr = "10.1.0.2".parse().unwrap();
+        let range = |proto, host_addr, first, last| Elem::Dnat4Range {
+            proto,
+            host_addr,
+            first,
+            last,
+            addr,
+        };
+        let single = |host_port, port| Elem::Dnat4 {
+            proto: Proto::Tcp,
+            host_addr: None,
+            host_port,
+            addr,
+            port,
+        };
+        let mut want = vec![
+            (SetId::Dnat4Any, single(8080, 80)),
+            (SetId::Dnat4Any, single(9000, 9000)),
+            (SetId::Dnat4AnyRanges, range(Proto::Tcp, None, 20000, 20099)),
+            (SetId::Dnat4AnyRanges, range(Proto::Udp, None, 20000, 20002)),
+            (
+                SetId::Dnat4BoundRanges,
+                range(Proto::Tcp, Some("192.0.2.1".parse().unwrap()), 30000, 30001),
+            ),
+        ];
+        want.sort();
+        assert_eq!(elems, want);
+        // The table holds the same, and the whole plan agrees with the endpoint's part.
+        let d = desired([&n], [&e]);
+        assert_eq!(d.elems(SetId::Dnat4AnyRanges).count(), 2);
+        assert_eq!(d.elems(SetId::Dnat4Any).count(), 2);
+    }
+
+    #[test]
+    fn a_gap_or_another_target_ends_a_run() {
+        let n = net("a");
+        // 100, 101 | gap | 103, 104, 105 ; 106 is translated (to 80), 107 stands alone.
+        let mut ports: Vec<PortMapping> = [100, 101, 103, 104, 105, 107]
+            .iter()
+            .map(|p| tcp(*p, *p))
+            .collect();
+        ports.push(tcp(106, 80));
+        let e = ep("a", "c1", "10.1.0.2", ports);
+        let elems = endpoint_elems(&n, &e);
+        let runs: Vec<(u16, u16)> = elems
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Elem::Dnat4Range { first, last, .. } => Some((*first, *last)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(runs, [(100, 101), (103, 105)]);
+        let singles: Vec<(u16, u16)> = elems
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Elem::Dnat4 {
+                    host_port, port, ..
+                } => Some((*host_port, *port)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(singles, [(106, 80), (107, 107)]);
+        // Runs end at the top of the port space without overflowing.
+        let top = ep(
+            "a",
+            "c2",
+            "10.1.0.3",
+            vec![tcp(65534, 65534), tcp(65535, 65535)],
+        );
+        assert_eq!(
+            endpoint_elems(&n, &top),
+            vec![(
+                SetId::Dnat4AnyRanges,
+                Elem::Dnat4Range {
+                    proto: Proto::Tcp,
+                    host_addr: None,
+                    first: 65534,
+                    last: 65535,
+                    addr: "10.1.0.3".parse().unwrap(),
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn routed_container_ports_fold_whatever_the_host_port() {
+        let mut r = net("r");
+        r.gateway_mode4 = GatewayMode::Routed;
+        // Routed mode opens container ports: 80..=82 whatever host ports were asked for,
+        // and a container port asked twice is one element.
+        let e = ep(
+            "r",
+            "c1",
+            "10.1.0.2",
+            vec![
+                tcp(8080, 80),
+                tcp(8081, 81),
+                tcp(8082, 82),
+                tcp(9080, 80),
+                tcp(443, 443),
+            ],
+        );
+        let addr: Ipv4Addr = "10.1.0.2".parse().unwrap();
+        let mut want = vec![
+            (
+                SetId::Open4Ranges,
+                Elem::Open4Range {
+                    addr,
+                    proto: Proto::Tcp,
+                    first: 80,
+                    last: 82,
+                },
+            ),
+            (
+                SetId::Open4,
+                Elem::Open4 {
+                    addr,
+                    proto: Proto::Tcp,
+                    port: 443,
+                },
+            ),
+        ];
+        want.sort();
+        assert_eq!(endpoint_elems(&r, &e), want);
     }
 }

@@ -191,6 +191,16 @@ pub enum Expr {
         result: FibResult,
         dreg: Reg,
     },
+    /// `dreg = hton(sreg)` over `len` bytes in units of `size` bytes. nft puts one with
+    /// `len` 1 and `size` 2 after `meta l4proto` in keys of concatenated interval sets: a
+    /// no-op in the kernel (it converts `len / size` = 0 units), kept so that netd's rules
+    /// are the expressions nft generates for the template.
+    ByteorderHton {
+        sreg: Reg,
+        dreg: Reg,
+        len: u32,
+        size: u32,
+    },
 }
 
 const NFTA_EXPR_NAME: u16 = 1;
@@ -210,6 +220,7 @@ impl Expr {
             Expr::Nat { .. } => "nat",
             Expr::Masq => "masq",
             Expr::Fib { .. } => "fib",
+            Expr::ByteorderHton { .. } => "byteorder",
         }
     }
 
@@ -309,6 +320,18 @@ impl Expr {
                 b.put_be32(3, *flags); // NFTA_FIB_FLAGS
                 b.put_be32(2, *result as u32); // NFTA_FIB_RESULT
                 b.put_be32(1, dreg.raw()); // NFTA_FIB_DREG
+            }
+            Expr::ByteorderHton {
+                sreg,
+                dreg,
+                len,
+                size,
+            } => {
+                b.put_be32(1, sreg.raw()); // NFTA_BYTEORDER_SREG
+                b.put_be32(2, dreg.raw()); // NFTA_BYTEORDER_DREG
+                b.put_be32(3, 1); // NFTA_BYTEORDER_OP: NFT_BYTEORDER_HTON
+                b.put_be32(4, *len); // NFTA_BYTEORDER_LEN
+                b.put_be32(5, *size); // NFTA_BYTEORDER_SIZE
             }
         });
     }

@@ -292,6 +292,205 @@ fn a_range_of_100_ports() {
     drop(servers);
 }
 
+/// `-p 40000-40099:40000-40099` plus a translated port: the run of same-numbered ports is
+/// one interval element (DNAT to the container's address keeps the port), the translated
+/// one a port-map element. First, middle and last port of the run answer from outside; the
+/// ports just outside it do not, though the container listens there too. A second
+/// container cannot take one port in the middle of the run, but can take the one after it.
+/// DEL removes the element, the answers and the run's conntrack entries.
+#[test]
+fn a_run_of_same_numbered_ports_is_one_element_and_answers_throughout() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network("a", &["--subnet", "10.89.1.0/24"]);
+    let c1 = w.container("c1");
+    let (first, mid, last) = (40000u16, 40050u16, 40099u16);
+    let in_run: Vec<TcpServer> = [first, mid, last]
+        .iter()
+        .map(|p| TcpServer::start_on_port(&c1, *p))
+        .collect();
+    // Listening just outside the run, so that a refusal there is the table's doing.
+    let below = TcpServer::start_on_port(&c1, first - 1);
+    let above = TcpServer::start_on_port(&c1, last + 1);
+    let translated = TcpServer::start(&c1);
+    let udp_last = UdpServer::start_on_port(&c1, 41001);
+    let mut maps: Vec<Value> = (first..=last).map(|p| pm(p, p, "tcp", None)).collect();
+    maps.push(pm(8080, translated.port(), "tcp", None));
+    maps.push(pm(41000, 41000, "udp", None));
+    maps.push(pm(41001, 41001, "udp", None));
+    let r = add_ports_ok(&w, &c1, "a", maps);
+    let c1_ip = r.ip();
+
+    let t = table(&w);
+    assert!(
+        t.contains(&format!("tcp . {first}-{last} : {c1_ip}")),
+        "no range element:
+{t}"
+    );
+    assert!(t.contains(&format!("udp . 41000-41001 : {c1_ip}")), "{t}");
+    assert!(
+        t.contains(&format!("tcp . 8080 : {c1_ip} . {}", translated.port())),
+        "{t}"
+    );
+    assert!(
+        !t.contains(&format!("tcp . {mid} : ")),
+        "a port of the run has an element of its own:
+{t}"
+    );
+
+    for p in [first, mid, last] {
+        assert_eq!(
+            assert_tcp_ok(&w.external, sa(HOST_EXT_V4, p)).ip(),
+            ip(EXT_V4),
+            "port {p} of the run"
+        );
+    }
+    assert_eq!(
+        assert_tcp_ok(&w.external, sa(HOST_EXT_V4, 8080)).ip(),
+        ip(EXT_V4)
+    );
+    assert_eq!(
+        assert_udp_ok(&w.external, sa(HOST_EXT_V4, 41001)).ip(),
+        ip(EXT_V4)
+    );
+    // Just outside the run: the servers are up (the host reaches them at c1's own
+    // address), yet the host's published address does not lead there.
+    for s in [&below, &above] {
+        assert_tcp_ok(&w.host, s.addr(c1_ip));
+        refused(&w.external, sa(HOST_EXT_V4, s.port()));
+    }
+
+    // A crash loses nothing: the run comes back from the journal (one entry with a count)
+    // and the table netd restores at start is the one it had.
+    let journal = std::fs::read(w.state_dir().join("journal")).expect("read the journal");
+    let run =
+        format!(r#"{{"host_port":{first},"container_port":{first},"protocol":"tcp","count":100}}"#);
+    assert!(
+        journal.windows(run.len()).any(|b| b == run.as_bytes()),
+        "the journal does not hold the run as one entry"
+    );
+    let before_crash = netd::ruleset::sort_elements(&t);
+    w.restart_netd(libc::SIGKILL);
+    assert_eq!(netd::ruleset::sort_elements(&table(&w)), before_crash);
+    for p in [first, last] {
+        assert_tcp_ok(&w.external, sa(HOST_EXT_V4, p));
+    }
+
+    // Someone else deletes the run's element: netd's healer puts it back.
+    w.host.exec_ok(&[
+        "nft",
+        "delete",
+        "element",
+        "inet",
+        "netd",
+        "dnat4_any_ranges",
+        &format!("{{ tcp . {first}-{last} }}"),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while netd::ruleset::sort_elements(&table(&w)) != before_crash && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        netd::ruleset::sort_elements(&table(&w)),
+        before_crash,
+        "the deleted run was not restored"
+    );
+    assert_tcp_ok(&w.external, sa(HOST_EXT_V4, mid));
+
+    // One port in the middle of c1's run is c1's: refused with the usual error, naming it.
+    let c2 = w.container("c2");
+    let s2 = TcpServer::start_on_port(&c2, last + 1);
+    let before = table(&w);
+    let clash = add_ports(&w, &c2, "a", vec![pm(mid, mid, "tcp", None)]);
+    assert!(!clash.success(), "{clash}");
+    assert_eq!(clash.error_code(), Some(100), "{clash}");
+    let msg = clash
+        .json
+        .as_ref()
+        .map(|j| j.to_string())
+        .unwrap_or_default();
+    assert!(
+        msg.contains(&format!(
+            "host port tcp/0.0.0.0:{mid} is already published by container c1"
+        )),
+        "{clash}"
+    );
+    assert_eq!(table(&w), before, "a refused ADD changed the table");
+    assert!(c2.wait_link_gone("eth0", Duration::from_secs(5)));
+    // The port right after the run is free.
+    let r2 = add_ports_ok(&w, &c2, "a", vec![pm(last + 1, last + 1, "tcp", None)]);
+    assert_eq!(
+        assert_tcp_ok(&w.external, sa(HOST_EXT_V4, last + 1)).ip(),
+        ip(EXT_V4)
+    );
+    assert_eq!(s2.port(), last + 1);
+
+    // The UDP exchange left a conntrack entry DNATed to c1; DEL clears it with the rest.
+    let ct = conntrack_udp(&w, 41001);
+    assert!(ct.contains(&format!("src={c1_ip} ")), "{ct}");
+    w.cni_del(&c1, "a");
+    let t = table(&w);
+    assert!(
+        !t.contains(&c1_ip.to_string()),
+        "c1 left elements:
+{t}"
+    );
+    assert!(!t.contains(&format!("{first}-{last}")), "{t}");
+    for p in [first, mid, last, 8080] {
+        refused(&w.external, sa(HOST_EXT_V4, p));
+    }
+    // netd clears them right after answering the DEL (daemon/sweeper.rs).
+    let gone = |ct: &str| !ct.contains(&format!("src={c1_ip} "));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut ct = conntrack_udp(&w, 41001);
+    while !gone(&ct) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        ct = conntrack_udp(&w, 41001);
+    }
+    assert!(
+        gone(&ct),
+        "the run's entry is left 2 s after the DEL:\n{ct}"
+    );
+    // c2's port, next to where the run was, still answers.
+    assert!(
+        t.contains(&format!("tcp . {} : {} . {}", last + 1, r2.ip(), last + 1)),
+        "{t}"
+    );
+    assert_tcp_ok(&w.external, sa(HOST_EXT_V4, last + 1));
+    drop((in_run, below, above, translated, udp_last));
+}
+
+/// Routed mode: a run of container ports is one element of `open4_ranges`; the run's ports
+/// answer at the container's own address, the port after it does not.
+#[test]
+fn routed_run_of_ports_opens_exactly_that_run() {
+    let mut w = World::new();
+    w.start_netd();
+    w.create_network(
+        "r",
+        &["--subnet", "10.89.5.0/24", "--gateway-mode-ipv4", "routed"],
+    );
+    w.external_route_via_host("10.89.5.0/24");
+    let c1 = w.container("c1");
+    let servers: Vec<TcpServer> = [7000u16, 7005, 7009, 7010]
+        .iter()
+        .map(|p| TcpServer::start_on_port(&c1, *p))
+        .collect();
+    let maps = (7000u16..=7009).map(|p| pm(p, p, "tcp", None)).collect();
+    let r = add_ports_ok(&w, &c1, "r", maps);
+    let t = table(&w);
+    assert!(t.contains(&format!("{} . tcp . 7000-7009", r.ip())), "{t}");
+    for s in &servers[..3] {
+        assert_eq!(assert_tcp_ok(&w.external, s.addr(r.ip())).ip(), ip(EXT_V4));
+    }
+    // 7010 is up (the host reaches it), but not opened.
+    assert_tcp_ok(&w.host, servers[3].addr(r.ip()));
+    refused(&w.external, servers[3].addr(r.ip()));
+    w.cni_del(&c1, "r");
+    let t = table(&w);
+    assert!(!t.contains("7000-7009"), "{t}");
+}
+
 /// 10,000 mappings in one ADD (issue #14): the plugin gets no echo of them from netd
 /// (`?ports=omit`), yet netd holds and publishes every one, refuses a clash with any of
 /// them, and DEL removes them all.

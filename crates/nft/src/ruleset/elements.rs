@@ -86,7 +86,45 @@ pub(super) fn addr_port(addr: &[u8], port: u16) -> Vec<u8> {
     v
 }
 
-/// The kernel element(s) of one plan element: one, or two for an interval.
+/// An element of a concatenated interval set (pipapo): the key of the first port and, as
+/// `NFTA_SET_ELEM_KEY_END`, the key of the last one (inclusive, unlike the prefix sets'
+/// end elements), no flags.
+pub(super) fn range_elem(first: Vec<u8>, last: Vec<u8>, data: Option<ElemData>) -> SetElem {
+    SetElem {
+        key: first,
+        key_end: Some(last),
+        data,
+        flags: 0,
+    }
+}
+
+/// `addr . proto . port` (the `open` sets' keys).
+pub(super) fn open_key(addr: &[u8], proto: Proto, port: u16) -> Vec<u8> {
+    let mut k = addr.to_vec();
+    pad4(&mut k, &[proto.number()]);
+    pad4(&mut k, &port.to_be_bytes());
+    k
+}
+
+/// A port-range DNAT element, or None when the element's binding does not match the map
+/// (as for [`dnat_elem`]). The value is the container's address alone: DNAT keeps the port.
+pub(super) fn dnat_range_elem(
+    bound_map: bool,
+    proto: Proto,
+    host: Option<Vec<u8>>,
+    (first, last): (u16, u16),
+    addr: &[u8],
+) -> Option<Vec<SetElem>> {
+    if host.is_some() != bound_map || first > last {
+        return None;
+    }
+    Some(vec![range_elem(
+        dnat_key(proto, host.as_deref(), first),
+        dnat_key(proto, host.as_deref(), last),
+        Some(ElemData::Value(addr.to_vec())),
+    )])
+}
+
 /// A DNAT map element, or None when the element's binding does not match the map (a bound
 /// binding belongs in the `_bound` map, an any-address one in the `_any` map).
 pub(super) fn dnat_elem(
@@ -106,6 +144,8 @@ pub(super) fn dnat_elem(
     )])
 }
 
+/// The kernel element(s) of one plan element: one, or two for a prefix (start, and end
+/// flagged as such); a port range is one element with an end key.
 pub fn encode_elem(set: SetId, e: &Elem) -> Result<Vec<SetElem>, ApplyError> {
     let wrong = || invalid(set, format!("element {e:?} does not belong in this set"));
     Ok(match (set, e) {
@@ -173,17 +213,71 @@ pub fn encode_elem(set: SetId, e: &Elem) -> Result<Vec<SetElem>, ApplyError> {
             .ok_or_else(wrong)?
         }
         (SetId::Open4, Elem::Open4 { addr, proto, port }) => {
-            let mut k = addr.octets().to_vec();
-            pad4(&mut k, &[proto.number()]);
-            pad4(&mut k, &port.to_be_bytes());
-            vec![elem(k, None)]
+            vec![elem(open_key(&addr.octets(), *proto, *port), None)]
         }
         (SetId::Open6, Elem::Open6 { addr, proto, port }) => {
-            let mut k = addr.octets().to_vec();
-            pad4(&mut k, &[proto.number()]);
-            pad4(&mut k, &port.to_be_bytes());
-            vec![elem(k, None)]
+            vec![elem(open_key(&addr.octets(), *proto, *port), None)]
         }
+        (
+            SetId::Dnat4AnyRanges | SetId::Dnat4BoundRanges,
+            Elem::Dnat4Range {
+                proto,
+                host_addr,
+                first,
+                last,
+                addr,
+            },
+        ) => dnat_range_elem(
+            set == SetId::Dnat4BoundRanges,
+            *proto,
+            host_addr.map(|a| a.octets().to_vec()),
+            (*first, *last),
+            &addr.octets(),
+        )
+        .ok_or_else(wrong)?,
+        (
+            SetId::Dnat6AnyRanges | SetId::Dnat6BoundRanges,
+            Elem::Dnat6Range {
+                proto,
+                host_addr,
+                first,
+                last,
+                addr,
+            },
+        ) => dnat_range_elem(
+            set == SetId::Dnat6BoundRanges,
+            *proto,
+            host_addr.map(|a| a.octets().to_vec()),
+            (*first, *last),
+            &addr.octets(),
+        )
+        .ok_or_else(wrong)?,
+        (
+            SetId::Open4Ranges,
+            Elem::Open4Range {
+                addr,
+                proto,
+                first,
+                last,
+            },
+        ) if first <= last => vec![range_elem(
+            open_key(&addr.octets(), *proto, *first),
+            open_key(&addr.octets(), *proto, *last),
+            None,
+        )],
+        (
+            SetId::Open6Ranges,
+            Elem::Open6Range {
+                addr,
+                proto,
+                first,
+                last,
+            },
+        ) if first <= last => vec![range_elem(
+            open_key(&addr.octets(), *proto, *first),
+            open_key(&addr.octets(), *proto, *last),
+            None,
+        )],
         _ => return Err(wrong()),
     })
 }

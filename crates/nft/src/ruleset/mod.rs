@@ -20,7 +20,8 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use crate::expr::{build::*, *};
 use crate::{
     BaseChain, Batch, ChainType, ElemData, ElemGroup, Family, HookNum, NftError, Policy, SetElem,
-    SetSpec, Socket, DATA_TYPE_VERDICT, SET_ELEM_F_INTERVAL_END, SET_F_INTERVAL, SET_F_MAP,
+    SetSpec, Socket, DATA_TYPE_VERDICT, SET_ELEM_F_INTERVAL_END, SET_F_CONCAT, SET_F_INTERVAL,
+    SET_F_MAP,
 };
 use netd_core::model::Proto;
 use netd_core::plan::{ChainId, Desired, Diff, Elem, SetId, Verdict};
@@ -54,7 +55,7 @@ pub use applier::{diff_batch, full_batch, next_generation, Applier, Groups, Unhe
 pub use elements::encode_elem;
 pub use rules::{chains, rules, RuleDef};
 pub use sets::set_spec;
-pub use text::{elem_text, render_skeleton, render_template};
+pub use text::{elem_text, render_skeleton, render_template, sort_elements};
 
 #[cfg(test)]
 mod tests {
@@ -115,6 +116,87 @@ mod tests {
             s.userdata,
             [0, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0]
         );
+        // Concatenated interval sets: interval, concat (and map) flags, the field lengths,
+        // and for a one-field address value its byte order (big endian, 2).
+        let s = set_spec(SetId::Dnat4AnyRanges);
+        assert_eq!(
+            (s.flags, s.key_type, s.key_len, s.data),
+            (0x8c, 0x30d, 8, Some((7, 4)))
+        );
+        assert_eq!(s.concat, [1, 2]);
+        assert_eq!(
+            s.userdata,
+            [0, 4, 0, 0, 0, 0, 1, 4, 2, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0, 6, 4, 0, 0, 0, 0]
+        );
+        let s = set_spec(SetId::Open4Ranges);
+        assert_eq!(
+            (s.flags, s.key_type, s.key_len, s.data),
+            (0x84, 0x730d, 12, None)
+        );
+        assert_eq!(s.concat, [4, 1, 2]);
+        assert_eq!(
+            s.userdata,
+            [0, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0]
+        );
+    }
+
+    #[test]
+    fn range_elements_carry_first_and_last_key() {
+        // As nft sends `tcp . 20000-20099 : 10.88.0.2` (nft --debug=netlink: key
+        // 00000006 0000204e, key end 00000006 0000834e, data 0200580a).
+        let e = encode_elem(
+            SetId::Dnat4AnyRanges,
+            &Elem::Dnat4Range {
+                proto: Proto::Tcp,
+                host_addr: None,
+                first: 20000,
+                last: 20099,
+                addr: Ipv4Addr::new(10, 88, 0, 2),
+            },
+        )
+        .unwrap();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].key, [6, 0, 0, 0, 0x4e, 0x20, 0, 0]);
+        assert_eq!(
+            e[0].key_end.as_deref(),
+            Some(&[6, 0, 0, 0, 0x4e, 0x83, 0, 0][..])
+        );
+        assert_eq!(e[0].data, Some(ElemData::Value(vec![10, 88, 0, 2])));
+        assert_eq!(e[0].flags, 0);
+        // A bound range belongs in the bound map only, and a reversed range nowhere.
+        let bound = Elem::Dnat4Range {
+            proto: Proto::Udp,
+            host_addr: Some(Ipv4Addr::new(192, 0, 2, 1)),
+            first: 53,
+            last: 54,
+            addr: Ipv4Addr::new(10, 88, 0, 3),
+        };
+        let e = encode_elem(SetId::Dnat4BoundRanges, &bound).unwrap();
+        assert_eq!(e[0].key, [17, 0, 0, 0, 192, 0, 2, 1, 0, 53, 0, 0]);
+        assert!(encode_elem(SetId::Dnat4AnyRanges, &bound).is_err());
+        let reversed = Elem::Open4Range {
+            addr: Ipv4Addr::new(10, 0, 0, 2),
+            proto: Proto::Tcp,
+            first: 200,
+            last: 100,
+        };
+        assert!(encode_elem(SetId::Open4Ranges, &reversed).is_err());
+        let e = encode_elem(
+            SetId::Open4Ranges,
+            &Elem::Open4Range {
+                addr: Ipv4Addr::new(10, 0, 0, 2),
+                proto: Proto::Tcp,
+                first: 100,
+                last: 200,
+            },
+        )
+        .unwrap();
+        assert_eq!(e[0].key, [10, 0, 0, 2, 6, 0, 0, 0, 0, 100, 0, 0]);
+        assert_eq!(
+            e[0].key_end.as_deref(),
+            Some(&[10, 0, 0, 2, 6, 0, 0, 0, 0, 200, 0, 0][..])
+        );
+        assert_eq!(elem_text(&bound), "udp . 192.0.2.1 . 53-54 : 10.88.0.3");
     }
 
     #[test]
@@ -238,13 +320,29 @@ mod tests {
     }
 
     #[test]
+    fn sorted_element_lists_ignore_the_order_of_elements() {
+        let a = "table inet netd {\n\tmap m {\n\t\ttype x\n\t\telements = { tcp . 7-8 : 10.0.0.2,\n\t\t\t     tcp . 1-2 : 10.0.0.1 }\n\t}\n\tset s {\n\t\telements = { 10.0.0.0/24, 10.1.0.0/24,\n\t\t\t     10.2.0.0/24 }\n\t}\n}\n";
+        let b = "table inet netd {\n\tmap m {\n\t\ttype x\n\t\telements = { tcp . 1-2 : 10.0.0.1,\n\t\t\t     tcp . 7-8 : 10.0.0.2 }\n\t}\n\tset s {\n\t\telements = { 10.0.0.0/24,\n\t\t\t     10.2.0.0/24, 10.1.0.0/24 }\n\t}\n}\n";
+        assert_ne!(a, b);
+        assert_eq!(sort_elements(a), sort_elements(b));
+        assert!(sort_elements(a).contains(
+            "\t\telements = { tcp . 1-2 : 10.0.0.1,\n\t\t\t     tcp . 7-8 : 10.0.0.2 }\n\t}\n"
+        ));
+        // A different element is still a difference.
+        assert_ne!(sort_elements(a), sort_elements(&b.replace("7-8", "7-9")));
+        // Everything else is kept as it is.
+        let t = render_template(TEMPLATE, &Desired::default());
+        assert_eq!(sort_elements(&t), t);
+    }
+
+    #[test]
     fn full_batch_is_pure_and_complete() {
         let mut d = Desired::default();
         d.insert(plan_sets::BRIDGES, Iface("br0".into()));
         d.insert(plan_sets::MASQ4, "10.0.0.0/24".parse().unwrap());
         let (b, groups) = full_batch("netd", &d).unwrap();
-        // table + 11 chains + 17 sets + 10 flushes + 44 rules + 17 set flushes + 2 elem msgs
-        assert_eq!(b.len(), 1 + 11 + 17 + 10 + 44 + 17 + 2);
+        // table + 11 chains + 23 sets + 10 flushes + 52 rules + 23 set flushes + 2 elem msgs
+        assert_eq!(b.len(), 1 + 11 + 23 + 10 + 52 + 23 + 2);
         assert!(b
             .descriptions()
             .all(|d| d != "flush chain netd user_forward"));
@@ -370,6 +468,63 @@ mod tests {
                 port,
             },
         );
+        let (first, last) = (20000, 20099);
+        d.insert(
+            plan_sets::DNAT4_ANY_RANGES,
+            DnatRange {
+                proto,
+                first,
+                last,
+                addr: a4,
+            },
+        );
+        d.insert(
+            plan_sets::DNAT6_ANY_RANGES,
+            DnatRange {
+                proto,
+                first,
+                last,
+                addr: a6,
+            },
+        );
+        d.insert(
+            plan_sets::DNAT4_BOUND_RANGES,
+            BoundDnatRange {
+                proto,
+                host_addr: a4,
+                first,
+                last,
+                addr: a4,
+            },
+        );
+        d.insert(
+            plan_sets::DNAT6_BOUND_RANGES,
+            BoundDnatRange {
+                proto,
+                host_addr: a6,
+                first,
+                last,
+                addr: a6,
+            },
+        );
+        d.insert(
+            plan_sets::OPEN4_RANGES,
+            OpenRange {
+                addr: a4,
+                proto,
+                first,
+                last,
+            },
+        );
+        d.insert(
+            plan_sets::OPEN6_RANGES,
+            OpenRange {
+                addr: a6,
+                proto,
+                first,
+                last,
+            },
+        );
         for set in SetId::ALL {
             let elems: Vec<_> = d.elems(set).collect();
             assert!(!elems.is_empty(), "{set:?} got no element");
@@ -386,6 +541,6 @@ mod tests {
         assert_eq!(chains().len(), 11);
         let r = rules();
         assert!(r.iter().all(|(c, _, _)| *c != USER_CHAIN));
-        assert_eq!(r.len(), 44);
+        assert_eq!(r.len(), 52);
     }
 }

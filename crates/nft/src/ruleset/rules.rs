@@ -62,24 +62,43 @@ pub(super) fn ct_dnat() -> Vec<Expr> {
     v
 }
 
-/// `ip daddr . meta l4proto . th dport @open4` (v4) / `ip6 ...` (v6).
-pub(super) fn open_lookup(v6: bool) -> Vec<Expr> {
+/// `ip daddr . meta l4proto . th dport @open4[_ranges]` (v4) / `ip6 ...` (v6).
+pub(super) fn open_lookup(v6: bool, ranges: bool) -> Vec<Expr> {
+    let set = match (v6, ranges) {
+        (false, false) => SetId::Open4,
+        (false, true) => SetId::Open4Ranges,
+        (true, false) => SetId::Open6,
+        (true, true) => SetId::Open6Ranges,
+    };
     let mut v = Vec::new();
-    if v6 {
+    let (proto_reg, port_reg) = if v6 {
         v.extend(nfproto(NFPROTO_IPV6));
         v.push(payload(PayloadBase::Network, 24, 16, R0));
-        v.push(meta(MetaKey::L4proto, Reg::r32(4)));
-        v.push(payload(PayloadBase::Transport, 2, 2, Reg::r32(5)));
-        v.push(lookup(SetId::Open6.name(), R0));
+        (Reg::r32(4), Reg::r32(5))
     } else {
         v.extend(nfproto(NFPROTO_IPV4));
         v.push(payload(PayloadBase::Network, 16, 4, R0));
-        v.push(meta(MetaKey::L4proto, Reg::r32(1)));
-        v.push(payload(PayloadBase::Transport, 2, 2, Reg::r32(2)));
-        v.push(lookup(SetId::Open4.name(), R0));
+        (Reg::r32(1), Reg::r32(2))
+    };
+    v.push(meta(MetaKey::L4proto, proto_reg));
+    if ranges {
+        v.push(l4proto_hton(proto_reg));
     }
+    v.push(payload(PayloadBase::Transport, 2, 2, port_reg));
+    v.push(lookup(set.name(), R0));
     v.push(accept());
     v
+}
+
+/// What nft puts after `meta l4proto` in the key of a concatenated interval set (see
+/// [`Expr::ByteorderHton`]).
+pub(super) fn l4proto_hton(reg: Reg) -> Expr {
+    Expr::ByteorderHton {
+        sreg: reg,
+        dreg: reg,
+        len: 1,
+        size: 2,
+    }
 }
 
 pub(super) fn icmp_echo(v6: bool) -> Vec<Expr> {
@@ -109,16 +128,26 @@ pub(super) fn fib_local_goto_published() -> Vec<Expr> {
     ]
 }
 
-/// `dnat ip(6) to meta l4proto [. ip(6) daddr] . th dport map @dnatX_Y`
-pub(super) fn dnat_rule(v6: bool, bound: bool) -> Vec<Expr> {
-    let (fam, set) = match (v6, bound) {
-        (false, false) => (NFPROTO_IPV4, SetId::Dnat4Any),
-        (false, true) => (NFPROTO_IPV4, SetId::Dnat4Bound),
-        (true, false) => (NFPROTO_IPV6, SetId::Dnat6Any),
-        (true, true) => (NFPROTO_IPV6, SetId::Dnat6Bound),
+/// `dnat ip(6) to meta l4proto [. ip(6) daddr] . th dport map @dnatX_Y[_ranges]`. A port
+/// map's value is address . port; a range map's is the address alone, and a DNAT without a
+/// port keeps the packet's destination port, which is what makes one element serve a run
+/// of same-numbered ports.
+pub(super) fn dnat_rule(v6: bool, bound: bool, ranges: bool) -> Vec<Expr> {
+    let (fam, set) = match (v6, bound, ranges) {
+        (false, false, false) => (NFPROTO_IPV4, SetId::Dnat4Any),
+        (false, true, false) => (NFPROTO_IPV4, SetId::Dnat4Bound),
+        (true, false, false) => (NFPROTO_IPV6, SetId::Dnat6Any),
+        (true, true, false) => (NFPROTO_IPV6, SetId::Dnat6Bound),
+        (false, false, true) => (NFPROTO_IPV4, SetId::Dnat4AnyRanges),
+        (false, true, true) => (NFPROTO_IPV4, SetId::Dnat4BoundRanges),
+        (true, false, true) => (NFPROTO_IPV6, SetId::Dnat6AnyRanges),
+        (true, true, true) => (NFPROTO_IPV6, SetId::Dnat6BoundRanges),
     };
     let mut v = nfproto(fam).to_vec();
     v.push(meta(MetaKey::L4proto, R0));
+    if ranges {
+        v.push(l4proto_hton(R0));
+    }
     let mut next = 1;
     if bound {
         if v6 {
@@ -131,13 +160,17 @@ pub(super) fn dnat_rule(v6: bool, bound: bool) -> Vec<Expr> {
     }
     v.push(payload(PayloadBase::Transport, 2, 2, Reg::r32(next)));
     v.push(map(set.name(), R0, R0));
-    // The map value is address . port: the port sits right after the address.
-    let port_reg = if v6 { Reg::r32(4) } else { Reg::r32(1) };
+    // A port map's value is address . port: the port sits right after the address.
+    let port_reg = match (ranges, v6) {
+        (true, _) => None,
+        (false, true) => Some(Reg::r32(4)),
+        (false, false) => Some(Reg::r32(1)),
+    };
     v.push(Expr::Nat {
         kind: NatType::Dnat,
         family: fam,
         addr_min: Some(R0),
-        proto_min: Some(port_reg),
+        proto_min: port_reg,
         flags: 0,
     });
     v
@@ -343,12 +376,22 @@ pub(super) fn filter_rules(r: &mut Vec<RuleDef>) {
     add(
         "cross_net",
         "ip daddr . meta l4proto . th dport @open4 accept",
-        open_lookup(false),
+        open_lookup(false, false),
+    );
+    add(
+        "cross_net",
+        "ip daddr . meta l4proto . th dport @open4_ranges accept",
+        open_lookup(false, true),
     );
     add(
         "cross_net",
         "ip6 daddr . meta l4proto . th dport @open6 accept",
-        open_lookup(true),
+        open_lookup(true, false),
+    );
+    add(
+        "cross_net",
+        "ip6 daddr . meta l4proto . th dport @open6_ranges accept",
+        open_lookup(true, true),
     );
     add("cross_net", "drop", vec![drop_()]);
 
@@ -362,12 +405,22 @@ pub(super) fn filter_rules(r: &mut Vec<RuleDef>) {
     add(
         tr,
         "ip daddr . meta l4proto . th dport @open4 accept",
-        open_lookup(false),
+        open_lookup(false, false),
+    );
+    add(
+        tr,
+        "ip daddr . meta l4proto . th dport @open4_ranges accept",
+        open_lookup(false, true),
     );
     add(
         tr,
         "ip6 daddr . meta l4proto . th dport @open6 accept",
-        open_lookup(true),
+        open_lookup(true, false),
+    );
+    add(
+        tr,
+        "ip6 daddr . meta l4proto . th dport @open6_ranges accept",
+        open_lookup(true, true),
     );
     add(tr, "icmp type echo-request accept", icmp_echo(false));
     add(tr, "icmpv6 type echo-request accept", icmp_echo(true));
@@ -399,25 +452,48 @@ pub(super) fn nat_rules(r: &mut Vec<RuleDef>) {
         fib_local_goto_published(),
     );
 
+    // The first rule that finds the packet's key DNATs it (nat is a final verdict), so
+    // ports bound to one host address come before those published on every address,
+    // whether they sit in a port map or a range map.
     add(
         "published",
         "dnat ip to meta l4proto . ip daddr . th dport map @dnat4_bound",
-        dnat_rule(false, true),
+        dnat_rule(false, true, false),
+    );
+    add(
+        "published",
+        "dnat ip to meta l4proto . ip daddr . th dport map @dnat4_bound_ranges",
+        dnat_rule(false, true, true),
     );
     add(
         "published",
         "meta nfproto ipv4 dnat ip to meta l4proto . th dport map @dnat4_any",
-        dnat_rule(false, false),
+        dnat_rule(false, false, false),
+    );
+    add(
+        "published",
+        "meta nfproto ipv4 dnat ip to meta l4proto . th dport map @dnat4_any_ranges",
+        dnat_rule(false, false, true),
     );
     add(
         "published",
         "dnat ip6 to meta l4proto . ip6 daddr . th dport map @dnat6_bound",
-        dnat_rule(true, true),
+        dnat_rule(true, true, false),
+    );
+    add(
+        "published",
+        "dnat ip6 to meta l4proto . ip6 daddr . th dport map @dnat6_bound_ranges",
+        dnat_rule(true, true, true),
     );
     add(
         "published",
         "meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @dnat6_any",
-        dnat_rule(true, false),
+        dnat_rule(true, false, false),
+    );
+    add(
+        "published",
+        "meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @dnat6_any_ranges",
+        dnat_rule(true, false, true),
     );
 
     add(

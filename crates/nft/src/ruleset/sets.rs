@@ -79,6 +79,12 @@ pub(super) fn decl(set: SetId) -> Decl {
         SetId::Dnat6Bound => d(&[Proto, Ip6, Port], Data::Fields(&[Ip6, Port]), false),
         SetId::Open4 => d(&[Ip4, Proto, Port], Data::None, false),
         SetId::Open6 => d(&[Ip6, Proto, Port], Data::None, false),
+        SetId::Dnat4AnyRanges => d(&[Proto, Port], Data::Fields(&[Ip4]), true),
+        SetId::Dnat4BoundRanges => d(&[Proto, Ip4, Port], Data::Fields(&[Ip4]), true),
+        SetId::Dnat6AnyRanges => d(&[Proto, Port], Data::Fields(&[Ip6]), true),
+        SetId::Dnat6BoundRanges => d(&[Proto, Ip6, Port], Data::Fields(&[Ip6]), true),
+        SetId::Open4Ranges => d(&[Ip4, Proto, Port], Data::None, true),
+        SetId::Open6Ranges => d(&[Ip6, Proto, Port], Data::None, true),
     }
 }
 
@@ -122,6 +128,11 @@ pub fn set_spec(set: SetId) -> SetSpec {
     let mut flags = 0;
     if d.interval {
         flags |= SET_F_INTERVAL;
+        if concat {
+            // A concatenated interval set is the kernel's pipapo (Linux 5.6), which needs
+            // the flag and each field's length (NFTA_SET_DESC_CONCAT, sent by add_set).
+            flags |= SET_F_CONCAT;
+        }
     }
     let data = match d.data {
         Data::None => None,
@@ -138,7 +149,13 @@ pub fn set_spec(set: SetId) -> SetSpec {
         if concat { 0 } else { d.key[0].byteorder() },
     );
     if data.is_some() {
-        udata_u32(&mut ud, UDATA_DATABYTEORDER, 0);
+        // A value of one field has that field's byte order; a concatenation, like a
+        // verdict, none (what nft sends).
+        let order = match d.data {
+            Data::Fields([f]) => f.byteorder(),
+            _ => 0,
+        };
+        udata_u32(&mut ud, UDATA_DATABYTEORDER, order);
     }
     if concat {
         udata_concat_typeof(&mut ud, UDATA_KEY_TYPEOF);

@@ -31,6 +31,15 @@ pub(super) fn net6_text(n: &Ipv6Net) -> String {
     }
 }
 
+/// A port range as nft prints it: `first-last`, or the port alone for a one-port range.
+fn ports_text(first: u16, last: u16) -> String {
+    if first == last {
+        first.to_string()
+    } else {
+        format!("{first}-{last}")
+    }
+}
+
 /// One element in nft's syntax (`"br0" : goto to_nat`, `tcp . 8080 : 10.88.0.2 . 80`).
 pub fn elem_text(e: &Elem) -> String {
     match e {
@@ -61,12 +70,51 @@ pub fn elem_text(e: &Elem) -> String {
         },
         Elem::Open4 { addr, proto, port } => format!("{addr} . {proto} . {port}"),
         Elem::Open6 { addr, proto, port } => format!("{addr} . {proto} . {port}"),
+        Elem::Dnat4Range {
+            proto,
+            host_addr,
+            first,
+            last,
+            addr,
+        } => match host_addr {
+            Some(h) => format!("{proto} . {h} . {} : {addr}", ports_text(*first, *last)),
+            None => format!("{proto} . {} : {addr}", ports_text(*first, *last)),
+        },
+        Elem::Dnat6Range {
+            proto,
+            host_addr,
+            first,
+            last,
+            addr,
+        } => match host_addr {
+            Some(h) => format!("{proto} . {h} . {} : {addr}", ports_text(*first, *last)),
+            None => format!("{proto} . {} : {addr}", ports_text(*first, *last)),
+        },
+        Elem::Open4Range {
+            addr,
+            proto,
+            first,
+            last,
+        } => format!("{addr} . {proto} . {}", ports_text(*first, *last)),
+        Elem::Open6Range {
+            addr,
+            proto,
+            first,
+            last,
+        } => format!("{addr} . {proto} . {}", ports_text(*first, *last)),
     }
 }
 
 /// nft sorts hash-set elements by their key read as one host-order (little endian here)
-/// number, i.e. comparing key bytes from the last one; interval sets by address.
+/// number, i.e. comparing key bytes from the last one; interval sets by address. It does not
+/// sort concatenated interval sets (the port ranges): it prints them in the kernel's order,
+/// which is the order they were added in. That is netd's own order (the elements' `Ord`)
+/// after a full sync or a single addition to an empty set, so that is the order rendered.
 pub(super) fn print_order(set: SetId, a: &Elem, b: &Elem) -> Ordering {
+    let d = decl(set);
+    if d.interval && d.key.len() > 1 {
+        return a.cmp(b);
+    }
     let key = |e: &Elem| {
         encode_elem(set, e)
             .ok()
@@ -75,7 +123,7 @@ pub(super) fn print_order(set: SetId, a: &Elem, b: &Elem) -> Ordering {
             .unwrap_or_default()
     };
     let (ka, kb) = (key(a), key(b));
-    if decl(set).interval {
+    if d.interval {
         ka.cmp(&kb)
     } else {
         ka.iter().rev().cmp(kb.iter().rev())
@@ -129,6 +177,37 @@ pub fn render_template(template: &str, desired: &Desired) -> String {
             }
             None => out.push_str(line),
         }
+    }
+    out
+}
+
+/// `listing` (an `nft list table` output, or [`render_template`]'s) with every element list
+/// written one element per line in sorted order. nft prints the port-range sets in the order
+/// their elements were added (see [`print_order`]), which churn changes, so two listings of
+/// the same table compare equal only in this form. Elements never contain a comma, and nft
+/// separates them with one.
+pub fn sort_elements(listing: &str) -> String {
+    const OPEN: &str = "\t\telements = { ";
+    let mut out = String::with_capacity(listing.len());
+    let mut lines = listing.split_inclusive('\n');
+    while let Some(line) = lines.next() {
+        let Some(first) = line.strip_prefix(OPEN) else {
+            out.push_str(line);
+            continue;
+        };
+        let mut list = first.trim_end().to_string();
+        while !list.ends_with(" }") {
+            match lines.next() {
+                Some(more) => list.push_str(more.trim()),
+                None => break,
+            }
+        }
+        let list = list.strip_suffix(" }").unwrap_or(&list);
+        let mut elems: Vec<&str> = list.split(',').map(str::trim).collect();
+        elems.sort_unstable();
+        out.push_str(OPEN);
+        out.push_str(&elems.join(",\n\t\t\t     "));
+        out.push_str(" }\n");
     }
     out
 }

@@ -36,7 +36,12 @@ pub fn run(client: &Client, args: PlanArgs) -> Result<(), Failure> {
         return Ok(());
     }
     let live = live_table(&args.table)?;
-    let changes = line_diff(&text, &live);
+    // nft lists the port-range sets in the order their elements were added: compare the
+    // element lists sorted, so that only a different element is a difference.
+    let changes = line_diff(
+        &ruleset::sort_elements(&text),
+        &ruleset::sort_elements(&live),
+    );
     if changes.is_empty() {
         println!("the live table matches the plan");
         return Ok(());
