@@ -14,15 +14,15 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The netns tests run the binaries as a runtime would, so build them first.
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast -- --test-threads="${NETD_TEST_THREADS:-4}"
-# The plugin is installed statically linked (scripts/build-release.sh): run the end-to-end core
-# tests once more with such a build of it (debug, to reuse the build above) beside the daemon.
-host="$(rustc -vV | sed -n 's/^host: //p')"
+# The plugin is installed statically linked, built for musl (scripts/build-release.sh): run the
+# end-to-end core tests once more with such a build of it (debug) beside the daemon.
+musl="$(uname -m)-unknown-linux-musl"
 out="${CARGO_TARGET_DIR:-target}"
-RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-  cargo build -p netd-cni --bin netd-cni --target "$host"
+scripts/musl-target.sh "$musl"
+cargo build -p netd-cni --bin netd-cni --target "$musl"
 static_dir="$out/static-plugin"
 mkdir -p "$static_dir"
-cp -f "$out/debug/netd" "$out/debug/netctl" "$out/$host/debug/netd-cni" "$static_dir/"
+cp -f "$out/debug/netd" "$out/debug/netctl" "$out/$musl/debug/netd-cni" "$static_dir/"
 if ldd "$static_dir/netd-cni" 2>&1 | grep -q '=>'; then
   echo "scripts/test.sh: $static_dir/netd-cni is dynamically linked" >&2
   exit 1

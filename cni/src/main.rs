@@ -16,6 +16,15 @@
 //!
 //! Error codes are listed in `error.rs`.
 
+// The installed plugin is built for musl (scripts/build-release.sh): glibc's start-up asks the
+// CPU about its caches with `CPUID`, which traps to the hypervisor on a VM, and costs a static
+// glibc build about 0.3 ms of CPU per exec, on every ADD and DEL. musl's own allocator would
+// give that back and more (page faults, allocator time); dlmalloc keeps freed memory for reuse
+// within the process, as glibc's does (docs/benchmarks.md, fourth round).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
 mod commands;
 mod links;
 mod shaping;
