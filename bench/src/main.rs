@@ -514,8 +514,54 @@ fn endpoint_phase(o: &Opts, systems: &mut [System], res: &mut [SysResult]) {
     drop(sample);
 }
 
+/// Busy and total jiffies of all CPUs so far (`/proc/stat`, first line).
+fn cpu_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").expect("reading /proc/stat");
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    // idle and iowait
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// Waits until the machine has been at least 85% idle for two 200 ms windows in a row, or
+/// 15 s have passed, and says how long that took. A burst fills every CPU, so whatever is
+/// still running when it starts counts against it: the kernel tears down the namespaces of
+/// the previous phase's containers (and the previous system's burst) in the background for
+/// seconds after they are deleted, and without this the first system to run paid for it.
+fn settle() {
+    let t0 = Instant::now();
+    let mut quiet = 0;
+    let (mut busy0, mut total0) = cpu_jiffies();
+    while quiet < 2 && t0.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(200));
+        let (busy1, total1) = cpu_jiffies();
+        let dt = (total1 - total0).max(1);
+        let busy = (busy1 - busy0) as f64 / dt as f64;
+        quiet = if busy <= 0.15 { quiet + 1 } else { 0 };
+        (busy0, total0) = (busy1, total1);
+    }
+    log(format!(
+        "  settled in {:.1} s{}",
+        t0.elapsed().as_secs_f64(),
+        if quiet < 2 {
+            " (gave up waiting: still busy)"
+        } else {
+            ""
+        }
+    ));
+}
+
 /// Burst phase: for each system in turn (a burst fills the machine, so systems do not share
 /// it), `o.burst` ADDs with one published port each started at once, then their DELs at once.
+/// Each system's burst starts on a settled machine ([`settle`]).
 fn burst_phase(o: &Opts, systems: &mut [System], res: &mut [SysResult]) {
     for (s, r) in systems.iter_mut().zip(res.iter_mut()) {
         log(format!(
@@ -529,8 +575,10 @@ fn burst_phase(o: &Opts, systems: &mut [System], res: &mut [SysResult]) {
             .enumerate()
             .map(|(i, c)| (c, vec![(50000 + i as u16, 80)]))
             .collect();
+        settle();
         let add = s.add_burst(&with_ports);
         let refs: Vec<&Ctr> = ctrs.iter().collect();
+        settle();
         let del = s.del_burst(&refs);
         let failed = add.calls.iter().filter(|t| !t.ok).count();
         let first_error = add
