@@ -1749,6 +1749,13 @@ fn socket_without_group_is_root_only_even_when_a_netd_group_exists() {
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("netd.sock");
     let d = spawn_netd_with_groups(&w, &sock, &[], &groups).unwrap();
+    // Positive control: netd does see a group named netd (its /etc/group, read through its
+    // own mount namespace), so the root-only socket below is netd's choice.
+    let seen = std::fs::read_to_string(format!("/proc/{}/root/etc/group", d.pid())).unwrap();
+    assert!(
+        seen.lines().any(|l| l == format!("netd:x:{gid}:")),
+        "netd's /etc/group has no group netd:\n{seen}"
+    );
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(&sock).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o600);
